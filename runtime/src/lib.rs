@@ -1,1 +1,14 @@
+//! kiln-runtime: runs lowered programs over planned memory with CPU kernels. Depends on
+//! kiln-formats only — never on the compiler.
 
+pub mod error;
+pub mod kernel;
+pub mod model;
+pub mod ops;
+pub mod session;
+pub mod view;
+
+pub use error::{KernelError, RuntimeError};
+pub use model::Model;
+pub use session::Session;
+pub use view::{TensorMut, TensorRef};

@@ -1,0 +1,252 @@
+//! A loaded program: validated, its kernels prepared and its weights resolved, ready to hand out
+//! sessions. Validation here is what makes the executor's unchecked memory access sound.
+
+use crate::error::RuntimeError;
+use crate::kernel::{Attrs, Kernel, OpSpec};
+use crate::ops;
+use kiln_formats::program::{Program, StorageKind, NO_VALUE};
+use kiln_formats::tensor::byte_size;
+use kiln_formats::{DType, SharedBytes};
+use std::sync::Arc;
+
+/// Where a slot's bytes live, resolved from its [`kiln_formats::program::Storage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    Dynamic,
+    Arena {
+        buffer: usize,
+        offset: usize,
+        capacity: usize,
+    },
+    Weight(usize),
+}
+
+/// A program ready to run. Cheap to share between threads; each thread runs its own [`crate::Session`].
+pub struct Model {
+    pub(crate) program: Program,
+    pub(crate) kernels: Vec<Box<dyn Kernel>>,
+    pub(crate) weights: Vec<SharedBytes>,
+    pub(crate) dtypes: Vec<DType>,
+    /// For each slot, the slot that owns its bytes (itself unless it is a view).
+    pub(crate) roots: Vec<usize>,
+    pub(crate) places: Vec<Place>,
+}
+
+impl Model {
+    /// Validates `program`, prepares its kernels, and resolves its weights from `entries` (the
+    /// byte sources [`kiln_formats::program::WeightRef::entry`] indexes).
+    pub fn new(program: Program, entries: &[SharedBytes]) -> Result<Arc<Model>, RuntimeError> {
+        let bad = |m: String| RuntimeError::Program(m);
+        let n = program.values.len();
+        let name = |i: usize| program.values[i].name.clone();
+
+        let mut dtypes = Vec::with_capacity(n);
+        for (i, v) in program.values.iter().enumerate() {
+            dtypes.push(v.dtype().ok_or_else(|| {
+                bad(format!(
+                    "value {i} '{}' has unknown dtype {}",
+                    v.name, v.dtype
+                ))
+            })?);
+        }
+
+        let mut weights = Vec::with_capacity(program.weights.len());
+        for (i, w) in program.weights.iter().enumerate() {
+            let entry = entries.get(w.entry as usize).ok_or_else(|| {
+                bad(format!(
+                    "weight {i} refers to entry {} of {}",
+                    w.entry,
+                    entries.len()
+                ))
+            })?;
+            let range = usize::try_from(w.offset)
+                .ok()
+                .zip(usize::try_from(w.offset.saturating_add(w.len)).ok());
+            let bytes = range.and_then(|(a, b)| entry.slice(a..b)).ok_or_else(|| {
+                bad(format!(
+                    "weight {i}: bytes {}..{} lie outside its entry ({} bytes)",
+                    w.offset,
+                    w.offset.saturating_add(w.len),
+                    entry.len()
+                ))
+            })?;
+            weights.push(bytes);
+        }
+
+        let mut places = Vec::with_capacity(n);
+        let mut alias_of = vec![None; n];
+        for (i, v) in program.values.iter().enumerate() {
+            let s = v.storage.clone().unwrap_or_default();
+            let place = match StorageKind::try_from(s.kind) {
+                Ok(StorageKind::Dynamic) => Place::Dynamic,
+                Ok(StorageKind::Arena) => {
+                    let buffer = s.index as usize;
+                    let size = *program.buffers.get(buffer).ok_or_else(|| {
+                        bad(format!(
+                            "value '{}' is in arena buffer {buffer} of {}",
+                            v.name,
+                            program.buffers.len()
+                        ))
+                    })?;
+                    let end = s.offset.checked_add(s.capacity).filter(|&e| e <= size);
+                    if end.is_none() {
+                        return Err(bad(format!("value '{}' at bytes {}..{} overflows arena buffer {buffer} ({size} bytes)", v.name, s.offset, s.offset.saturating_add(s.capacity))));
+                    }
+                    Place::Arena {
+                        buffer,
+                        offset: s.offset as usize,
+                        capacity: s.capacity as usize,
+                    }
+                }
+                Ok(StorageKind::Weight) => {
+                    let w = weights.get(s.index as usize).ok_or_else(|| {
+                        bad(format!(
+                            "value '{}' refers to weight {} of {}",
+                            v.name,
+                            s.index,
+                            weights.len()
+                        ))
+                    })?;
+                    let dims: Option<Vec<usize>> = v
+                        .dims
+                        .iter()
+                        .map(|d| (d.symbol.is_empty() && d.value >= 0).then_some(d.value as usize))
+                        .collect();
+                    let want = dims.as_deref().and_then(|d| byte_size(dtypes[i], d));
+                    if want != Some(w.len()) {
+                        return Err(bad(format!(
+                            "weight value '{}' has {} bytes but its shape needs {want:?}",
+                            v.name,
+                            w.len()
+                        )));
+                    }
+                    Place::Weight(s.index as usize)
+                }
+                Ok(StorageKind::Alias) => {
+                    if s.index as usize >= n {
+                        return Err(bad(format!(
+                            "value '{}' aliases slot {} of {n}",
+                            v.name, s.index
+                        )));
+                    }
+                    alias_of[i] = Some(s.index as usize);
+                    Place::Dynamic
+                }
+                Err(_) => {
+                    return Err(bad(format!(
+                        "value '{}' has unknown storage kind {}",
+                        v.name, s.kind
+                    )))
+                }
+            };
+            places.push(place);
+        }
+        let mut roots = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut r = i;
+            for _ in 0..=n {
+                match alias_of[r] {
+                    Some(next) => r = next,
+                    None => break,
+                }
+            }
+            if alias_of[r].is_some() {
+                return Err(bad(format!(
+                    "value '{}' is part of an alias cycle",
+                    name(i)
+                )));
+            }
+            roots.push(r);
+        }
+
+        // Every slot is written once, by an input, a weight or one step, before it is read.
+        let mut written = vec![false; n];
+        for &i in &program.inputs {
+            let i = i as usize;
+            if i >= n || written[i] {
+                return Err(bad(format!(
+                    "input slot {i} is out of range or listed twice"
+                )));
+            }
+            written[i] = true;
+        }
+        for (i, p) in places.iter().enumerate() {
+            if matches!(p, Place::Weight(_)) {
+                written[i] = true;
+            }
+        }
+        let mut kernels = Vec::with_capacity(program.steps.len());
+        for (si, step) in program.steps.iter().enumerate() {
+            let step_err = |m: String| bad(format!("step {si} ({} '{}'): {m}", step.op, step.name));
+            for &i in &step.inputs {
+                if i != NO_VALUE && (i as usize >= n || !written[i as usize]) {
+                    return Err(step_err(format!("reads slot {i} before it is written")));
+                }
+            }
+            for &o in &step.outputs {
+                let o = o as usize;
+                if o >= n || written[o] {
+                    return Err(step_err(format!(
+                        "writes slot {o}, which is out of range or already written"
+                    )));
+                }
+                if alias_of[o].is_some_and(|a| !step.inputs.contains(&(a as u32))) {
+                    return Err(step_err(format!(
+                        "output '{}' is a view of a value that is not this step's input",
+                        name(o)
+                    )));
+                }
+                written[o] = true;
+            }
+            let spec = OpSpec {
+                op: &step.op,
+                domain: &step.domain,
+                opset: step.opset,
+                attrs: Attrs(&step.attrs),
+            };
+            let kernel = ops::build(&spec).map_err(|source| RuntimeError::Step {
+                step: si,
+                op: step.op.clone(),
+                node: step.name.clone(),
+                source,
+            })?;
+            kernels.push(kernel);
+        }
+        for &o in &program.outputs {
+            if o as usize >= n || !written[o as usize] {
+                return Err(bad(format!("output slot {o} is never written")));
+            }
+        }
+        Ok(Arc::new(Model {
+            program,
+            kernels,
+            weights,
+            dtypes,
+            roots,
+            places,
+        }))
+    }
+
+    /// The program this model runs.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// Names of the inputs, in the order [`crate::Session::run`] takes them.
+    pub fn input_names(&self) -> Vec<&str> {
+        self.program
+            .inputs
+            .iter()
+            .map(|&i| self.program.values[i as usize].name.as_str())
+            .collect()
+    }
+
+    /// Names of the outputs, in the order [`crate::Session::run`] returns them.
+    pub fn output_names(&self) -> Vec<&str> {
+        self.program
+            .outputs
+            .iter()
+            .map(|&i| self.program.values[i as usize].name.as_str())
+            .collect()
+    }
+}

@@ -1,0 +1,346 @@
+//! Executes a [`Model`]: one kernel call per step, each writing into the storage the plan gave its
+//! outputs (an arena range, or a per-session buffer reused across runs for unplanned values).
+
+use crate::error::{KernelError, RuntimeError};
+use crate::kernel::{RunCx, ShapeInput};
+use crate::model::{Model, Place};
+use crate::view::{TensorMut, TensorRef};
+use kiln_formats::program::NO_VALUE;
+use kiln_formats::tensor::{byte_size, read_i64};
+use kiln_formats::{AlignedBuf, Dim, Tensor};
+use std::sync::Arc;
+
+/// Per-thread execution state over a shared [`Model`].
+pub struct Session {
+    model: Arc<Model>,
+    arena: Vec<AlignedBuf>,
+    dynamic: Vec<AlignedBuf>,
+    shapes: Vec<Vec<usize>>,
+}
+
+impl Session {
+    /// A session with its arena allocated once, up front.
+    pub fn new(model: Arc<Model>) -> Session {
+        let arena = model
+            .program
+            .buffers
+            .iter()
+            .map(|&b| AlignedBuf::zeroed(b as usize))
+            .collect();
+        let n = model.program.values.len();
+        // Constants have fixed shapes, checked against their bytes when the model was loaded.
+        let shapes = (0..n)
+            .map(|i| match model.places[i] {
+                Place::Weight(_) => model.program.values[i]
+                    .dims
+                    .iter()
+                    .map(|d| d.value as usize)
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        Session {
+            model,
+            arena,
+            dynamic: vec![AlignedBuf::default(); n],
+            shapes,
+        }
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// Runs the program on `inputs` (in [`Model::input_names`] order) and returns the outputs.
+    pub fn run(&mut self, inputs: &[TensorRef]) -> Result<Vec<Tensor>, RuntimeError> {
+        let model = self.model.clone();
+        let prog = &model.program;
+        if inputs.len() != prog.inputs.len() {
+            return Err(RuntimeError::Input {
+                name: "(all)".into(),
+                reason: format!(
+                    "the model takes {} inputs ({}), got {}",
+                    prog.inputs.len(),
+                    model.input_names().join(", "),
+                    inputs.len()
+                ),
+            });
+        }
+        for (&slot, t) in prog.inputs.iter().zip(inputs) {
+            self.set_input(slot as usize, t)?;
+        }
+        for si in 0..prog.steps.len() {
+            self.step(&model, si).map_err(|source| {
+                let step = &prog.steps[si];
+                RuntimeError::Step {
+                    step: si,
+                    op: step.op.clone(),
+                    node: step.name.clone(),
+                    source,
+                }
+            })?;
+        }
+        prog.outputs
+            .iter()
+            .map(|&o| {
+                let o = o as usize;
+                let (ptr, len) = self.bytes(&model, o);
+                // SAFETY: `bytes` returns a range inside storage this session or the model owns.
+                let data = unsafe { std::slice::from_raw_parts(ptr, len) };
+                Tensor::from_bytes(model.dtypes[o], &self.shapes[o], data).map_err(|e| {
+                    RuntimeError::Value {
+                        name: prog.values[o].name.clone(),
+                        reason: e.to_string(),
+                    }
+                })
+            })
+            .collect()
+    }
+
+    fn set_input(&mut self, slot: usize, t: &TensorRef) -> Result<(), RuntimeError> {
+        let model = self.model.clone();
+        let info = &model.program.values[slot];
+        let err = |reason: String| RuntimeError::Input {
+            name: info.name.clone(),
+            reason,
+        };
+        if t.dtype != model.dtypes[slot] {
+            return Err(err(format!(
+                "expected {} data, got {}",
+                model.dtypes[slot], t.dtype
+            )));
+        }
+        if t.shape.len() != info.dims.len() {
+            return Err(err(format!(
+                "expected rank {} ({}), got shape {:?}",
+                info.dims.len(),
+                describe_dims(info),
+                t.shape
+            )));
+        }
+        for (axis, (d, &got)) in info.dims.iter().zip(t.shape).enumerate() {
+            if d.symbol.is_empty() && d.value != got as i64 {
+                return Err(err(format!(
+                    "dim {axis} must be {}, got {got} (shape {:?})",
+                    d.value, t.shape
+                )));
+            }
+        }
+        let len = t.data.len();
+        if byte_size(t.dtype, t.shape) != Some(len) {
+            return Err(err(format!(
+                "{} bytes do not hold shape {:?}",
+                len, t.shape
+            )));
+        }
+        self.shapes[slot] = t.shape.to_vec();
+        let dst = self
+            .storage_for(&model, slot, len)
+            .map_err(|e| err(e.to_string()))?;
+        dst.copy_from_slice(t.data);
+        Ok(())
+    }
+
+    /// Makes room for `len` bytes of `slot` (a root) and returns them.
+    fn storage_for(
+        &mut self,
+        model: &Model,
+        slot: usize,
+        len: usize,
+    ) -> Result<&mut [u8], KernelError> {
+        match model.places[slot] {
+            Place::Dynamic => {
+                self.dynamic[slot].resize(len);
+                Ok(self.dynamic[slot].as_mut_slice())
+            }
+            Place::Arena {
+                buffer,
+                offset,
+                capacity,
+            } => {
+                if len > capacity {
+                    return Err(KernelError::invalid(format!(
+                        "value '{}' needs {len} bytes but the plan reserved {capacity}: an input exceeds the dim bounds it was compiled for",
+                        model.program.values[slot].name
+                    )));
+                }
+                Ok(&mut self.arena[buffer].as_mut_slice()[offset..offset + len])
+            }
+            Place::Weight(_) => Err(KernelError::invalid("a constant cannot be written")),
+        }
+    }
+
+    /// Pointer and current byte length of a slot's data.
+    fn bytes(&self, model: &Model, slot: usize) -> (*const u8, usize) {
+        let root = model.roots[slot];
+        let len = byte_size(model.dtypes[slot], &self.shapes[slot]).unwrap_or(0);
+        match model.places[root] {
+            Place::Dynamic => (
+                self.dynamic[root].as_slice().as_ptr(),
+                len.min(self.dynamic[root].len()),
+            ),
+            Place::Arena {
+                buffer,
+                offset,
+                capacity,
+            } => (
+                self.arena[buffer].as_slice()[offset..].as_ptr(),
+                len.min(capacity),
+            ),
+            Place::Weight(w) => (
+                model.weights[w].as_slice().as_ptr(),
+                len.min(model.weights[w].len()),
+            ),
+        }
+    }
+
+    fn step(&mut self, model: &Model, si: usize) -> Result<(), KernelError> {
+        let step = &model.program.steps[si];
+        let kernel = &model.kernels[si];
+        let value_inputs = kernel.value_inputs();
+
+        let in_slots: Vec<Option<usize>> = step
+            .inputs
+            .iter()
+            .map(|&i| (i != NO_VALUE).then_some(i as usize))
+            .collect();
+        let in_dims: Vec<Vec<Dim>> = in_slots
+            .iter()
+            .map(|s| {
+                s.map(|s| {
+                    self.shapes[s]
+                        .iter()
+                        .map(|&d| Dim::Known(d as i64))
+                        .collect()
+                })
+                .unwrap_or_default()
+            })
+            .collect();
+        let in_data: Vec<Option<&[u8]>> = in_slots
+            .iter()
+            .map(|s| {
+                s.map(|s| {
+                    let (p, l) = self.bytes(model, s);
+                    // SAFETY: a range inside live storage; nothing writes it during this step's inference.
+                    unsafe { std::slice::from_raw_parts(p, l) }
+                })
+            })
+            .collect();
+        let in_values: Vec<Option<Vec<Dim>>> = in_slots
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let s = (*s)?;
+                if !value_inputs.contains(&k) {
+                    return None;
+                }
+                let dt = model.dtypes[s];
+                let data = in_data[k]?;
+                let n = data.len() / dt.size();
+                (0..n)
+                    .map(|i| read_i64(dt, data, i).map(Dim::Known))
+                    .collect()
+            })
+            .collect();
+        let shape_inputs: Vec<Option<ShapeInput>> = in_slots
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                s.map(|s| ShapeInput {
+                    dtype: model.dtypes[s],
+                    shape: &in_dims[k],
+                    value: in_values[k].as_deref(),
+                    data: in_data[k],
+                })
+            })
+            .collect();
+        let outs = kernel.infer(&shape_inputs, &mut RunCx)?;
+        if outs.len() < step.outputs.len() {
+            return Err(KernelError::invalid(format!(
+                "kernel produced {} outputs, the program expects {}",
+                outs.len(),
+                step.outputs.len()
+            )));
+        }
+        drop(shape_inputs);
+
+        let mut all_views = true;
+        let mut out_ptrs = Vec::with_capacity(step.outputs.len());
+        for (k, &o) in step.outputs.iter().enumerate() {
+            let o = o as usize;
+            let info = &outs[k];
+            if info.dtype != model.dtypes[o] {
+                return Err(KernelError::invalid(format!(
+                    "output '{}' is {} but the program declares {}",
+                    model.program.values[o].name, info.dtype, model.dtypes[o]
+                )));
+            }
+            let shape = crate::kernel::concrete(&info.shape)?;
+            let len = byte_size(info.dtype, &shape)
+                .ok_or_else(|| KernelError::invalid(format!("output shape {shape:?} overflows")))?;
+            self.shapes[o] = shape;
+            if model.roots[o] != o {
+                let root = model.roots[o];
+                let root_len = byte_size(model.dtypes[root], &self.shapes[root]).unwrap_or(0);
+                if len != root_len {
+                    return Err(KernelError::invalid(format!(
+                        "view '{}' has {len} bytes, its source {root_len}",
+                        model.program.values[o].name
+                    )));
+                }
+                out_ptrs.push(None);
+                continue;
+            }
+            all_views = false;
+            let buf = self.storage_for(model, o, len)?;
+            out_ptrs.push(Some((buf.as_mut_ptr(), len)));
+        }
+        if all_views {
+            return Ok(());
+        }
+        let inputs: Vec<Option<TensorRef>> = in_slots
+            .iter()
+            .zip(&in_data)
+            .map(|(s, d)| {
+                s.map(|s| TensorRef {
+                    dtype: model.dtypes[s],
+                    shape: &self.shapes[s],
+                    data: d.unwrap_or_default(),
+                })
+            })
+            .collect();
+        let mut outputs: Vec<TensorMut> = Vec::with_capacity(out_ptrs.len());
+        for (k, p) in out_ptrs.iter().enumerate() {
+            let o = step.outputs[k] as usize;
+            let data: &mut [u8] = match p {
+                // SAFETY: the range was just sized for this output; the plan (checked by the
+                // verifier) keeps it disjoint from every input and other output of this step.
+                Some((ptr, len)) => unsafe { std::slice::from_raw_parts_mut(*ptr, *len) },
+                // A view output of a step that also writes real outputs: the view aliases its
+                // input, so it is given an empty buffer rather than a second mutable alias.
+                None => &mut [],
+            };
+            outputs.push(TensorMut {
+                dtype: model.dtypes[o],
+                shape: &self.shapes[o],
+                data,
+            });
+        }
+        kernel.run(&inputs, &mut outputs)
+    }
+}
+
+fn describe_dims(info: &kiln_formats::program::ValueInfo) -> String {
+    let dims: Vec<String> = info
+        .dims
+        .iter()
+        .map(|d| {
+            if d.symbol.is_empty() {
+                d.value.to_string()
+            } else {
+                d.symbol.clone()
+            }
+        })
+        .collect();
+    format!("[{}]", dims.join(", "))
+}
