@@ -26,7 +26,11 @@ pub struct Value {
 impl Value {
     /// Shape with every dim known, as usize.
     pub fn known_shape(&self) -> Option<Vec<usize>> {
-        self.shape.as_ref()?.iter().map(|d| d.known().and_then(|v| usize::try_from(v).ok())).collect()
+        self.shape
+            .as_ref()?
+            .iter()
+            .map(|d| d.known().and_then(|v| usize::try_from(v).ok()))
+            .collect()
     }
 }
 
@@ -64,11 +68,28 @@ impl Graph {
         self.values.len() - 1
     }
 
+    /// Replaces symbolic dims by fixed values in every shape known so far (the inputs' before
+    /// inference).
+    pub fn fix_dims(&mut self, fixed: &std::collections::HashMap<String, i64>) {
+        let subst = |s: &str| fixed.get(s).map(|&v| Dim::Known(v));
+        for v in &mut self.values {
+            if let Some(shape) = &mut v.shape {
+                for d in shape.iter_mut() {
+                    *d = d.substitute(&subst);
+                }
+            }
+        }
+    }
+
     /// Count of each op type, sorted by name.
     pub fn op_counts(&self) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
         for n in &self.nodes {
-            let key = if n.domain.is_empty() || n.domain == "ai.onnx" { n.op.clone() } else { format!("{}::{}", n.domain, n.op) };
+            let key = if n.domain.is_empty() || n.domain == "ai.onnx" {
+                n.op.clone()
+            } else {
+                format!("{}::{}", n.domain, n.op)
+            };
             *m.entry(key).or_insert(0) += 1;
         }
         m
@@ -76,6 +97,10 @@ impl Graph {
 
     /// Total bytes held by constants still referenced by nodes or outputs.
     pub fn constant_bytes(&self) -> usize {
-        self.values.iter().filter_map(|v| v.constant.as_ref()).map(SharedBytes::len).sum()
+        self.values
+            .iter()
+            .filter_map(|v| v.constant.as_ref())
+            .map(SharedBytes::len)
+            .sum()
     }
 }

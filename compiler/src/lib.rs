@@ -6,21 +6,49 @@ pub mod import;
 pub mod ir;
 pub mod lower;
 pub mod passes;
+pub mod plan;
 
 pub use error::CompileError;
 pub use ir::Graph;
 pub use lower::Lowered;
 
+use kiln_formats::target::TargetLimits;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-/// What the user told the compiler about symbolic dims.
-#[derive(Clone, Debug, Default)]
+/// What the user told the compiler about symbolic dims and the target.
+#[derive(Clone, Debug)]
 pub struct CompileOptions {
     /// Dims fixed to one value (`--dim NAME=N`).
     pub fixed_dims: HashMap<String, i64>,
     /// Upper bounds of dims that stay symbolic (`--dim NAME=..MAX`).
     pub dim_bounds: BTreeMap<String, u64>,
+    /// Every symbolic input dim must have a bound (true for bundles; `kiln run` on an .onnx file
+    /// fixes the dims from the inputs instead).
+    pub require_bounds: bool,
+    /// The limits the memory plan must respect.
+    pub target: TargetLimits,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            fixed_dims: HashMap::new(),
+            dim_bounds: BTreeMap::new(),
+            require_bounds: false,
+            target: TargetLimits::cpu(),
+        }
+    }
+}
+
+/// A compiled program, the constants it refers to, and its memory plan's report.
+pub struct Compiled {
+    pub program: kiln_formats::program::Program,
+    pub weights: Vec<kiln_formats::SharedBytes>,
+    pub plan: plan::PlanReport,
+    /// Op counts of the model as imported and after optimisation.
+    pub ops_before: BTreeMap<String, usize>,
+    pub ops_after: BTreeMap<String, usize>,
 }
 
 /// Reads an ONNX file (and its external data) into the IR, without optimising it.
@@ -29,9 +57,55 @@ pub fn import_file(path: &Path, opts: &CompileOptions) -> Result<Graph, CompileE
     import::import(model, &opts.fixed_dims)
 }
 
-/// Reads, optimises and lowers an ONNX file.
-pub fn compile_file(path: &Path, opts: &CompileOptions) -> Result<Lowered, CompileError> {
-    let mut g = import_file(path, opts)?;
+/// Reads, optimises, lowers and plans an ONNX file.
+pub fn compile_file(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileError> {
+    compile_graph(import_file(path, opts)?, opts)
+}
+
+/// Optimises, lowers and plans an imported graph.
+pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, CompileError> {
+    if opts.require_bounds {
+        check_bounds(&g, opts)?;
+    }
+    let ops_before = g.op_counts();
     passes::optimize(&mut g)?;
-    lower::lower(&g, &opts.dim_bounds)
+    let ops_after = g.op_counts();
+    let Lowered {
+        mut program,
+        weights,
+    } = lower::lower(&g, &opts.dim_bounds)?;
+    let plan = plan::plan(&mut program, &opts.target)?;
+    Ok(Compiled {
+        program,
+        weights,
+        plan,
+        ops_before,
+        ops_after,
+    })
+}
+
+/// Fails naming every symbolic input dim without a bound, and the inputs it appears in.
+pub fn check_bounds(g: &Graph, opts: &CompileOptions) -> Result<(), CompileError> {
+    let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for &i in &g.inputs {
+        let v = &g.values[i];
+        for d in v.shape.iter().flatten() {
+            for s in d.symbols() {
+                if !opts.dim_bounds.contains_key(&s) {
+                    missing.entry(s).or_default().push(v.name.clone());
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = missing
+        .iter()
+        .map(|(s, ins)| format!("'{s}' (in {})", ins.join(", ")))
+        .collect();
+    Err(CompileError::Options(format!(
+        "symbolic dims without a bound: {}; pass --dim NAME=N to fix one or --dim NAME=..MAX to bound it",
+        list.join(", ")
+    )))
 }

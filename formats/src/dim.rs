@@ -211,6 +211,35 @@ impl Dim {
         }
     }
 
+    /// A sound interval `[lo, hi]` for this dim given an interval for each symbol; `None` when a
+    /// symbol has no interval or the bound overflows. Opaque operations are bounded conservatively.
+    pub fn bounds(&self, lookup: &dyn Fn(&str) -> Option<(i64, i64)>) -> Option<(i64, i64)> {
+        match self {
+            Dim::Known(v) => Some((*v, *v)),
+            Dim::Sym(p) => {
+                let (mut lo, mut hi) = (0i64, 0i64);
+                for (mono, &c) in &p.0 {
+                    let (mut mlo, mut mhi) = (1i64, 1i64);
+                    for atom in mono {
+                        let (alo, ahi) = atom.bounds(lookup)?;
+                        let cands = [
+                            mlo.checked_mul(alo)?,
+                            mlo.checked_mul(ahi)?,
+                            mhi.checked_mul(alo)?,
+                            mhi.checked_mul(ahi)?,
+                        ];
+                        mlo = *cands.iter().min()?;
+                        mhi = *cands.iter().max()?;
+                    }
+                    let (a, b) = (c.checked_mul(mlo)?, c.checked_mul(mhi)?);
+                    lo = lo.checked_add(a.min(b))?;
+                    hi = hi.checked_add(a.max(b))?;
+                }
+                Some((lo, hi))
+            }
+        }
+    }
+
     /// Replaces symbols by the dims `subst` gives (symbols it leaves out stay).
     pub fn substitute(&self, subst: &dyn Fn(&str) -> Option<Dim>) -> Dim {
         match self {
@@ -273,6 +302,25 @@ impl Atom {
                     OpKind::Mod => (b != 0).then(|| a.rem_euclid(b)),
                     OpKind::Min => Some(std::cmp::min(a, b)),
                     OpKind::Max => Some(std::cmp::max(a, b)),
+                }
+            }
+        }
+    }
+
+    fn bounds(&self, lookup: &dyn Fn(&str) -> Option<(i64, i64)>) -> Option<(i64, i64)> {
+        match self {
+            Atom::Var(v) => lookup(v),
+            Atom::Op(op) => {
+                let ((alo, ahi), (blo, bhi)) = (op.1.bounds(lookup)?, op.2.bounds(lookup)?);
+                match op.0 {
+                    // Sizes: a non-negative numerator over a divisor of at least 1.
+                    OpKind::FloorDiv if alo >= 0 && blo >= 1 => Some((alo / bhi, ahi / blo)),
+                    OpKind::FloorDiv if alo >= 0 && blo >= 0 => Some((0, ahi)),
+                    OpKind::FloorDiv => None,
+                    OpKind::Mod if blo >= 1 => Some((0, bhi - 1)),
+                    OpKind::Mod => None,
+                    OpKind::Min => Some((alo.min(blo), ahi.min(bhi))),
+                    OpKind::Max => Some((alo.max(blo), ahi.max(bhi))),
                 }
             }
         }
@@ -400,6 +448,20 @@ mod tests {
         assert_eq!(
             d.symbols().into_iter().collect::<Vec<_>>(),
             vec!["seq".to_string()]
+        );
+    }
+
+    #[test]
+    fn bounds_are_sound_for_differences() {
+        let (s, t) = (Dim::sym("seq"), Dim::sym("total"));
+        let b = |n: &str| Some(if n == "seq" { (1, 128) } else { (1, 1024) });
+        assert_eq!(t.sub(&s).bounds(&b), Some((-127, 1023)));
+        assert_eq!(s.mul(&Dim::Known(64)).bounds(&b), Some((64, 8192)));
+        assert_eq!(t.minimum(&Dim::Known(512)).bounds(&b), Some((1, 512)));
+        assert_eq!(
+            s.add(&Dim::sym("other"))
+                .bounds(&|n| (n == "seq").then_some((1, 2))),
+            None
         );
     }
 

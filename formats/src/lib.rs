@@ -8,6 +8,7 @@ pub mod error;
 pub mod npy;
 pub mod onnx;
 pub mod program;
+pub mod target;
 pub mod tensor;
 
 pub use bytes::{AlignedBuf, SharedBytes};

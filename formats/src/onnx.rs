@@ -242,12 +242,23 @@ impl OnnxModel {
 
 /// Decodes a serialized `TensorProto` (the `input_0.pb` files of ONNX test data) into a named
 /// tensor; external data is refused.
-pub fn read_tensor_proto(bytes: &[u8], source: &str) -> Result<(String, crate::Tensor), FormatError> {
+pub fn read_tensor_proto(
+    bytes: &[u8],
+    source: &str,
+) -> Result<(String, crate::Tensor), FormatError> {
     let mut t = TensorProto::parse_from_bytes(bytes)
         .map_err(|e| FormatError::Invalid(format!("{source}: not a TensorProto: {e}")))?;
-    let holder = OnnxModel { proto: ModelProto::new(), base_dir: None, source: source.into(), external: Mutex::new(HashMap::new()) };
+    let holder = OnnxModel {
+        proto: ModelProto::new(),
+        base_dir: None,
+        source: source.into(),
+        external: Mutex::new(HashMap::new()),
+    };
     let data = holder.take_tensor(&mut t)?;
-    Ok((t.name.clone(), crate::Tensor::from_bytes(data.dtype, &data.dims, data.bytes.as_slice())?))
+    Ok((
+        t.name.clone(),
+        crate::Tensor::from_bytes(data.dtype, &data.dims, data.bytes.as_slice())?,
+    ))
 }
 
 /// Tensor bytes from the typed repeated fields (`float_data`, `int64_data`, ...).

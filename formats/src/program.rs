@@ -35,6 +35,9 @@ pub struct Program {
     /// Constant tensors, referred to by [`Storage::Weight`] slots.
     #[prost(message, repeated, tag = "8")]
     pub weights: Vec<WeightRef>,
+    /// Largest arena buffer (and binding) the plan's target allows; 0 = no limit recorded.
+    #[prost(uint64, tag = "9")]
+    pub max_buffer: u64,
 }
 
 /// A symbolic dim and the largest value the plan allows for it.

@@ -6,6 +6,7 @@ pub mod kernel;
 pub mod model;
 pub mod ops;
 pub mod session;
+pub mod verify;
 pub mod view;
 
 pub use error::{KernelError, RuntimeError};

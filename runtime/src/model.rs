@@ -73,6 +73,8 @@ impl Model {
             weights.push(bytes);
         }
 
+        crate::verify::verify(&program)
+            .map_err(|e| bad(format!("the memory plan fails verification: {e}")))?;
         let mut places = Vec::with_capacity(n);
         let mut alias_of = vec![None; n];
         for (i, v) in program.values.iter().enumerate() {

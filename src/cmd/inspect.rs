@@ -29,7 +29,8 @@ fn describe(g: &Graph, ids: &[usize]) -> Vec<serde_json::Value> {
 
 pub fn main(args: Args) -> Result<()> {
     let opts = CompileOptions::default();
-    let mut g = kiln_compiler::import_file(&args.model, &opts).with_context(|| format!("importing {}", args.model.display()))?;
+    let mut g = kiln_compiler::import_file(&args.model, &opts)
+        .with_context(|| format!("importing {}", args.model.display()))?;
     let ops_in = g.op_counts();
     let unsupported: Vec<String> = match passes::infer::check_supported(&g) {
         Ok(()) => Vec::new(),
@@ -58,7 +59,12 @@ pub fn main(args: Args) -> Result<()> {
     let sig = |title: &str, list: &serde_json::Value| {
         println!("{title}:");
         for v in list.as_array().into_iter().flatten() {
-            println!("  {} {} {}", v["name"].as_str().unwrap_or(""), v["dtype"].as_str().unwrap_or("?"), v["shape"]);
+            println!(
+                "  {} {} {}",
+                v["name"].as_str().unwrap_or(""),
+                v["dtype"].as_str().unwrap_or("?"),
+                v["shape"]
+            );
         }
     };
     println!("model: {}", args.model.display());
@@ -69,7 +75,10 @@ pub fn main(args: Args) -> Result<()> {
         println!("  {op:<24} {n}");
     }
     if let Some(after) = &optimized {
-        println!("after shape folding, constant folding and dead code removal: {} nodes", after.values().sum::<usize>());
+        println!(
+            "after shape folding, constant folding and dead code removal: {} nodes",
+            after.values().sum::<usize>()
+        );
     }
     println!("constants: {} bytes", g.constant_bytes());
     if unsupported.is_empty() {

@@ -1,0 +1,92 @@
+//! Lifetimes of the values a plan must place: from the step that writes a value to the last step
+//! that reads it or any view of it. Inputs live from the start, outputs to the end.
+
+use kiln_formats::program::{Program, StorageKind, NO_VALUE};
+use kiln_runtime::verify::bounded_bytes;
+
+/// A value to place: its slot, bytes at the planned bounds, and the steps it is live at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interval {
+    pub slot: usize,
+    pub size: u64,
+    pub first: usize,
+    pub last: usize,
+}
+
+impl Interval {
+    pub fn overlaps_in_time(&self, o: &Interval) -> bool {
+        self.first <= o.last && o.first <= self.last
+    }
+}
+
+/// The values of `p` that own storage the runtime would otherwise allocate (not weights, not
+/// views), split into those with bounded sizes and those whose size depends on unbounded dims.
+pub fn intervals(p: &Program) -> (Vec<Interval>, Vec<usize>) {
+    let n = p.values.len();
+    let kind = |i: usize| {
+        p.values[i]
+            .storage
+            .as_ref()
+            .map_or(StorageKind::Dynamic as i32, |s| s.kind)
+    };
+    let root = |mut i: usize| {
+        while kind(i) == StorageKind::Alias as i32 {
+            i = p.values[i].storage.as_ref().map_or(i, |s| s.index as usize);
+        }
+        i
+    };
+    let (mut first, mut last) = (vec![usize::MAX; n], vec![0; n]);
+    let mut touch = |slot: u32, step: usize| {
+        if slot != NO_VALUE {
+            let r = root(slot as usize);
+            first[r] = first[r].min(step);
+            last[r] = last[r].max(step);
+        }
+    };
+    p.inputs.iter().for_each(|&i| touch(i, 0));
+    for (s, step) in p.steps.iter().enumerate() {
+        step.inputs
+            .iter()
+            .chain(&step.outputs)
+            .for_each(|&i| touch(i, s));
+    }
+    p.outputs.iter().for_each(|&o| touch(o, p.steps.len()));
+
+    let (mut planned, mut unbounded) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let k = kind(i);
+        if first[i] == usize::MAX
+            || k == StorageKind::Weight as i32
+            || k == StorageKind::Alias as i32
+        {
+            continue;
+        }
+        match bounded_bytes(&p.values[i]) {
+            Some(size) => planned.push(Interval {
+                slot: i,
+                size,
+                first: first[i],
+                last: last[i],
+            }),
+            None => unbounded.push(i),
+        }
+    }
+    (planned, unbounded)
+}
+
+/// Max over steps of the aligned bytes live at that step: no plan can be smaller.
+pub fn lower_bound(ivs: &[Interval], align: u64) -> u64 {
+    let steps = ivs.iter().map(|i| i.last + 1).max().unwrap_or(0);
+    let mut delta = vec![0i128; steps + 1];
+    for iv in ivs {
+        let s = iv.size.next_multiple_of(align) as i128;
+        delta[iv.first] += s;
+        delta[iv.last + 1] -= s;
+    }
+    let (mut live, mut best) = (0i128, 0i128);
+    for d in delta {
+        live += d;
+        best = best.max(live);
+    }
+    best as u64
+}

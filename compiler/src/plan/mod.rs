@@ -1,0 +1,104 @@
+//! Memory planning: every value the runtime would otherwise allocate gets an aligned offset in an
+//! arena buffer, sized for the upper bounds of its symbolic dims. Several strategies run and the
+//! smallest plan is kept; the independent verifier then checks it.
+
+pub mod lifetime;
+pub mod place;
+
+use crate::error::CompileError;
+use kiln_formats::program::{Program, Storage};
+use kiln_formats::target::TargetLimits;
+use kiln_runtime::verify::verify;
+use lifetime::{intervals, lower_bound};
+use place::{place, Fit, Order};
+use serde::Serialize;
+
+/// What a plan costs and how close it is to the best possible.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanReport {
+    pub target: String,
+    pub alignment: u64,
+    pub arena_bytes: u64,
+    pub lower_bound_bytes: u64,
+    /// arena / lower bound (1.0 = optimal).
+    pub ratio: f64,
+    pub buffers: Vec<u64>,
+    pub strategy: String,
+    /// The largest planned values: (name, bytes).
+    pub largest: Vec<(String, u64)>,
+    /// Values whose size depends on data unknown at compile time; the runtime sizes them per run.
+    pub unplanned: Vec<String>,
+}
+
+/// Plans `p` for `target`, writes the arena offsets into it, and verifies the result.
+pub fn plan(p: &mut Program, target: &TargetLimits) -> Result<PlanReport, CompileError> {
+    let align = target.alignment.max(1);
+    let limit = target.largest_buffer();
+    let (ivs, unbounded) = intervals(p);
+    if let Some(big) = ivs
+        .iter()
+        .find(|iv| iv.size.next_multiple_of(align) > limit)
+    {
+        return Err(CompileError::Model(format!(
+            "value '{}' needs {} bytes, more than the {} target's largest buffer ({limit} bytes), and kiln cannot split it",
+            p.values[big.slot].name, big.size, target.name
+        )));
+    }
+    let mut best: Option<(place::Placement, String)> = None;
+    for order in [Order::Size, Order::Breadth, Order::Duration, Order::Area] {
+        for fit in [Fit::First, Fit::Best] {
+            let candidate = place(&ivs, align, limit, order, fit);
+            if best
+                .as_ref()
+                .is_none_or(|(b, _)| candidate.total() < b.total())
+            {
+                best = Some((candidate, format!("{order:?}/{fit:?}").to_lowercase()));
+            }
+        }
+    }
+    let (placement, strategy) = best.unwrap_or((
+        place::Placement {
+            slots: vec![],
+            buffers: vec![],
+        },
+        "none".into(),
+    ));
+    for (iv, &(buffer, offset)) in ivs.iter().zip(&placement.slots) {
+        p.values[iv.slot].storage = Some(Storage::arena(buffer as u32, offset, iv.size));
+    }
+    p.buffers = placement.buffers.clone();
+    p.alignment = align;
+    p.max_buffer = if limit >= i64::MAX as u64 { 0 } else { limit };
+    verify(p).map_err(|e| {
+        CompileError::Model(format!(
+            "the planner produced an invalid plan (a kiln bug): {e}"
+        ))
+    })?;
+
+    let lower = lower_bound(&ivs, align);
+    let arena = placement.total();
+    let mut largest: Vec<(String, u64)> = ivs
+        .iter()
+        .map(|iv| (p.values[iv.slot].name.clone(), iv.size))
+        .collect();
+    largest.sort_by_key(|(_, s)| std::cmp::Reverse(*s));
+    largest.truncate(5);
+    Ok(PlanReport {
+        target: target.name.clone(),
+        alignment: align,
+        arena_bytes: arena,
+        lower_bound_bytes: lower,
+        ratio: if lower == 0 {
+            1.0
+        } else {
+            arena as f64 / lower as f64
+        },
+        buffers: placement.buffers,
+        strategy,
+        largest,
+        unplanned: unbounded
+            .iter()
+            .map(|&i| p.values[i].name.clone())
+            .collect(),
+    })
+}
