@@ -10,11 +10,7 @@ pub enum CompileError {
     #[error("invalid model: {0}")]
     Model(String),
     #[error("node '{node}' ({op}): {reason}")]
-    Node {
-        node: String,
-        op: String,
-        reason: String,
-    },
+    Node { node: String, op: String, reason: String },
     #[error("unsupported ops: {}", .0.join(", "))]
     Unsupported(Vec<String>),
     #[error("{0}")]
@@ -23,10 +19,6 @@ pub enum CompileError {
 
 impl CompileError {
     pub(crate) fn node(node: &crate::ir::Node, reason: impl std::fmt::Display) -> Self {
-        CompileError::Node {
-            node: node.name.clone(),
-            op: node.op.clone(),
-            reason: reason.to_string(),
-        }
+        CompileError::Node { node: node.name.clone(), op: node.op.clone(), reason: reason.to_string() }
     }
 }

@@ -13,21 +13,10 @@ use std::collections::{HashMap, VecDeque};
 
 /// Imports a decoded model. `fixed` maps symbolic input dims to the values they are fixed at.
 pub fn import(mut model: OnnxModel, fixed: &HashMap<String, i64>) -> Result<Graph, CompileError> {
-    let mut gp = model
-        .proto
-        .graph
-        .take()
-        .ok_or_else(|| CompileError::Model("no graph".into()))?;
-    let mut g = Graph {
-        name: gp.name.clone(),
-        ..Default::default()
-    };
+    let mut gp = model.proto.graph.take().ok_or_else(|| CompileError::Model("no graph".into()))?;
+    let mut g = Graph { name: gp.name.clone(), ..Default::default() };
     for o in &model.proto.opset_import {
-        let d = if o.domain == "ai.onnx" {
-            String::new()
-        } else {
-            o.domain.clone()
-        };
+        let d = if o.domain == "ai.onnx" { String::new() } else { o.domain.clone() };
         g.opsets.insert(d, o.version);
     }
     g.opsets.entry(String::new()).or_insert(1);
@@ -49,9 +38,7 @@ pub fn import(mut model: OnnxModel, fixed: &HashMap<String, i64>) -> Result<Grap
         by_name.insert(name, id);
     }
     if !gp.sparse_initializer.is_empty() {
-        return Err(CompileError::Model(
-            "sparse initializers are not supported".into(),
-        ));
+        return Err(CompileError::Model("sparse initializers are not supported".into()));
     }
 
     for vi in &gp.input {
@@ -60,12 +47,8 @@ pub fn import(mut model: OnnxModel, fixed: &HashMap<String, i64>) -> Result<Grap
             continue;
         }
         let (dtype, shape) = value_type(vi, fixed)?;
-        let id = g.add_value(Value {
-            name: vi.name.clone(),
-            dtype: Some(dtype),
-            shape: Some(shape),
-            ..Default::default()
-        });
+        let id =
+            g.add_value(Value { name: vi.name.clone(), dtype: Some(dtype), shape: Some(shape), ..Default::default() });
         by_name.insert(vi.name.clone(), id);
         g.inputs.push(id);
     }
@@ -74,22 +57,10 @@ pub fn import(mut model: OnnxModel, fixed: &HashMap<String, i64>) -> Result<Grap
     let mut nodes = std::mem::take(&mut gp.node);
     for i in order {
         let np = &mut nodes[i];
-        let name = if np.name.is_empty() {
-            format!("{}_{i}", np.op_type)
-        } else {
-            np.name.clone()
-        };
-        let domain = if np.domain == "ai.onnx" {
-            String::new()
-        } else {
-            np.domain.clone()
-        };
+        let name = if np.name.is_empty() { format!("{}_{i}", np.op_type) } else { np.name.clone() };
+        let domain = if np.domain == "ai.onnx" { String::new() } else { np.domain.clone() };
         let opset = *g.opsets.get(&domain).unwrap_or(&1);
-        let node_err = |reason: String| CompileError::Node {
-            node: name.clone(),
-            op: np.op_type.clone(),
-            reason,
-        };
+        let node_err = |reason: String| CompileError::Node { node: name.clone(), op: np.op_type.clone(), reason };
         let mut attrs = Vec::with_capacity(np.attribute.len());
         for a in np.attribute.iter_mut() {
             attrs.push(convert_attr(&model, a).map_err(&node_err)?);
@@ -109,20 +80,12 @@ pub fn import(mut model: OnnxModel, fixed: &HashMap<String, i64>) -> Result<Grap
         }
         let mut inputs = Vec::with_capacity(np.input.len());
         for inp in &np.input {
-            inputs.push(if inp.is_empty() {
-                None
-            } else {
-                Some(by_name[inp])
-            });
+            inputs.push(if inp.is_empty() { None } else { Some(by_name[inp]) });
         }
         let mut outputs = Vec::with_capacity(np.output.len());
         for out in &np.output {
             let id = g.add_value(Value {
-                name: if out.is_empty() {
-                    format!("{name}:unused{}", outputs.len())
-                } else {
-                    out.clone()
-                },
+                name: if out.is_empty() { format!("{name}:unused{}", outputs.len()) } else { out.clone() },
                 ..Default::default()
             });
             if !out.is_empty() {
@@ -130,23 +93,12 @@ pub fn import(mut model: OnnxModel, fixed: &HashMap<String, i64>) -> Result<Grap
             }
             outputs.push(id);
         }
-        g.nodes.push(Node {
-            name,
-            op: np.op_type.clone(),
-            domain,
-            opset,
-            attrs,
-            inputs,
-            outputs,
-        });
+        g.nodes.push(Node { name, op: np.op_type.clone(), domain, opset, attrs, inputs, outputs });
     }
 
     for vi in &gp.output {
         let id = *by_name.get(&vi.name).ok_or_else(|| {
-            CompileError::Model(format!(
-                "graph output '{}' is not produced by any node, input or initializer",
-                vi.name
-            ))
+            CompileError::Model(format!("graph output '{}' is not produced by any node, input or initializer", vi.name))
         })?;
         g.outputs.push(id);
     }
@@ -156,16 +108,9 @@ pub fn import(mut model: OnnxModel, fixed: &HashMap<String, i64>) -> Result<Grap
     Ok(g)
 }
 
-fn define(
-    by_name: &mut HashMap<String, ValueId>,
-    name: String,
-    id: ValueId,
-    node: &str,
-) -> Result<(), CompileError> {
+fn define(by_name: &mut HashMap<String, ValueId>, name: String, id: ValueId, node: &str) -> Result<(), CompileError> {
     if by_name.insert(name.clone(), id).is_some() {
-        return Err(CompileError::Model(format!(
-            "value '{name}' is defined twice (again by node '{node}')"
-        )));
+        return Err(CompileError::Model(format!("value '{name}' is defined twice (again by node '{node}')")));
     }
     Ok(())
 }
@@ -176,38 +121,21 @@ fn value_type(
     fixed: &HashMap<String, i64>,
 ) -> Result<(DType, Vec<Dim>), CompileError> {
     let err = |m: String| CompileError::Model(format!("input '{}': {m}", vi.name));
-    let tt = vi
-        .type_
-        .as_ref()
-        .map(|t| t.tensor_type())
-        .ok_or_else(|| err("has no type".into()))?;
-    let dtype = DType::from_onnx_code(tt.elem_type).ok_or_else(|| {
-        err(format!(
-            "element type {} is not supported",
-            DType::onnx_name(tt.elem_type)
-        ))
-    })?;
-    let shape = tt
-        .shape
-        .as_ref()
-        .ok_or_else(|| err("has no shape (rank unknown)".into()))?;
+    let tt = vi.type_.as_ref().map(|t| t.tensor_type()).ok_or_else(|| err("has no type".into()))?;
+    let dtype = DType::from_onnx_code(tt.elem_type)
+        .ok_or_else(|| err(format!("element type {} is not supported", DType::onnx_name(tt.elem_type))))?;
+    let shape = tt.shape.as_ref().ok_or_else(|| err("has no shape (rank unknown)".into()))?;
     let mut dims = Vec::with_capacity(shape.dim.len());
     for (axis, d) in shape.dim.iter().enumerate() {
         dims.push(match &d.value {
             Some(dimension::Value::DimValue(v)) if *v >= 0 => Dim::Known(*v),
-            Some(dimension::Value::DimValue(v)) => {
-                return Err(err(format!("dim {axis} is negative ({v})")))
+            Some(dimension::Value::DimValue(v)) => return Err(err(format!("dim {axis} is negative ({v})"))),
+            Some(dimension::Value::DimParam(p)) if !p.is_empty() => {
+                fixed.get(p).map(|&v| Dim::Known(v)).unwrap_or_else(|| Dim::sym(p))
             }
-            Some(dimension::Value::DimParam(p)) if !p.is_empty() => fixed
-                .get(p)
-                .map(|&v| Dim::Known(v))
-                .unwrap_or_else(|| Dim::sym(p)),
             _ => {
                 let p = format!("{}_dim{axis}", vi.name);
-                fixed
-                    .get(&p)
-                    .map(|&v| Dim::Known(v))
-                    .unwrap_or_else(|| Dim::sym(&p))
+                fixed.get(&p).map(|&v| Dim::Known(v)).unwrap_or_else(|| Dim::sym(&p))
             }
         });
     }
@@ -215,10 +143,7 @@ fn value_type(
 }
 
 /// Indices of nodes in an order where every input is defined before use.
-fn topo_order(
-    nodes: &[NodeProto],
-    known: &HashMap<String, ValueId>,
-) -> Result<Vec<usize>, CompileError> {
+fn topo_order(nodes: &[NodeProto], known: &HashMap<String, ValueId>) -> Result<Vec<usize>, CompileError> {
     let mut producer: HashMap<&str, usize> = HashMap::new();
     for (i, n) in nodes.iter().enumerate() {
         for o in n.output.iter().filter(|o| !o.is_empty()) {
@@ -237,13 +162,13 @@ fn topo_order(
                     pending[i] += 1;
                     users[p].push(i);
                 }
-                None => return Err(CompileError::Node {
-                    node: n.name.clone(),
-                    op: n.op_type.clone(),
-                    reason: format!(
-                        "input '{inp}' is not a graph input, an initializer or any node's output"
-                    ),
-                }),
+                None => {
+                    return Err(CompileError::Node {
+                        node: n.name.clone(),
+                        op: n.op_type.clone(),
+                        reason: format!("input '{inp}' is not a graph input, an initializer or any node's output"),
+                    })
+                }
             }
         }
     }
@@ -275,12 +200,9 @@ fn convert_attr(model: &OnnxModel, a: &mut AttributeProto) -> Result<Attribute, 
     Ok(match ty {
         Some(AttributeType::INT) => Attribute::int(&name, a.i),
         Some(AttributeType::FLOAT) => Attribute::float(&name, a.f),
-        Some(AttributeType::STRING) => Attribute {
-            name,
-            kind: AttrKind::String as i32,
-            s: std::mem::take(&mut a.s),
-            ..Default::default()
-        },
+        Some(AttributeType::STRING) => {
+            Attribute { name, kind: AttrKind::String as i32, s: std::mem::take(&mut a.s), ..Default::default() }
+        }
         Some(AttributeType::INTS) => Attribute::ints(&name, std::mem::take(&mut a.ints)),
         Some(AttributeType::FLOATS) => Attribute::floats(&name, std::mem::take(&mut a.floats)),
         Some(AttributeType::STRINGS) => Attribute {
@@ -290,12 +212,8 @@ fn convert_attr(model: &OnnxModel, a: &mut AttributeProto) -> Result<Attribute, 
             ..Default::default()
         },
         Some(AttributeType::TENSOR) => {
-            let t =
-                a.t.as_mut()
-                    .ok_or_else(|| format!("attribute '{name}' has no tensor"))?;
-            let data = model
-                .take_tensor(t)
-                .map_err(|e| format!("attribute '{name}': {e}"))?;
+            let t = a.t.as_mut().ok_or_else(|| format!("attribute '{name}' has no tensor"))?;
+            let data = model.take_tensor(t).map_err(|e| format!("attribute '{name}': {e}"))?;
             Attribute::tensor(
                 &name,
                 TensorValue {
@@ -306,16 +224,9 @@ fn convert_attr(model: &OnnxModel, a: &mut AttributeProto) -> Result<Attribute, 
             )
         }
         Some(AttributeType::GRAPH | AttributeType::GRAPHS) => {
-            return Err(format!(
-                "attribute '{name}' holds a subgraph; control flow is not supported"
-            ))
+            return Err(format!("attribute '{name}' holds a subgraph; control flow is not supported"))
         }
-        _ => {
-            return Err(format!(
-                "attribute '{name}' has unsupported type {:?}",
-                a.type_
-            ))
-        }
+        _ => return Err(format!("attribute '{name}' has unsupported type {:?}", a.type_)),
     })
 }
 
@@ -326,24 +237,16 @@ fn constant_node_value(attrs: &[Attribute]) -> Result<(DType, Vec<usize>, Shared
     Ok(match (a.name.as_str(), &a.tensor) {
         ("value", Some(t)) => {
             let dtype = DType::from_onnx_code(t.dtype).ok_or("unsupported tensor type")?;
-            (
-                dtype,
-                t.dims.iter().map(|&d| d as usize).collect(),
-                le(t.data.clone()),
-            )
+            (dtype, t.dims.iter().map(|&d| d as usize).collect(), le(t.data.clone()))
         }
         ("value_float", _) => (DType::F32, vec![], le(a.f.to_le_bytes().to_vec())),
-        ("value_floats", _) => (
-            DType::F32,
-            vec![a.floats.len()],
-            le(a.floats.iter().flat_map(|f| f.to_le_bytes()).collect()),
-        ),
+        ("value_floats", _) => {
+            (DType::F32, vec![a.floats.len()], le(a.floats.iter().flat_map(|f| f.to_le_bytes()).collect()))
+        }
         ("value_int", _) => (DType::I64, vec![], le(a.i.to_le_bytes().to_vec())),
-        ("value_ints", _) => (
-            DType::I64,
-            vec![a.ints.len()],
-            le(a.ints.iter().flat_map(|f| f.to_le_bytes()).collect()),
-        ),
+        ("value_ints", _) => {
+            (DType::I64, vec![a.ints.len()], le(a.ints.iter().flat_map(|f| f.to_le_bytes()).collect()))
+        }
         (other, _) => return Err(format!("Constant attribute '{other}' is not supported")),
     })
 }

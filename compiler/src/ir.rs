@@ -26,11 +26,7 @@ pub struct Value {
 impl Value {
     /// Shape with every dim known, as usize.
     pub fn known_shape(&self) -> Option<Vec<usize>> {
-        self.shape
-            .as_ref()?
-            .iter()
-            .map(|d| d.known().and_then(|v| usize::try_from(v).ok()))
-            .collect()
+        self.shape.as_ref()?.iter().map(|d| d.known().and_then(|v| usize::try_from(v).ok())).collect()
     }
 }
 
@@ -97,10 +93,6 @@ impl Graph {
 
     /// Total bytes held by constants still referenced by nodes or outputs.
     pub fn constant_bytes(&self) -> usize {
-        self.values
-            .iter()
-            .filter_map(|v| v.constant.as_ref())
-            .map(SharedBytes::len)
-            .sum()
+        self.values.iter().filter_map(|v| v.constant.as_ref()).map(SharedBytes::len).sum()
     }
 }

@@ -70,18 +70,9 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     let ops_before = g.op_counts();
     passes::optimize(&mut g)?;
     let ops_after = g.op_counts();
-    let Lowered {
-        mut program,
-        weights,
-    } = lower::lower(&g, &opts.dim_bounds)?;
+    let Lowered { mut program, weights } = lower::lower(&g, &opts.dim_bounds)?;
     let plan = plan::plan(&mut program, &opts.target)?;
-    Ok(Compiled {
-        program,
-        weights,
-        plan,
-        ops_before,
-        ops_after,
-    })
+    Ok(Compiled { program, weights, plan, ops_before, ops_after })
 }
 
 /// Fails naming every symbolic input dim without a bound, and the inputs it appears in.
@@ -100,10 +91,7 @@ pub fn check_bounds(g: &Graph, opts: &CompileOptions) -> Result<(), CompileError
     if missing.is_empty() {
         return Ok(());
     }
-    let list: Vec<String> = missing
-        .iter()
-        .map(|(s, ins)| format!("'{s}' (in {})", ins.join(", ")))
-        .collect();
+    let list: Vec<String> = missing.iter().map(|(s, ins)| format!("'{s}' (in {})", ins.join(", "))).collect();
     Err(CompileError::Options(format!(
         "symbolic dims without a bound: {}; pass --dim NAME=N to fix one or --dim NAME=..MAX to bound it",
         list.join(", ")

@@ -4,9 +4,7 @@
 
 use crate::error::CompileError;
 use crate::ir::{Graph, ValueId};
-use kiln_formats::program::{
-    DimInfo, Program, Step, Storage, SymbolBound, ValueInfo, WeightRef, NO_VALUE,
-};
+use kiln_formats::program::{DimInfo, Program, Step, Storage, SymbolBound, ValueInfo, WeightRef, NO_VALUE};
 use kiln_formats::SharedBytes;
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,10 +20,7 @@ pub struct Lowered {
 /// Lowers an optimised graph. `bounds` gives the upper bound of each symbolic dim, if known.
 pub fn lower(g: &Graph, bounds: &BTreeMap<String, u64>) -> Result<Lowered, CompileError> {
     let mut slots: HashMap<ValueId, u32> = HashMap::new();
-    let mut program = Program {
-        alignment: 64,
-        ..Default::default()
-    };
+    let mut program = Program { alignment: 64, ..Default::default() };
     let mut weights = Vec::new();
     let lookup = |s: &str| bounds.get(s).map(|&b| (0, b as i64));
 
@@ -37,12 +32,9 @@ pub fn lower(g: &Graph, bounds: &BTreeMap<String, u64>) -> Result<Lowered, Compi
             return Ok(s);
         }
         let v = &g.values[id];
-        let dtype = v.dtype.ok_or_else(|| {
-            CompileError::Model(format!("value '{}' has no inferred type", v.name))
-        })?;
-        let shape = v.shape.as_ref().ok_or_else(|| {
-            CompileError::Model(format!("value '{}' has no inferred shape", v.name))
-        })?;
+        let dtype = v.dtype.ok_or_else(|| CompileError::Model(format!("value '{}' has no inferred type", v.name)))?;
+        let shape =
+            v.shape.as_ref().ok_or_else(|| CompileError::Model(format!("value '{}' has no inferred shape", v.name)))?;
         let storage = match &v.constant {
             Some(bytes) => {
                 weights.push(bytes.clone());
@@ -58,10 +50,7 @@ pub fn lower(g: &Graph, bounds: &BTreeMap<String, u64>) -> Result<Lowered, Compi
         program.values.push(ValueInfo {
             name: v.name.clone(),
             dtype: dtype.onnx_code(),
-            dims: shape
-                .iter()
-                .map(|d| DimInfo::from_dim(d, d.bounds(&lookup).map(|(_, hi)| hi)))
-                .collect(),
+            dims: shape.iter().map(|d| DimInfo::from_dim(d, d.bounds(&lookup).map(|(_, hi)| hi))).collect(),
             storage: Some(storage),
         });
         let s = (program.values.len() - 1) as u32;
@@ -102,12 +91,6 @@ pub fn lower(g: &Graph, bounds: &BTreeMap<String, u64>) -> Result<Lowered, Compi
         let s = slot_of(o, &mut program, &mut weights)?;
         program.outputs.push(s);
     }
-    program.symbols = bounds
-        .iter()
-        .map(|(name, &max)| SymbolBound {
-            name: name.clone(),
-            max,
-        })
-        .collect();
+    program.symbols = bounds.iter().map(|(name, &max)| SymbolBound { name: name.clone(), max }).collect();
     Ok(Lowered { program, weights })
 }

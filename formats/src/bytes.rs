@@ -21,10 +21,7 @@ pub struct AlignedBuf {
 impl AlignedBuf {
     /// A zeroed buffer of `len` bytes.
     pub fn zeroed(len: usize) -> Self {
-        AlignedBuf {
-            blocks: vec![Block([0; BUFFER_ALIGN]); len.div_ceil(BUFFER_ALIGN)],
-            len,
-        }
+        AlignedBuf { blocks: vec![Block([0; BUFFER_ALIGN]); len.div_ceil(BUFFER_ALIGN)], len }
     }
 
     /// A buffer holding a copy of `bytes`.
@@ -103,10 +100,7 @@ impl SharedBytes {
     /// The whole of `owner`.
     pub fn new(owner: Arc<dyn ByteOwner>) -> Self {
         let len = owner.bytes().len();
-        SharedBytes {
-            owner,
-            range: 0..len,
-        }
+        SharedBytes { owner, range: 0..len }
     }
 
     /// Bytes copied into a fresh aligned buffer (for small data such as inline ONNX tensors).

@@ -134,14 +134,11 @@ impl Dim {
     pub fn floor_div(&self, o: &Dim) -> Option<Dim> {
         match (self, o) {
             (_, Dim::Known(0)) => None,
-            (Dim::Known(a), Dim::Known(b)) => Some(Dim::Known(
-                a.div_euclid(*b) - i64::from(a.rem_euclid(*b) != 0 && *b < 0),
-            )),
+            (Dim::Known(a), Dim::Known(b)) => {
+                Some(Dim::Known(a.div_euclid(*b) - i64::from(a.rem_euclid(*b) != 0 && *b < 0)))
+            }
             _ if self == o => Some(Dim::Known(1)),
-            _ => Some(
-                self.exact_div(o)
-                    .unwrap_or_else(|| Dim::op(OpKind::FloorDiv, self, o)),
-            ),
+            _ => Some(self.exact_div(o).unwrap_or_else(|| Dim::op(OpKind::FloorDiv, self, o))),
         }
     }
 
@@ -332,9 +329,7 @@ impl Atom {
             Atom::Op(op) => {
                 let (a, b) = (op.1.substitute(subst), op.2.substitute(subst));
                 match op.0 {
-                    OpKind::FloorDiv => a
-                        .floor_div(&b)
-                        .unwrap_or_else(|| Dim::op(OpKind::FloorDiv, &a, &b)),
+                    OpKind::FloorDiv => a.floor_div(&b).unwrap_or_else(|| Dim::op(OpKind::FloorDiv, &a, &b)),
                     OpKind::Mod => a.rem(&b).unwrap_or_else(|| Dim::op(OpKind::Mod, &a, &b)),
                     OpKind::Min => a.minimum(&b),
                     OpKind::Max => a.maximum(&b),
@@ -379,11 +374,7 @@ impl fmt::Display for Dim {
                 let mut terms: Vec<_> = p.0.iter().collect();
                 terms.sort_by_key(|(m, _)| std::cmp::Reverse(m.len()));
                 for (i, (mono, c)) in terms.into_iter().enumerate() {
-                    let (sign, mag) = if *c < 0 {
-                        ("-", c.unsigned_abs())
-                    } else {
-                        ("+", *c as u64)
-                    };
+                    let (sign, mag) = if *c < 0 { ("-", c.unsigned_abs()) } else { ("+", *c as u64) };
                     match (i, sign) {
                         (0, "-") => f.write_str("-")?,
                         (0, _) => {}
@@ -424,31 +415,19 @@ mod tests {
         let (s, p) = (Dim::sym("seq"), Dim::sym("past"));
         assert_eq!(s.add(&p), p.add(&s));
         assert_eq!(s.add(&p).sub(&p), s);
-        assert_eq!(
-            s.mul(&Dim::Known(12)).floor_div(&Dim::Known(12)).unwrap(),
-            s
-        );
+        assert_eq!(s.mul(&Dim::Known(12)).floor_div(&Dim::Known(12)).unwrap(), s);
         assert_eq!(s.mul(&p).floor_div(&s).unwrap(), p);
         assert_eq!(s.sub(&s), Dim::Known(0));
-        assert_eq!(
-            format!("{}", s.add(&p).add(&Dim::Known(1))),
-            "past + seq + 1"
-        );
+        assert_eq!(format!("{}", s.add(&p).add(&Dim::Known(1))), "past + seq + 1");
     }
 
     #[test]
     fn eval_and_substitute() {
-        let d = Dim::maximum(
-            &Dim::sym("seq").mul(&Dim::Known(3)).add(&Dim::Known(1)),
-            &Dim::Known(5),
-        );
+        let d = Dim::maximum(&Dim::sym("seq").mul(&Dim::Known(3)).add(&Dim::Known(1)), &Dim::Known(5));
         assert_eq!(d.eval(&|n| (n == "seq").then_some(4)), Some(13));
         assert_eq!(d.eval(&|_| None), None);
         assert_eq!(d.substitute(&|_| Some(Dim::Known(1))), Dim::Known(5));
-        assert_eq!(
-            d.symbols().into_iter().collect::<Vec<_>>(),
-            vec!["seq".to_string()]
-        );
+        assert_eq!(d.symbols().into_iter().collect::<Vec<_>>(), vec!["seq".to_string()]);
     }
 
     #[test]
@@ -458,23 +437,13 @@ mod tests {
         assert_eq!(t.sub(&s).bounds(&b), Some((-127, 1023)));
         assert_eq!(s.mul(&Dim::Known(64)).bounds(&b), Some((64, 8192)));
         assert_eq!(t.minimum(&Dim::Known(512)).bounds(&b), Some((1, 512)));
-        assert_eq!(
-            s.add(&Dim::sym("other"))
-                .bounds(&|n| (n == "seq").then_some((1, 2))),
-            None
-        );
+        assert_eq!(s.add(&Dim::sym("other")).bounds(&|n| (n == "seq").then_some((1, 2))), None);
     }
 
     #[test]
     fn known_floor_div_rounds_down() {
-        assert_eq!(
-            Dim::Known(-7).floor_div(&Dim::Known(2)),
-            Some(Dim::Known(-4))
-        );
-        assert_eq!(
-            Dim::Known(7).floor_div(&Dim::Known(-2)),
-            Some(Dim::Known(-4))
-        );
+        assert_eq!(Dim::Known(-7).floor_div(&Dim::Known(2)), Some(Dim::Known(-4)));
+        assert_eq!(Dim::Known(7).floor_div(&Dim::Known(-2)), Some(Dim::Known(-4)));
         assert_eq!(Dim::Known(7).floor_div(&Dim::Known(0)), None);
     }
 }

@@ -84,9 +84,7 @@ impl DType {
             21 => "UINT4",
             22 => "INT4",
             23 => "FLOAT4E2M1",
-            c => DType::from_onnx_code(c)
-                .map(|d| d.name())
-                .unwrap_or("UNKNOWN"),
+            c => DType::from_onnx_code(c).map(|d| d.name()).unwrap_or("UNKNOWN"),
         }
     }
 
@@ -121,14 +119,7 @@ impl DType {
     pub fn is_int(self) -> bool {
         matches!(
             self,
-            DType::I8
-                | DType::I16
-                | DType::I32
-                | DType::I64
-                | DType::U8
-                | DType::U16
-                | DType::U32
-                | DType::U64
+            DType::I8 | DType::I16 | DType::I32 | DType::I64 | DType::U8 | DType::U16 | DType::U32 | DType::U64
         )
     }
 

@@ -6,10 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid ONNX model: {reason}")]
     NotOnnx { path: PathBuf, reason: String },
     #[error("tensor '{tensor}': {reason}")]
@@ -22,16 +19,10 @@ pub enum FormatError {
 
 impl FormatError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        FormatError::Io {
-            path: path.into(),
-            source,
-        }
+        FormatError::Io { path: path.into(), source }
     }
 
     pub(crate) fn tensor(tensor: &str, reason: impl Into<String>) -> Self {
-        FormatError::Tensor {
-            tensor: tensor.to_string(),
-            reason: reason.into(),
-        }
+        FormatError::Tensor { tensor: tensor.to_string(), reason: reason.into() }
     }
 }

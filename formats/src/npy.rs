@@ -23,9 +23,7 @@ fn descr(dtype: DType) -> Result<&'static str, FormatError> {
         DType::U64 => "<u8",
         DType::Bool => "|b1",
         DType::BF16 => {
-            return Err(FormatError::Invalid(
-                "bfloat16 has no .npy type; cast the output to float32".into(),
-            ))
+            return Err(FormatError::Invalid("bfloat16 has no .npy type; cast the output to float32".into()))
         }
     })
 }
@@ -54,25 +52,14 @@ pub fn to_npy_bytes(t: &Tensor) -> Result<Vec<u8>, FormatError> {
     let shape = match t.shape.len() {
         0 => "()".to_string(),
         1 => format!("({},)", t.shape[0]),
-        _ => format!(
-            "({})",
-            t.shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        _ => format!("({})", t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
     };
-    let mut header = format!(
-        "{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}",
-        descr(t.dtype)?
-    );
+    let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", descr(t.dtype)?);
     // Pad so the data starts at a multiple of 64 bytes, newline-terminated as numpy writes it.
     let unpadded = MAGIC.len() + 2 + 2 + header.len() + 1;
     header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
     header.push('\n');
-    let hlen = u16::try_from(header.len())
-        .map_err(|_| FormatError::Invalid("npy header too long".into()))?;
+    let hlen = u16::try_from(header.len()).map_err(|_| FormatError::Invalid("npy header too long".into()))?;
     let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + t.bytes().len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
@@ -84,68 +71,41 @@ pub fn to_npy_bytes(t: &Tensor) -> Result<Vec<u8>, FormatError> {
 
 /// Parses `.npy` bytes; `what` names the source in errors.
 pub fn from_npy_bytes(bytes: &[u8], what: &str) -> Result<Tensor, FormatError> {
-    let bad =
-        |reason: String| FormatError::Invalid(format!("{what}: not a valid .npy file: {reason}"));
+    let bad = |reason: String| FormatError::Invalid(format!("{what}: not a valid .npy file: {reason}"));
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(bad("missing the \\x93NUMPY magic".into()));
     }
     let (hlen, start): (usize, usize) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
         2 | 3 => {
-            let b = bytes
-                .get(8..12)
-                .ok_or_else(|| bad("truncated header".into()))?;
+            let b = bytes.get(8..12).ok_or_else(|| bad("truncated header".into()))?;
             (u32::from_le_bytes(b.try_into().unwrap()) as usize, 12)
         }
         v => return Err(bad(format!("unsupported version {v}"))),
     };
-    let header = bytes
-        .get(start..start.saturating_add(hlen))
-        .ok_or_else(|| bad("truncated header".into()))?;
+    let header = bytes.get(start..start.saturating_add(hlen)).ok_or_else(|| bad("truncated header".into()))?;
     let header = std::str::from_utf8(header).map_err(|_| bad("header is not text".into()))?;
     let field = |key: &str| -> Option<&str> {
         let i = header.find(&format!("'{key}'"))?;
-        Some(
-            header[i + key.len() + 2..]
-                .trim_start()
-                .strip_prefix(':')?
-                .trim_start(),
-        )
+        Some(header[i + key.len() + 2..].trim_start().strip_prefix(':')?.trim_start())
     };
-    let descr = field("descr")
-        .and_then(|s| s.strip_prefix('\'')?.split('\'').next())
-        .ok_or_else(|| bad("no descr".into()))?;
-    let dtype = dtype_of_descr(descr).ok_or_else(|| {
-        bad(format!(
-            "dtype '{descr}' is not supported (little-endian numbers and bool only)"
-        ))
-    })?;
+    let descr =
+        field("descr").and_then(|s| s.strip_prefix('\'')?.split('\'').next()).ok_or_else(|| bad("no descr".into()))?;
+    let dtype = dtype_of_descr(descr)
+        .ok_or_else(|| bad(format!("dtype '{descr}' is not supported (little-endian numbers and bool only)")))?;
     if field("fortran_order").is_some_and(|s| s.starts_with("True")) {
-        return Err(bad(
-            "fortran_order arrays are not supported; save with np.ascontiguousarray".into(),
-        ));
+        return Err(bad("fortran_order arrays are not supported; save with np.ascontiguousarray".into()));
     }
-    let shape_txt = field("shape")
-        .and_then(|s| s.strip_prefix('(')?.split(')').next())
-        .ok_or_else(|| bad("no shape".into()))?;
+    let shape_txt =
+        field("shape").and_then(|s| s.strip_prefix('(')?.split(')').next()).ok_or_else(|| bad("no shape".into()))?;
     let mut shape = Vec::new();
-    for part in shape_txt
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-    {
-        shape.push(
-            part.parse::<usize>()
-                .map_err(|_| bad(format!("bad shape entry '{part}'")))?,
-        );
+    for part in shape_txt.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        shape.push(part.parse::<usize>().map_err(|_| bad(format!("bad shape entry '{part}'")))?);
     }
     let data = &bytes[start + hlen..];
     let want = byte_size(dtype, &shape).ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
     if data.len() != want {
-        return Err(bad(format!(
-            "{dtype} shape {shape:?} needs {want} data bytes, file has {}",
-            data.len()
-        )));
+        return Err(bad(format!("{dtype} shape {shape:?} needs {want} data bytes, file has {}", data.len())));
     }
     Tensor::from_bytes(dtype, &shape, data)
 }
@@ -164,12 +124,7 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), FormatError> {
 /// Reads every array of a `.npz` archive, in archive order, named without the `.npy` suffix.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>, FormatError> {
     let file = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
-    let bad = |reason: String| {
-        FormatError::Invalid(format!(
-            "{}: not a valid .npz file: {reason}",
-            path.display()
-        ))
-    };
+    let bad = |reason: String| FormatError::Invalid(format!("{}: not a valid .npz file: {reason}", path.display()));
     let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
     let mut out = Vec::new();
     for i in 0..zip.len() {
@@ -178,15 +133,9 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>, FormatError> {
         let size = entry.size();
         let mut bytes = Vec::new();
         // Bound the read by the declared size so a lying header cannot exhaust memory.
-        (&mut entry)
-            .take(size)
-            .read_to_end(&mut bytes)
-            .map_err(|e| bad(format!("entry {name}: {e}")))?;
+        (&mut entry).take(size).read_to_end(&mut bytes).map_err(|e| bad(format!("entry {name}: {e}")))?;
         let key = name.strip_suffix(".npy").unwrap_or(&name).to_string();
-        out.push((
-            key,
-            from_npy_bytes(&bytes, &format!("{}:{name}", path.display()))?,
-        ));
+        out.push((key, from_npy_bytes(&bytes, &format!("{}:{name}", path.display()))?));
     }
     Ok(out)
 }
@@ -195,14 +144,11 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>, FormatError> {
 pub fn write_npz(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), FormatError> {
     let file = std::fs::File::create(path).map_err(|e| FormatError::io(path, e))?;
     let mut zip = zip::ZipWriter::new(file);
-    let opts =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     let err = |e: String| FormatError::Invalid(format!("writing {}: {e}", path.display()));
     for (name, t) in tensors {
-        zip.start_file(format!("{name}.npy"), opts)
-            .map_err(|e| err(e.to_string()))?;
-        zip.write_all(&to_npy_bytes(t)?)
-            .map_err(|e| err(e.to_string()))?;
+        zip.start_file(format!("{name}.npy"), opts).map_err(|e| err(e.to_string()))?;
+        zip.write_all(&to_npy_bytes(t)?).map_err(|e| err(e.to_string()))?;
     }
     zip.finish().map_err(|e| err(e.to_string()))?;
     Ok(())
@@ -222,12 +168,7 @@ mod tests {
             assert_eq!(back.bytes(), t.bytes());
         }
         let b = Tensor::from_bools(&[2], &[true, false]);
-        assert_eq!(
-            from_npy_bytes(&to_npy_bytes(&b).unwrap(), "b")
-                .unwrap()
-                .dtype,
-            DType::Bool
-        );
+        assert_eq!(from_npy_bytes(&to_npy_bytes(&b).unwrap(), "b").unwrap().dtype, DType::Bool);
     }
 
     #[test]

@@ -37,46 +37,21 @@ pub fn load(path: &Path) -> Result<OnnxModel, FormatError> {
     let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
     // SAFETY: the map is read once by the decoder and dropped before this function returns.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
-    let base = path
-        .parent()
-        .map(|p| {
-            if p.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                p
-            }
-        })
-        .map(Path::to_path_buf);
+    let base = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).map(Path::to_path_buf);
     parse(&map, base, &path.display().to_string())
 }
 
 /// Decodes ONNX bytes; `base_dir` is where external data files are looked up (none: refuse them).
-pub fn parse(
-    bytes: &[u8],
-    base_dir: Option<PathBuf>,
-    source: &str,
-) -> Result<OnnxModel, FormatError> {
-    let not_onnx = |reason: String| FormatError::NotOnnx {
-        path: source.into(),
-        reason,
-    };
-    let proto = ModelProto::parse_from_bytes(bytes)
-        .map_err(|e| not_onnx(format!("protobuf decoding failed: {e}")))?;
+pub fn parse(bytes: &[u8], base_dir: Option<PathBuf>, source: &str) -> Result<OnnxModel, FormatError> {
+    let not_onnx = |reason: String| FormatError::NotOnnx { path: source.into(), reason };
+    let proto = ModelProto::parse_from_bytes(bytes).map_err(|e| not_onnx(format!("protobuf decoding failed: {e}")))?;
     if proto.graph.is_none() {
         return Err(not_onnx("the ModelProto has no graph".into()));
     }
     if proto.ir_version <= 0 {
-        return Err(not_onnx(format!(
-            "ir_version is {} (must be positive)",
-            proto.ir_version
-        )));
+        return Err(not_onnx(format!("ir_version is {} (must be positive)", proto.ir_version)));
     }
-    Ok(OnnxModel {
-        proto,
-        base_dir,
-        source: source.into(),
-        external: Mutex::new(HashMap::new()),
-    })
+    Ok(OnnxModel { proto, base_dir, source: source.into(), external: Mutex::new(HashMap::new()) })
 }
 
 impl OnnxModel {
@@ -89,11 +64,7 @@ impl OnnxModel {
                 d.to_string()
             }
         };
-        self.proto
-            .opset_import
-            .iter()
-            .find(|o| norm(&o.domain) == norm(domain))
-            .map(|o| o.version)
+        self.proto.opset_import.iter().find(|o| norm(&o.domain) == norm(domain)).map(|o| o.version)
     }
 
     /// The bytes of `t`, taking its inline data out of the proto (no copy when aligned) or mapping
@@ -101,31 +72,19 @@ impl OnnxModel {
     pub fn take_tensor(&self, t: &mut TensorProto) -> Result<TensorData, FormatError> {
         let name = t.name.clone();
         let dtype = DType::from_onnx_code(t.data_type).ok_or_else(|| {
-            FormatError::tensor(
-                &name,
-                format!(
-                    "data type {} is not supported",
-                    DType::onnx_name(t.data_type)
-                ),
-            )
+            FormatError::tensor(&name, format!("data type {} is not supported", DType::onnx_name(t.data_type)))
         })?;
         let mut dims = Vec::with_capacity(t.dims.len());
         for &d in &t.dims {
-            dims.push(usize::try_from(d).map_err(|_| {
-                FormatError::tensor(&name, format!("negative dim {d} in {:?}", t.dims))
-            })?);
+            dims.push(
+                usize::try_from(d)
+                    .map_err(|_| FormatError::tensor(&name, format!("negative dim {d} in {:?}", t.dims)))?,
+            );
         }
-        let want = byte_size(dtype, &dims).ok_or_else(|| {
-            FormatError::tensor(
-                &name,
-                format!("dims {:?} overflow the address space", t.dims),
-            )
-        })?;
+        let want = byte_size(dtype, &dims)
+            .ok_or_else(|| FormatError::tensor(&name, format!("dims {:?} overflow the address space", t.dims)))?;
         if !t.segment.is_none() {
-            return Err(FormatError::tensor(
-                &name,
-                "segmented tensors are not supported",
-            ));
+            return Err(FormatError::tensor(&name, "segmented tensors are not supported"));
         }
         let bytes = if t.data_location.enum_value() == Ok(DataLocation::EXTERNAL) {
             self.external_bytes(t, want)?
@@ -134,11 +93,7 @@ impl OnnxModel {
             if raw.len() != want {
                 return Err(FormatError::tensor(
                     &name,
-                    format!(
-                        "raw_data holds {} bytes but {dtype} dims {:?} need {want}",
-                        raw.len(),
-                        t.dims
-                    ),
+                    format!("raw_data holds {} bytes but {dtype} dims {:?} need {want}", raw.len(), t.dims),
                 ));
             }
             if raw.as_ptr() as usize % BUFFER_ALIGN == 0 {
@@ -158,12 +113,8 @@ impl OnnxModel {
         let (mut offset, mut length) = (0u64, None);
         for kv in &t.external_data {
             let parse = |v: &str| {
-                v.parse::<u64>().map_err(|_| {
-                    FormatError::tensor(
-                        name,
-                        format!("external_data {} = '{v}' is not a number", kv.key),
-                    )
-                })
+                v.parse::<u64>()
+                    .map_err(|_| FormatError::tensor(name, format!("external_data {} = '{v}' is not a number", kv.key)))
             };
             match kv.key.as_str() {
                 "location" => location = Some(kv.value.clone()),
@@ -172,8 +123,7 @@ impl OnnxModel {
                 _ => {}
             }
         }
-        let location =
-            location.ok_or_else(|| FormatError::tensor(name, "external data has no location"))?;
+        let location = location.ok_or_else(|| FormatError::tensor(name, "external data has no location"))?;
         let rel = Path::new(&location);
         if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
             return Err(FormatError::tensor(
@@ -189,23 +139,18 @@ impl OnnxModel {
                 format!("external data length is {length} bytes but its dims need {want}"),
             ));
         }
-        let end = offset
-            .checked_add(length)
-            .filter(|&e| e <= file.len() as u64)
-            .ok_or_else(|| {
-                FormatError::tensor(
-                    name,
-                    format!(
-                        "external data bytes {offset}..{} lie outside '{location}' ({} bytes)",
-                        offset.saturating_add(length),
-                        file.len()
-                    ),
-                )
-            })?;
+        let end = offset.checked_add(length).filter(|&e| e <= file.len() as u64).ok_or_else(|| {
+            FormatError::tensor(
+                name,
+                format!(
+                    "external data bytes {offset}..{} lie outside '{location}' ({} bytes)",
+                    offset.saturating_add(length),
+                    file.len()
+                ),
+            )
+        })?;
         let range = offset as usize..end as usize;
-        let bytes = file
-            .slice(range)
-            .expect("range checked against the file length");
+        let bytes = file.slice(range).expect("range checked against the file length");
         if bytes.as_slice().as_ptr() as usize % 16 == 0 {
             Ok(bytes)
         } else {
@@ -220,17 +165,11 @@ impl OnnxModel {
             return Ok(b.clone());
         }
         let base = self.base_dir.as_ref().ok_or_else(|| {
-            FormatError::tensor(
-                tensor,
-                format!("external data '{location}' but the model was not read from a file"),
-            )
+            FormatError::tensor(tensor, format!("external data '{location}' but the model was not read from a file"))
         })?;
         let path = base.join(location);
         let file = File::open(&path).map_err(|e| {
-            FormatError::tensor(
-                tensor,
-                format!("cannot open external data file {}: {e}", path.display()),
-            )
+            FormatError::tensor(tensor, format!("cannot open external data file {}: {e}", path.display()))
         })?;
         // SAFETY: read-only map; kiln documents that model files must not be truncated while in use.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(&path, e))?;
@@ -242,10 +181,7 @@ impl OnnxModel {
 
 /// Decodes a serialized `TensorProto` (the `input_0.pb` files of ONNX test data) into a named
 /// tensor; external data is refused.
-pub fn read_tensor_proto(
-    bytes: &[u8],
-    source: &str,
-) -> Result<(String, crate::Tensor), FormatError> {
+pub fn read_tensor_proto(bytes: &[u8], source: &str) -> Result<(String, crate::Tensor), FormatError> {
     let mut t = TensorProto::parse_from_bytes(bytes)
         .map_err(|e| FormatError::Invalid(format!("{source}: not a TensorProto: {e}")))?;
     let holder = OnnxModel {
@@ -255,10 +191,7 @@ pub fn read_tensor_proto(
         external: Mutex::new(HashMap::new()),
     };
     let data = holder.take_tensor(&mut t)?;
-    Ok((
-        t.name.clone(),
-        crate::Tensor::from_bytes(data.dtype, &data.dims, data.bytes.as_slice())?,
-    ))
+    Ok((t.name.clone(), crate::Tensor::from_bytes(data.dtype, &data.dims, data.bytes.as_slice())?))
 }
 
 /// Tensor bytes from the typed repeated fields (`float_data`, `int64_data`, ...).
@@ -266,35 +199,26 @@ fn typed_fields(t: &TensorProto, dtype: DType, want: usize) -> Result<AlignedBuf
     let n = want / dtype.size();
     let mut out: Vec<u8> = Vec::with_capacity(want);
     let count_err = |field: &str, got: usize| {
-        FormatError::tensor(
-            &t.name,
-            format!("{field} holds {got} values but dims {:?} need {n}", t.dims),
-        )
+        FormatError::tensor(&t.name, format!("{field} holds {got} values but dims {:?} need {n}", t.dims))
     };
     match dtype {
         DType::F32 => {
             if t.float_data.len() != n {
                 return Err(count_err("float_data", t.float_data.len()));
             }
-            t.float_data
-                .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            t.float_data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
         }
         DType::F64 => {
             if t.double_data.len() != n {
                 return Err(count_err("double_data", t.double_data.len()));
             }
-            t.double_data
-                .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            t.double_data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
         }
         DType::I64 => {
             if t.int64_data.len() != n {
                 return Err(count_err("int64_data", t.int64_data.len()));
             }
-            t.int64_data
-                .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            t.int64_data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
         }
         DType::U32 | DType::U64 => {
             if t.uint64_data.len() != n {
@@ -346,10 +270,7 @@ mod tests {
         t.int64_data = vec![-1, 5];
         let (m, mut t) = model_with(t);
         let d = m.take_tensor(&mut t).unwrap();
-        assert_eq!(
-            d.bytes.as_slice(),
-            [(-1i64).to_le_bytes(), 5i64.to_le_bytes()].concat()
-        );
+        assert_eq!(d.bytes.as_slice(), [(-1i64).to_le_bytes(), 5i64.to_le_bytes()].concat());
     }
 
     #[test]
@@ -359,12 +280,7 @@ mod tests {
         let mut m = ModelProto::new();
         m.ir_version = 8;
         m.graph = Some(GraphProto::new()).into();
-        let model = parse(
-            &m.write_to_bytes().unwrap(),
-            Some(dir.path().to_path_buf()),
-            "m.onnx",
-        )
-        .unwrap();
+        let model = parse(&m.write_to_bytes().unwrap(), Some(dir.path().to_path_buf()), "m.onnx").unwrap();
         let mut t = TensorProto::new();
         t.name = "big".into();
         t.data_type = 1;
@@ -377,21 +293,10 @@ mod tests {
             t.external_data.push(e);
         }
         let err = model.take_tensor(&mut t.clone()).unwrap_err().to_string();
-        assert!(
-            err.contains("'big'") && err.contains("0..32") && err.contains("16 bytes"),
-            "{err}"
-        );
+        assert!(err.contains("'big'") && err.contains("0..32") && err.contains("16 bytes"), "{err}");
         t.external_data[0].value = "../w.bin".into();
-        assert!(model
-            .take_tensor(&mut t.clone())
-            .unwrap_err()
-            .to_string()
-            .contains("plain relative path"));
+        assert!(model.take_tensor(&mut t.clone()).unwrap_err().to_string().contains("plain relative path"));
         t.external_data[0].value = "missing.bin".into();
-        assert!(model
-            .take_tensor(&mut t)
-            .unwrap_err()
-            .to_string()
-            .contains("cannot open external data"));
+        assert!(model.take_tensor(&mut t).unwrap_err().to_string().contains("cannot open external data"));
     }
 }

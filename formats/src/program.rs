@@ -188,52 +188,22 @@ pub struct TensorValue {
 
 impl Attribute {
     pub fn int(name: &str, i: i64) -> Self {
-        Attribute {
-            name: name.into(),
-            kind: AttrKind::Int as i32,
-            i,
-            ..Default::default()
-        }
+        Attribute { name: name.into(), kind: AttrKind::Int as i32, i, ..Default::default() }
     }
     pub fn float(name: &str, f: f32) -> Self {
-        Attribute {
-            name: name.into(),
-            kind: AttrKind::Float as i32,
-            f,
-            ..Default::default()
-        }
+        Attribute { name: name.into(), kind: AttrKind::Float as i32, f, ..Default::default() }
     }
     pub fn string(name: &str, s: &str) -> Self {
-        Attribute {
-            name: name.into(),
-            kind: AttrKind::String as i32,
-            s: s.as_bytes().to_vec(),
-            ..Default::default()
-        }
+        Attribute { name: name.into(), kind: AttrKind::String as i32, s: s.as_bytes().to_vec(), ..Default::default() }
     }
     pub fn ints(name: &str, ints: Vec<i64>) -> Self {
-        Attribute {
-            name: name.into(),
-            kind: AttrKind::Ints as i32,
-            ints,
-            ..Default::default()
-        }
+        Attribute { name: name.into(), kind: AttrKind::Ints as i32, ints, ..Default::default() }
     }
     pub fn floats(name: &str, floats: Vec<f32>) -> Self {
-        Attribute {
-            name: name.into(),
-            kind: AttrKind::Floats as i32,
-            floats,
-            ..Default::default()
-        }
+        Attribute { name: name.into(), kind: AttrKind::Floats as i32, floats, ..Default::default() }
     }
     pub fn tensor(name: &str, t: TensorValue) -> Self {
-        Attribute {
-            name: name.into(),
-            kind: AttrKind::Tensor as i32,
-            tensor: Some(t),
-            ..Default::default()
-        }
+        Attribute { name: name.into(), kind: AttrKind::Tensor as i32, tensor: Some(t), ..Default::default() }
     }
 }
 
@@ -248,46 +218,24 @@ impl DimInfo {
     /// Writes a dim: numbers as numbers, symbolic dims as their expression with `bound` (or -1).
     pub fn from_dim(d: &Dim, bound: Option<i64>) -> Self {
         match d {
-            Dim::Known(v) => DimInfo {
-                value: *v,
-                symbol: String::new(),
-            },
-            Dim::Sym(_) => DimInfo {
-                value: bound.unwrap_or(-1),
-                symbol: d.to_string(),
-            },
+            Dim::Known(v) => DimInfo { value: *v, symbol: String::new() },
+            Dim::Sym(_) => DimInfo { value: bound.unwrap_or(-1), symbol: d.to_string() },
         }
     }
 }
 
 impl Storage {
     pub fn dynamic() -> Self {
-        Storage {
-            kind: StorageKind::Dynamic as i32,
-            ..Default::default()
-        }
+        Storage { kind: StorageKind::Dynamic as i32, ..Default::default() }
     }
     pub fn weight(index: u32) -> Self {
-        Storage {
-            kind: StorageKind::Weight as i32,
-            index,
-            ..Default::default()
-        }
+        Storage { kind: StorageKind::Weight as i32, index, ..Default::default() }
     }
     pub fn alias(of: u32) -> Self {
-        Storage {
-            kind: StorageKind::Alias as i32,
-            index: of,
-            ..Default::default()
-        }
+        Storage { kind: StorageKind::Alias as i32, index: of, ..Default::default() }
     }
     pub fn arena(buffer: u32, offset: u64, capacity: u64) -> Self {
-        Storage {
-            kind: StorageKind::Arena as i32,
-            index: buffer,
-            offset,
-            capacity,
-        }
+        Storage { kind: StorageKind::Arena as i32, index: buffer, offset, capacity }
     }
 }
 

@@ -18,23 +18,13 @@ pub struct TargetLimits {
 impl TargetLimits {
     /// The CPU: cache-line alignment (covers AVX-512), no practical buffer limit.
     pub fn cpu() -> Self {
-        TargetLimits {
-            name: "cpu".into(),
-            alignment: 64,
-            max_buffer: i64::MAX as u64,
-            max_binding: i64::MAX as u64,
-        }
+        TargetLimits { name: "cpu".into(), alignment: 64, max_buffer: i64::MAX as u64, max_binding: i64::MAX as u64 }
     }
 
     /// A GPU with wgpu's default limits (256 MiB buffers, 128 MiB bindings, 256 B alignment);
     /// the runtime probes the real device and re-checks at load.
     pub fn gpu_default() -> Self {
-        TargetLimits {
-            name: "gpu".into(),
-            alignment: 256,
-            max_buffer: 256 << 20,
-            max_binding: 128 << 20,
-        }
+        TargetLimits { name: "gpu".into(), alignment: 256, max_buffer: 256 << 20, max_binding: 128 << 20 }
     }
 
     /// The largest tensor or arena buffer a plan may use: a buffer must also fit in one binding.
@@ -55,9 +45,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size (examples: 65536, 64KiB, 128MiB, 4GiB)"))?;
+    let n: u64 = num.parse().map_err(|_| format!("'{text}' is not a size (examples: 65536, 64KiB, 128MiB, 4GiB)"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kib" | "k" => 1 << 10,
@@ -67,15 +55,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "kb" => 1000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
-        u => {
-            return Err(format!(
-                "unknown size unit '{u}' in '{text}' (use KiB, MiB, GiB or bytes)"
-            ))
-        }
+        u => return Err(format!("unknown size unit '{u}' in '{text}' (use KiB, MiB, GiB or bytes)")),
     };
-    n.checked_mul(mult)
-        .filter(|&v| v > 0)
-        .ok_or_else(|| format!("size '{text}' is zero or too large"))
+    n.checked_mul(mult).filter(|&v| v > 0).ok_or_else(|| format!("size '{text}' is zero or too large"))
 }
 
 #[cfg(test)]

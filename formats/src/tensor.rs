@@ -39,11 +39,7 @@ impl Tensor {
     pub fn zeros(dtype: DType, shape: &[usize]) -> Result<Tensor, FormatError> {
         let len = byte_size(dtype, shape)
             .ok_or_else(|| FormatError::TooLarge(format!("{dtype} tensor of shape {shape:?}")))?;
-        Ok(Tensor {
-            dtype,
-            shape: shape.to_vec(),
-            data: AlignedBuf::zeroed(len),
-        })
+        Ok(Tensor { dtype, shape: shape.to_vec(), data: AlignedBuf::zeroed(len) })
     }
 
     /// A tensor holding a copy of `bytes`, which must be exactly the tensor's size.
@@ -56,42 +52,20 @@ impl Tensor {
                 bytes.len()
             )));
         }
-        Ok(Tensor {
-            dtype,
-            shape: shape.to_vec(),
-            data: AlignedBuf::from_bytes(bytes),
-        })
+        Ok(Tensor { dtype, shape: shape.to_vec(), data: AlignedBuf::from_bytes(bytes) })
     }
 
     /// A tensor from typed elements; panics if `values` does not match the shape (a programming error).
     pub fn from_vec<T: Element>(shape: &[usize], values: Vec<T>) -> Tensor {
-        assert_eq!(
-            numel(shape),
-            Some(values.len()),
-            "shape {shape:?} does not hold {} values",
-            values.len()
-        );
-        Tensor {
-            dtype: T::DTYPE,
-            shape: shape.to_vec(),
-            data: AlignedBuf::from_bytes(bytemuck::cast_slice(&values)),
-        }
+        assert_eq!(numel(shape), Some(values.len()), "shape {shape:?} does not hold {} values", values.len());
+        Tensor { dtype: T::DTYPE, shape: shape.to_vec(), data: AlignedBuf::from_bytes(bytemuck::cast_slice(&values)) }
     }
 
     /// A bool tensor.
     pub fn from_bools(shape: &[usize], values: &[bool]) -> Tensor {
-        assert_eq!(
-            numel(shape),
-            Some(values.len()),
-            "shape {shape:?} does not hold {} values",
-            values.len()
-        );
+        assert_eq!(numel(shape), Some(values.len()), "shape {shape:?} does not hold {} values", values.len());
         let bytes: Vec<u8> = values.iter().map(|&b| u8::from(b)).collect();
-        Tensor {
-            dtype: DType::Bool,
-            shape: shape.to_vec(),
-            data: AlignedBuf::from_bytes(&bytes),
-        }
+        Tensor { dtype: DType::Bool, shape: shape.to_vec(), data: AlignedBuf::from_bytes(&bytes) }
     }
 
     pub fn numel(&self) -> usize {

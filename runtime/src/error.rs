@@ -15,16 +15,10 @@ pub enum KernelError {
 
 impl KernelError {
     pub fn input(index: usize, reason: impl Into<String>) -> Self {
-        KernelError::Input {
-            index,
-            reason: reason.into(),
-        }
+        KernelError::Input { index, reason: reason.into() }
     }
     pub fn attr(name: &str, reason: impl Into<String>) -> Self {
-        KernelError::Attr {
-            name: name.into(),
-            reason: reason.into(),
-        }
+        KernelError::Attr { name: name.into(), reason: reason.into() }
     }
     pub fn invalid(reason: impl Into<String>) -> Self {
         KernelError::Invalid(reason.into())
@@ -38,12 +32,7 @@ impl KernelError {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("step {step} ({op} '{node}'): {source}")]
-    Step {
-        step: usize,
-        op: String,
-        node: String,
-        source: KernelError,
-    },
+    Step { step: usize, op: String, node: String, source: KernelError },
     #[error("input '{name}': {reason}")]
     Input { name: String, reason: String },
     #[error("value '{name}': {reason}")]

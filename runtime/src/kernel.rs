@@ -43,9 +43,7 @@ pub struct RunCx;
 
 impl InferCx for RunCx {
     fn fresh(&mut self, hint: &str) -> Result<Dim, KernelError> {
-        Err(KernelError::invalid(format!(
-            "size '{hint}' depends on a value that is not available"
-        )))
+        Err(KernelError::invalid(format!("size '{hint}' depends on a value that is not available")))
     }
 }
 
@@ -58,19 +56,11 @@ pub trait Kernel: Send + Sync {
 
     /// Output types and shapes for these inputs, checking that the inputs are consistent (so that
     /// `run` can never index outside its views). `inputs[i]` is `None` for an absent optional input.
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError>;
+    fn infer(&self, inputs: &[Option<ShapeInput>], cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError>;
 
     /// Computes the outputs. Output views have the shapes `infer` returned; outputs never overlap
     /// inputs.
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError>;
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError>;
 }
 
 /// Typed access to a node's attributes, with errors naming the attribute.
@@ -82,10 +72,9 @@ impl<'a> Attrs<'a> {
         match self.0.iter().find(|a| a.name == name) {
             None => Ok(None),
             Some(a) if a.kind == kind as i32 => Ok(Some(a)),
-            Some(a) => Err(KernelError::attr(
-                name,
-                format!("expected {kind:?}, found {:?}", AttrKind::try_from(a.kind)),
-            )),
+            Some(a) => {
+                Err(KernelError::attr(name, format!("expected {kind:?}, found {:?}", AttrKind::try_from(a.kind))))
+            }
         }
     }
 
@@ -102,8 +91,7 @@ impl<'a> Attrs<'a> {
     }
 
     pub fn req_int(&self, name: &str) -> Result<i64, KernelError> {
-        self.int_opt(name)?
-            .ok_or_else(|| KernelError::attr(name, "is required"))
+        self.int_opt(name)?.ok_or_else(|| KernelError::attr(name, "is required"))
     }
 
     pub fn float_opt(&self, name: &str) -> Result<Option<f32>, KernelError> {
@@ -116,16 +104,12 @@ impl<'a> Attrs<'a> {
 
     pub fn string_opt(&self, name: &str) -> Result<Option<String>, KernelError> {
         self.get(name, AttrKind::String)?
-            .map(|a| {
-                String::from_utf8(a.s.clone()).map_err(|_| KernelError::attr(name, "is not UTF-8"))
-            })
+            .map(|a| String::from_utf8(a.s.clone()).map_err(|_| KernelError::attr(name, "is not UTF-8")))
             .transpose()
     }
 
     pub fn string(&self, name: &str, default: &str) -> Result<String, KernelError> {
-        Ok(self
-            .string_opt(name)?
-            .unwrap_or_else(|| default.to_string()))
+        Ok(self.string_opt(name)?.unwrap_or_else(|| default.to_string()))
     }
 
     pub fn ints(&self, name: &str) -> Result<Option<&'a [i64]>, KernelError> {
@@ -133,15 +117,11 @@ impl<'a> Attrs<'a> {
     }
 
     pub fn floats(&self, name: &str) -> Result<Option<&'a [f32]>, KernelError> {
-        Ok(self
-            .get(name, AttrKind::Floats)?
-            .map(|a| a.floats.as_slice()))
+        Ok(self.get(name, AttrKind::Floats)?.map(|a| a.floats.as_slice()))
     }
 
     pub fn tensor(&self, name: &str) -> Result<Option<&'a TensorValue>, KernelError> {
-        Ok(self
-            .get(name, AttrKind::Tensor)?
-            .and_then(|a| a.tensor.as_ref()))
+        Ok(self.get(name, AttrKind::Tensor)?.and_then(|a| a.tensor.as_ref()))
     }
 }
 
@@ -160,9 +140,7 @@ pub fn concrete(shape: &[Dim]) -> Result<Vec<usize>, KernelError> {
         .iter()
         .map(|d| match d {
             Dim::Known(v) if *v >= 0 => Ok(*v as usize),
-            _ => Err(KernelError::invalid(format!(
-                "dim {d} is not a known non-negative size"
-            ))),
+            _ => Err(KernelError::invalid(format!("dim {d} is not a known non-negative size"))),
         })
         .collect()
 }
@@ -177,18 +155,12 @@ pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize, KernelError> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
     if a < 0 || a >= r {
-        return Err(KernelError::invalid(format!(
-            "axis {axis} is out of range for rank {rank}"
-        )));
+        return Err(KernelError::invalid(format!("axis {axis} is out of range for rank {rank}")));
     }
     Ok(a as usize)
 }
 
 /// The input at `index`, or an error when it is absent.
 pub fn required<'x, T: Copy>(inputs: &[Option<T>], index: usize) -> Result<T, KernelError> {
-    inputs
-        .get(index)
-        .copied()
-        .flatten()
-        .ok_or_else(|| KernelError::input(index, "is required"))
+    inputs.get(index).copied().flatten().ok_or_else(|| KernelError::input(index, "is required"))
 }

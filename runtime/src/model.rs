@@ -13,11 +13,7 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Place {
     Dynamic,
-    Arena {
-        buffer: usize,
-        offset: usize,
-        capacity: usize,
-    },
+    Arena { buffer: usize, offset: usize, capacity: usize },
     Weight(usize),
 }
 
@@ -42,26 +38,15 @@ impl Model {
 
         let mut dtypes = Vec::with_capacity(n);
         for (i, v) in program.values.iter().enumerate() {
-            dtypes.push(v.dtype().ok_or_else(|| {
-                bad(format!(
-                    "value {i} '{}' has unknown dtype {}",
-                    v.name, v.dtype
-                ))
-            })?);
+            dtypes.push(v.dtype().ok_or_else(|| bad(format!("value {i} '{}' has unknown dtype {}", v.name, v.dtype)))?);
         }
 
         let mut weights = Vec::with_capacity(program.weights.len());
         for (i, w) in program.weights.iter().enumerate() {
-            let entry = entries.get(w.entry as usize).ok_or_else(|| {
-                bad(format!(
-                    "weight {i} refers to entry {} of {}",
-                    w.entry,
-                    entries.len()
-                ))
-            })?;
-            let range = usize::try_from(w.offset)
-                .ok()
-                .zip(usize::try_from(w.offset.saturating_add(w.len)).ok());
+            let entry = entries
+                .get(w.entry as usize)
+                .ok_or_else(|| bad(format!("weight {i} refers to entry {} of {}", w.entry, entries.len())))?;
+            let range = usize::try_from(w.offset).ok().zip(usize::try_from(w.offset.saturating_add(w.len)).ok());
             let bytes = range.and_then(|(a, b)| entry.slice(a..b)).ok_or_else(|| {
                 bad(format!(
                     "weight {i}: bytes {}..{} lie outside its entry ({} bytes)",
@@ -73,8 +58,7 @@ impl Model {
             weights.push(bytes);
         }
 
-        crate::verify::verify(&program)
-            .map_err(|e| bad(format!("the memory plan fails verification: {e}")))?;
+        crate::verify::verify(&program).map_err(|e| bad(format!("the memory plan fails verification: {e}")))?;
         let mut places = Vec::with_capacity(n);
         let mut alias_of = vec![None; n];
         for (i, v) in program.values.iter().enumerate() {
@@ -84,30 +68,22 @@ impl Model {
                 Ok(StorageKind::Arena) => {
                     let buffer = s.index as usize;
                     let size = *program.buffers.get(buffer).ok_or_else(|| {
-                        bad(format!(
-                            "value '{}' is in arena buffer {buffer} of {}",
-                            v.name,
-                            program.buffers.len()
-                        ))
+                        bad(format!("value '{}' is in arena buffer {buffer} of {}", v.name, program.buffers.len()))
                     })?;
                     let end = s.offset.checked_add(s.capacity).filter(|&e| e <= size);
                     if end.is_none() {
-                        return Err(bad(format!("value '{}' at bytes {}..{} overflows arena buffer {buffer} ({size} bytes)", v.name, s.offset, s.offset.saturating_add(s.capacity))));
+                        return Err(bad(format!(
+                            "value '{}' at bytes {}..{} overflows arena buffer {buffer} ({size} bytes)",
+                            v.name,
+                            s.offset,
+                            s.offset.saturating_add(s.capacity)
+                        )));
                     }
-                    Place::Arena {
-                        buffer,
-                        offset: s.offset as usize,
-                        capacity: s.capacity as usize,
-                    }
+                    Place::Arena { buffer, offset: s.offset as usize, capacity: s.capacity as usize }
                 }
                 Ok(StorageKind::Weight) => {
                     let w = weights.get(s.index as usize).ok_or_else(|| {
-                        bad(format!(
-                            "value '{}' refers to weight {} of {}",
-                            v.name,
-                            s.index,
-                            weights.len()
-                        ))
+                        bad(format!("value '{}' refers to weight {} of {}", v.name, s.index, weights.len()))
                     })?;
                     let dims: Option<Vec<usize>> = v
                         .dims
@@ -126,20 +102,12 @@ impl Model {
                 }
                 Ok(StorageKind::Alias) => {
                     if s.index as usize >= n {
-                        return Err(bad(format!(
-                            "value '{}' aliases slot {} of {n}",
-                            v.name, s.index
-                        )));
+                        return Err(bad(format!("value '{}' aliases slot {} of {n}", v.name, s.index)));
                     }
                     alias_of[i] = Some(s.index as usize);
                     Place::Dynamic
                 }
-                Err(_) => {
-                    return Err(bad(format!(
-                        "value '{}' has unknown storage kind {}",
-                        v.name, s.kind
-                    )))
-                }
+                Err(_) => return Err(bad(format!("value '{}' has unknown storage kind {}", v.name, s.kind))),
             };
             places.push(place);
         }
@@ -153,10 +121,7 @@ impl Model {
                 }
             }
             if alias_of[r].is_some() {
-                return Err(bad(format!(
-                    "value '{}' is part of an alias cycle",
-                    name(i)
-                )));
+                return Err(bad(format!("value '{}' is part of an alias cycle", name(i))));
             }
             roots.push(r);
         }
@@ -166,9 +131,7 @@ impl Model {
         for &i in &program.inputs {
             let i = i as usize;
             if i >= n || written[i] {
-                return Err(bad(format!(
-                    "input slot {i} is out of range or listed twice"
-                )));
+                return Err(bad(format!("input slot {i} is out of range or listed twice")));
             }
             written[i] = true;
         }
@@ -188,9 +151,7 @@ impl Model {
             for &o in &step.outputs {
                 let o = o as usize;
                 if o >= n || written[o] {
-                    return Err(step_err(format!(
-                        "writes slot {o}, which is out of range or already written"
-                    )));
+                    return Err(step_err(format!("writes slot {o}, which is out of range or already written")));
                 }
                 if alias_of[o].is_some_and(|a| !step.inputs.contains(&(a as u32))) {
                     return Err(step_err(format!(
@@ -200,12 +161,7 @@ impl Model {
                 }
                 written[o] = true;
             }
-            let spec = OpSpec {
-                op: &step.op,
-                domain: &step.domain,
-                opset: step.opset,
-                attrs: Attrs(&step.attrs),
-            };
+            let spec = OpSpec { op: &step.op, domain: &step.domain, opset: step.opset, attrs: Attrs(&step.attrs) };
             let kernel = ops::build(&spec).map_err(|source| RuntimeError::Step {
                 step: si,
                 op: step.op.clone(),
@@ -219,14 +175,7 @@ impl Model {
                 return Err(bad(format!("output slot {o} is never written")));
             }
         }
-        Ok(Arc::new(Model {
-            program,
-            kernels,
-            weights,
-            dtypes,
-            roots,
-            places,
-        }))
+        Ok(Arc::new(Model { program, kernels, weights, dtypes, roots, places }))
     }
 
     /// The program this model runs.
@@ -236,19 +185,11 @@ impl Model {
 
     /// Names of the inputs, in the order [`crate::Session::run`] takes them.
     pub fn input_names(&self) -> Vec<&str> {
-        self.program
-            .inputs
-            .iter()
-            .map(|&i| self.program.values[i as usize].name.as_str())
-            .collect()
+        self.program.inputs.iter().map(|&i| self.program.values[i as usize].name.as_str()).collect()
     }
 
     /// Names of the outputs, in the order [`crate::Session::run`] returns them.
     pub fn output_names(&self) -> Vec<&str> {
-        self.program
-            .outputs
-            .iter()
-            .map(|&i| self.program.values[i as usize].name.as_str())
-            .collect()
+        self.program.outputs.iter().map(|&i| self.program.values[i as usize].name.as_str()).collect()
     }
 }

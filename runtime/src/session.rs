@@ -21,30 +21,16 @@ pub struct Session {
 impl Session {
     /// A session with its arena allocated once, up front.
     pub fn new(model: Arc<Model>) -> Session {
-        let arena = model
-            .program
-            .buffers
-            .iter()
-            .map(|&b| AlignedBuf::zeroed(b as usize))
-            .collect();
+        let arena = model.program.buffers.iter().map(|&b| AlignedBuf::zeroed(b as usize)).collect();
         let n = model.program.values.len();
         // Constants have fixed shapes, checked against their bytes when the model was loaded.
         let shapes = (0..n)
             .map(|i| match model.places[i] {
-                Place::Weight(_) => model.program.values[i]
-                    .dims
-                    .iter()
-                    .map(|d| d.value as usize)
-                    .collect(),
+                Place::Weight(_) => model.program.values[i].dims.iter().map(|d| d.value as usize).collect(),
                 _ => Vec::new(),
             })
             .collect();
-        Session {
-            model,
-            arena,
-            dynamic: vec![AlignedBuf::default(); n],
-            shapes,
-        }
+        Session { model, arena, dynamic: vec![AlignedBuf::default(); n], shapes }
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -72,12 +58,7 @@ impl Session {
         for si in 0..prog.steps.len() {
             self.step(&model, si).map_err(|source| {
                 let step = &prog.steps[si];
-                RuntimeError::Step {
-                    step: si,
-                    op: step.op.clone(),
-                    node: step.name.clone(),
-                    source,
-                }
+                RuntimeError::Step { step: si, op: step.op.clone(), node: step.name.clone(), source }
             })?;
         }
         prog.outputs
@@ -87,12 +68,8 @@ impl Session {
                 let (ptr, len) = self.bytes(&model, o);
                 // SAFETY: `bytes` returns a range inside storage this session or the model owns.
                 let data = unsafe { std::slice::from_raw_parts(ptr, len) };
-                Tensor::from_bytes(model.dtypes[o], &self.shapes[o], data).map_err(|e| {
-                    RuntimeError::Value {
-                        name: prog.values[o].name.clone(),
-                        reason: e.to_string(),
-                    }
-                })
+                Tensor::from_bytes(model.dtypes[o], &self.shapes[o], data)
+                    .map_err(|e| RuntimeError::Value { name: prog.values[o].name.clone(), reason: e.to_string() })
             })
             .collect()
     }
@@ -100,15 +77,9 @@ impl Session {
     fn set_input(&mut self, slot: usize, t: &TensorRef) -> Result<(), RuntimeError> {
         let model = self.model.clone();
         let info = &model.program.values[slot];
-        let err = |reason: String| RuntimeError::Input {
-            name: info.name.clone(),
-            reason,
-        };
+        let err = |reason: String| RuntimeError::Input { name: info.name.clone(), reason };
         if t.dtype != model.dtypes[slot] {
-            return Err(err(format!(
-                "expected {} data, got {}",
-                model.dtypes[slot], t.dtype
-            )));
+            return Err(err(format!("expected {} data, got {}", model.dtypes[slot], t.dtype)));
         }
         if t.shape.len() != info.dims.len() {
             return Err(err(format!(
@@ -120,44 +91,27 @@ impl Session {
         }
         for (axis, (d, &got)) in info.dims.iter().zip(t.shape).enumerate() {
             if d.symbol.is_empty() && d.value != got as i64 {
-                return Err(err(format!(
-                    "dim {axis} must be {}, got {got} (shape {:?})",
-                    d.value, t.shape
-                )));
+                return Err(err(format!("dim {axis} must be {}, got {got} (shape {:?})", d.value, t.shape)));
             }
         }
         let len = t.data.len();
         if byte_size(t.dtype, t.shape) != Some(len) {
-            return Err(err(format!(
-                "{} bytes do not hold shape {:?}",
-                len, t.shape
-            )));
+            return Err(err(format!("{} bytes do not hold shape {:?}", len, t.shape)));
         }
         self.shapes[slot] = t.shape.to_vec();
-        let dst = self
-            .storage_for(&model, slot, len)
-            .map_err(|e| err(e.to_string()))?;
+        let dst = self.storage_for(&model, slot, len).map_err(|e| err(e.to_string()))?;
         dst.copy_from_slice(t.data);
         Ok(())
     }
 
     /// Makes room for `len` bytes of `slot` (a root) and returns them.
-    fn storage_for(
-        &mut self,
-        model: &Model,
-        slot: usize,
-        len: usize,
-    ) -> Result<&mut [u8], KernelError> {
+    fn storage_for(&mut self, model: &Model, slot: usize, len: usize) -> Result<&mut [u8], KernelError> {
         match model.places[slot] {
             Place::Dynamic => {
                 self.dynamic[slot].resize(len);
                 Ok(self.dynamic[slot].as_mut_slice())
             }
-            Place::Arena {
-                buffer,
-                offset,
-                capacity,
-            } => {
+            Place::Arena { buffer, offset, capacity } => {
                 if len > capacity {
                     return Err(KernelError::invalid(format!(
                         "value '{}' needs {len} bytes but the plan reserved {capacity}: an input exceeds the dim bounds it was compiled for",
@@ -175,22 +129,11 @@ impl Session {
         let root = model.roots[slot];
         let len = byte_size(model.dtypes[slot], &self.shapes[slot]).unwrap_or(0);
         match model.places[root] {
-            Place::Dynamic => (
-                self.dynamic[root].as_slice().as_ptr(),
-                len.min(self.dynamic[root].len()),
-            ),
-            Place::Arena {
-                buffer,
-                offset,
-                capacity,
-            } => (
-                self.arena[buffer].as_slice()[offset..].as_ptr(),
-                len.min(capacity),
-            ),
-            Place::Weight(w) => (
-                model.weights[w].as_slice().as_ptr(),
-                len.min(model.weights[w].len()),
-            ),
+            Place::Dynamic => (self.dynamic[root].as_slice().as_ptr(), len.min(self.dynamic[root].len())),
+            Place::Arena { buffer, offset, capacity } => {
+                (self.arena[buffer].as_slice()[offset..].as_ptr(), len.min(capacity))
+            }
+            Place::Weight(w) => (model.weights[w].as_slice().as_ptr(), len.min(model.weights[w].len())),
         }
     }
 
@@ -199,22 +142,10 @@ impl Session {
         let kernel = &model.kernels[si];
         let value_inputs = kernel.value_inputs();
 
-        let in_slots: Vec<Option<usize>> = step
-            .inputs
-            .iter()
-            .map(|&i| (i != NO_VALUE).then_some(i as usize))
-            .collect();
+        let in_slots: Vec<Option<usize>> = step.inputs.iter().map(|&i| (i != NO_VALUE).then_some(i as usize)).collect();
         let in_dims: Vec<Vec<Dim>> = in_slots
             .iter()
-            .map(|s| {
-                s.map(|s| {
-                    self.shapes[s]
-                        .iter()
-                        .map(|&d| Dim::Known(d as i64))
-                        .collect()
-                })
-                .unwrap_or_default()
-            })
+            .map(|s| s.map(|s| self.shapes[s].iter().map(|&d| Dim::Known(d as i64)).collect()).unwrap_or_default())
             .collect();
         let in_data: Vec<Option<&[u8]>> = in_slots
             .iter()
@@ -237,9 +168,7 @@ impl Session {
                 let dt = model.dtypes[s];
                 let data = in_data[k]?;
                 let n = data.len() / dt.size();
-                (0..n)
-                    .map(|i| read_i64(dt, data, i).map(Dim::Known))
-                    .collect()
+                (0..n).map(|i| read_i64(dt, data, i).map(Dim::Known)).collect()
             })
             .collect();
         let shape_inputs: Vec<Option<ShapeInput>> = in_slots
@@ -302,11 +231,7 @@ impl Session {
             .iter()
             .zip(&in_data)
             .map(|(s, d)| {
-                s.map(|s| TensorRef {
-                    dtype: model.dtypes[s],
-                    shape: &self.shapes[s],
-                    data: d.unwrap_or_default(),
-                })
+                s.map(|s| TensorRef { dtype: model.dtypes[s], shape: &self.shapes[s], data: d.unwrap_or_default() })
             })
             .collect();
         let mut outputs: Vec<TensorMut> = Vec::with_capacity(out_ptrs.len());
@@ -320,27 +245,14 @@ impl Session {
                 // input, so it is given an empty buffer rather than a second mutable alias.
                 None => &mut [],
             };
-            outputs.push(TensorMut {
-                dtype: model.dtypes[o],
-                shape: &self.shapes[o],
-                data,
-            });
+            outputs.push(TensorMut { dtype: model.dtypes[o], shape: &self.shapes[o], data });
         }
         kernel.run(&inputs, &mut outputs)
     }
 }
 
 fn describe_dims(info: &kiln_formats::program::ValueInfo) -> String {
-    let dims: Vec<String> = info
-        .dims
-        .iter()
-        .map(|d| {
-            if d.symbol.is_empty() {
-                d.value.to_string()
-            } else {
-                d.symbol.clone()
-            }
-        })
-        .collect();
+    let dims: Vec<String> =
+        info.dims.iter().map(|d| if d.symbol.is_empty() { d.value.to_string() } else { d.symbol.clone() }).collect();
     format!("[{}]", dims.join(", "))
 }

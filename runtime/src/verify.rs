@@ -12,20 +12,9 @@ pub enum VerifyError {
     #[error("value '{value}': {reason}")]
     Value { value: String, reason: String },
     #[error("arena buffer {buffer} is {size} bytes, over the target's limit of {limit}")]
-    BufferLimit {
-        buffer: usize,
-        size: u64,
-        limit: u64,
-    },
+    BufferLimit { buffer: usize, size: u64, limit: u64 },
     #[error("values '{a}' and '{b}' are live at the same step (step {step}) and share bytes {start}..{end} of arena buffer {buffer}")]
-    Overlap {
-        a: String,
-        b: String,
-        step: usize,
-        buffer: usize,
-        start: u64,
-        end: u64,
-    },
+    Overlap { a: String, b: String, step: usize, buffer: usize, start: u64, end: u64 },
     #[error("invalid plan: {0}")]
     Plan(String),
 }
@@ -42,22 +31,10 @@ struct Placed {
 /// Checks the arena plan of `p`.
 pub fn verify(p: &Program) -> Result<(), VerifyError> {
     let n = p.values.len();
-    let val = |i: usize, reason: String| VerifyError::Value {
-        value: p.values[i].name.clone(),
-        reason,
-    };
+    let val = |i: usize, reason: String| VerifyError::Value { value: p.values[i].name.clone(), reason };
     if p.max_buffer > 0 {
-        if let Some((b, &size)) = p
-            .buffers
-            .iter()
-            .enumerate()
-            .find(|(_, &s)| s > p.max_buffer)
-        {
-            return Err(VerifyError::BufferLimit {
-                buffer: b,
-                size,
-                limit: p.max_buffer,
-            });
+        if let Some((b, &size)) = p.buffers.iter().enumerate().find(|(_, &s)| s > p.max_buffer) {
+            return Err(VerifyError::BufferLimit { buffer: b, size, limit: p.max_buffer });
         }
     }
     // Views read and extend the life of the value that owns their bytes.
@@ -66,9 +43,7 @@ pub fn verify(p: &Program) -> Result<(), VerifyError> {
         let mut r = i;
         for _ in 0..n {
             match &p.values[r].storage {
-                Some(s) if s.kind == StorageKind::Alias as i32 && (s.index as usize) < n => {
-                    r = s.index as usize
-                }
+                Some(s) if s.kind == StorageKind::Alias as i32 && (s.index as usize) < n => r = s.index as usize,
                 _ => break,
             }
         }
@@ -102,26 +77,13 @@ pub fn verify(p: &Program) -> Result<(), VerifyError> {
 
     let mut placed = Vec::new();
     for (i, v) in p.values.iter().enumerate() {
-        let Some(s) = v
-            .storage
-            .as_ref()
-            .filter(|s| s.kind == StorageKind::Arena as i32)
-        else {
+        let Some(s) = v.storage.as_ref().filter(|s| s.kind == StorageKind::Arena as i32) else {
             continue;
         };
         let buffer = s.index as usize;
-        let size = *p
-            .buffers
-            .get(buffer)
-            .ok_or_else(|| val(i, format!("arena buffer {buffer} does not exist")))?;
+        let size = *p.buffers.get(buffer).ok_or_else(|| val(i, format!("arena buffer {buffer} does not exist")))?;
         if p.alignment == 0 || s.offset % p.alignment != 0 {
-            return Err(val(
-                i,
-                format!(
-                    "offset {} is not a multiple of the alignment {}",
-                    s.offset, p.alignment
-                ),
-            ));
+            return Err(val(i, format!("offset {} is not a multiple of the alignment {}", s.offset, p.alignment)));
         }
         let stop = s.offset.checked_add(s.capacity).filter(|&e| e <= size);
         let stop = stop.ok_or_else(|| {
@@ -134,38 +96,18 @@ pub fn verify(p: &Program) -> Result<(), VerifyError> {
                 ),
             )
         })?;
-        let needed = bounded_bytes(v).ok_or_else(|| {
-            val(
-                i,
-                "has an unbounded or invalid dim but is placed in the arena".into(),
-            )
-        })?;
+        let needed = bounded_bytes(v)
+            .ok_or_else(|| val(i, "has an unbounded or invalid dim but is placed in the arena".into()))?;
         if s.capacity < needed {
-            return Err(val(
-                i,
-                format!(
-                    "reserves {} bytes but its shape needs up to {needed}",
-                    s.capacity
-                ),
-            ));
+            return Err(val(i, format!("reserves {} bytes but its shape needs up to {needed}", s.capacity)));
         }
         if first[i] != usize::MAX {
-            placed.push(Placed {
-                slot: i,
-                buffer,
-                start: s.offset,
-                end: stop,
-                first: first[i],
-                last: last[i],
-            });
+            placed.push(Placed { slot: i, buffer, start: s.offset, end: stop, first: first[i], last: last[i] });
         }
     }
     placed.sort_by_key(|t| (t.buffer, t.start));
     for (k, a) in placed.iter().enumerate() {
-        for b in placed[k + 1..]
-            .iter()
-            .take_while(|b| b.buffer == a.buffer && b.start < a.end)
-        {
+        for b in placed[k + 1..].iter().take_while(|b| b.buffer == a.buffer && b.start < a.end) {
             if a.first <= b.last && b.first <= a.last && a.start < a.end && b.start < b.end {
                 return Err(VerifyError::Overlap {
                     a: p.values[a.slot].name.clone(),
@@ -184,7 +126,5 @@ pub fn verify(p: &Program) -> Result<(), VerifyError> {
 /// Bytes of a value at the upper bounds recorded in its dims.
 pub fn bounded_bytes(v: &kiln_formats::program::ValueInfo) -> Option<u64> {
     let dtype = DType::from_onnx_code(v.dtype)?;
-    v.dims.iter().try_fold(dtype.size() as u64, |acc, d| {
-        u64::try_from(d.value).ok().and_then(|x| acc.checked_mul(x))
-    })
+    v.dims.iter().try_fold(dtype.size() as u64, |acc, d| u64::try_from(d.value).ok().and_then(|x| acc.checked_mul(x)))
 }

@@ -24,22 +24,14 @@ pub struct TensorMut<'a> {
 fn cast<T: Element>(dtype: DType, data: &[u8]) -> Result<&[T], KernelError> {
     // Bools are stored as one byte each and read as u8.
     if T::DTYPE != dtype && !(T::DTYPE == DType::U8 && dtype == DType::Bool) {
-        return Err(KernelError::invalid(format!(
-            "expected {} data, got {dtype}",
-            T::DTYPE
-        )));
+        return Err(KernelError::invalid(format!("expected {} data, got {dtype}", T::DTYPE)));
     }
-    bytemuck::try_cast_slice(data)
-        .map_err(|e| KernelError::invalid(format!("{dtype} data is misaligned: {e:?}")))
+    bytemuck::try_cast_slice(data).map_err(|e| KernelError::invalid(format!("{dtype} data is misaligned: {e:?}")))
 }
 
 impl<'a> TensorRef<'a> {
     pub fn from_tensor(t: &'a Tensor) -> Self {
-        TensorRef {
-            dtype: t.dtype,
-            shape: &t.shape,
-            data: t.bytes(),
-        }
+        TensorRef { dtype: t.dtype, shape: &t.shape, data: t.bytes() }
     }
 
     pub fn numel(&self) -> usize {
@@ -60,9 +52,8 @@ impl<'a> TensorRef<'a> {
     pub fn to_i64_vec(&self) -> Result<Vec<i64>, KernelError> {
         (0..self.numel())
             .map(|i| {
-                read_i64(self.dtype, self.data, i).ok_or_else(|| {
-                    KernelError::invalid(format!("expected integers, got {}", self.dtype))
-                })
+                read_i64(self.dtype, self.data, i)
+                    .ok_or_else(|| KernelError::invalid(format!("expected integers, got {}", self.dtype)))
             })
             .collect()
     }
@@ -76,11 +67,7 @@ impl<'a> TensorMut<'a> {
     /// The elements as `T`; an error when `T` is not the dtype.
     pub fn typed<T: Element>(&mut self) -> Result<&mut [T], KernelError> {
         if T::DTYPE != self.dtype && !(T::DTYPE == DType::U8 && self.dtype == DType::Bool) {
-            return Err(KernelError::invalid(format!(
-                "expected {} output, got {}",
-                T::DTYPE,
-                self.dtype
-            )));
+            return Err(KernelError::invalid(format!("expected {} output, got {}", T::DTYPE, self.dtype)));
         }
         bytemuck::try_cast_slice_mut(self.data)
             .map_err(|e| KernelError::invalid(format!("output is misaligned: {e:?}")))

@@ -55,12 +55,7 @@ fn fold_resolved(g: &mut Graph, ni: usize) -> bool {
 
 fn fold_constant_inputs(g: &mut Graph, ni: usize) -> Result<bool, CompileError> {
     let node = &g.nodes[ni];
-    if node
-        .inputs
-        .iter()
-        .flatten()
-        .any(|&id| g.values[id].constant.is_none())
-    {
+    if node.inputs.iter().flatten().any(|&id| g.values[id].constant.is_none()) {
         return Ok(false);
     }
     let mut outputs = Vec::with_capacity(node.outputs.len());
@@ -76,11 +71,8 @@ fn fold_constant_inputs(g: &mut Graph, ni: usize) -> Result<bool, CompileError> 
         outputs.push(t);
     }
     let kernel = kernel_for(node).map_err(|e| CompileError::node(node, e))?;
-    let in_shapes: Vec<Option<Vec<usize>>> = node
-        .inputs
-        .iter()
-        .map(|i| i.and_then(|id| g.values[id].known_shape()))
-        .collect();
+    let in_shapes: Vec<Option<Vec<usize>>> =
+        node.inputs.iter().map(|i| i.and_then(|id| g.values[id].known_shape())).collect();
     let inputs: Vec<Option<TensorRef>> = node
         .inputs
         .iter()
@@ -100,15 +92,9 @@ fn fold_constant_inputs(g: &mut Graph, ni: usize) -> Result<bool, CompileError> 
     let mut outs: Vec<TensorMut> = outputs
         .iter_mut()
         .zip(&shapes)
-        .map(|(t, s)| TensorMut {
-            dtype: t.dtype,
-            shape: s,
-            data: t.bytes_mut(),
-        })
+        .map(|(t, s)| TensorMut { dtype: t.dtype, shape: s, data: t.bytes_mut() })
         .collect();
-    kernel
-        .run(&inputs, &mut outs)
-        .map_err(|e| CompileError::node(node, format!("constant folding failed: {e}")))?;
+    kernel.run(&inputs, &mut outs).map_err(|e| CompileError::node(node, format!("constant folding failed: {e}")))?;
     drop(outs);
     let out_ids = node.outputs.clone();
     for (o, t) in out_ids.into_iter().zip(outputs) {

@@ -27,12 +27,7 @@ impl InferCx for CompileCx {
 
 /// The kernel for a node, as the runtime will prepare it.
 pub fn kernel_for(node: &Node) -> Result<Box<dyn Kernel>, KernelError> {
-    ops::build(&OpSpec {
-        op: &node.op,
-        domain: &node.domain,
-        opset: node.opset,
-        attrs: Attrs(&node.attrs),
-    })
+    ops::build(&OpSpec { op: &node.op, domain: &node.domain, opset: node.opset, attrs: Attrs(&node.attrs) })
 }
 
 /// Fails with every op type that has no kernel, and the first node of each.
@@ -63,9 +58,7 @@ pub fn value_dims(v: &Value) -> Option<Vec<Dim>> {
     if n > MAX_VALUE_ELEMS {
         return None;
     }
-    (0..n)
-        .map(|i| read_i64(dt, c.as_slice(), i).map(Dim::Known))
-        .collect()
+    (0..n).map(|i| read_i64(dt, c.as_slice(), i).map(Dim::Known)).collect()
 }
 
 /// Infers every node's outputs, in order.
@@ -89,17 +82,10 @@ fn infer_node(g: &mut Graph, ni: usize, cx: &mut CompileCx) -> Result<(), Compil
             Some(id) => {
                 let v = &g.values[*id];
                 if v.dtype.is_none() || v.shape.is_none() {
-                    return Err(CompileError::node(
-                        node,
-                        format!("input '{}' has no known type and shape", v.name),
-                    ));
+                    return Err(CompileError::node(node, format!("input '{}' has no known type and shape", v.name)));
                 }
                 shapes.push(v.shape.clone());
-                values.push(if wanted.contains(&k) {
-                    value_dims(v)
-                } else {
-                    None
-                });
+                values.push(if wanted.contains(&k) { value_dims(v) } else { None });
             }
             None => {
                 shapes.push(None);
@@ -123,17 +109,11 @@ fn infer_node(g: &mut Graph, ni: usize, cx: &mut CompileCx) -> Result<(), Compil
             })
         })
         .collect();
-    let outs = kernel
-        .infer(&inputs, cx)
-        .map_err(|e| CompileError::node(node, e))?;
+    let outs = kernel.infer(&inputs, cx).map_err(|e| CompileError::node(node, e))?;
     if outs.len() < node.outputs.len() {
         return Err(CompileError::node(
             node,
-            format!(
-                "has {} outputs but the op defines {}",
-                node.outputs.len(),
-                outs.len()
-            ),
+            format!("has {} outputs but the op defines {}", node.outputs.len(), outs.len()),
         ));
     }
     let out_ids = node.outputs.clone();

@@ -17,26 +17,16 @@ pub fn propagate(g: &mut Graph, ni: usize) {
     if !g.values[out].dtype.is_some_and(|d| d.is_int()) {
         return;
     }
-    let input = |k: usize| {
-        node.inputs
-            .get(k)
-            .copied()
-            .flatten()
-            .and_then(|id| value_dims(&g.values[id]))
-    };
+    let input = |k: usize| node.inputs.get(k).copied().flatten().and_then(|id| value_dims(&g.values[id]));
     let result = match node.op.as_str() {
-        "Shape" => node.inputs[0]
-            .and_then(|id| g.values[id].shape.clone())
-            .map(|s| {
-                let r = s.len() as i64;
-                let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
-                let start = clamp(int_attr(node, "start").unwrap_or(0));
-                let end = clamp(int_attr(node, "end").unwrap_or(r));
-                s[start..end.max(start)].to_vec()
-            }),
-        "Size" => node.inputs[0]
-            .and_then(|id| g.values[id].shape.clone())
-            .map(|s| vec![Dim::product(&s)]),
+        "Shape" => node.inputs[0].and_then(|id| g.values[id].shape.clone()).map(|s| {
+            let r = s.len() as i64;
+            let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+            let start = clamp(int_attr(node, "start").unwrap_or(0));
+            let end = clamp(int_attr(node, "end").unwrap_or(r));
+            s[start..end.max(start)].to_vec()
+        }),
+        "Size" => node.inputs[0].and_then(|id| g.values[id].shape.clone()).map(|s| vec![Dim::product(&s)]),
         "Identity" | "Cast" | "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten" => input(0),
         "Concat" => node
             .inputs
@@ -44,39 +34,25 @@ pub fn propagate(g: &mut Graph, ni: usize) {
             .map(|i| i.and_then(|id| value_dims(&g.values[id])))
             .collect::<Option<Vec<_>>>()
             .map(|v| v.concat()),
-        "Gather" if int_attr(node, "axis").unwrap_or(0) == 0 => {
-            input(0).zip(input(1)).and_then(|(data, idx)| {
-                idx.iter()
-                    .map(|i| {
-                        let i = i.known()?;
-                        let i = if i < 0 { i + data.len() as i64 } else { i };
-                        data.get(usize::try_from(i).ok()?).cloned()
-                    })
-                    .collect()
-            })
-        }
-        "Slice" if node.opset >= 10 => {
-            input(0)
-                .zip(input(1))
-                .zip(input(2))
-                .and_then(|((data, starts), ends)| {
-                    let axes = input(3);
-                    let steps = input(4);
-                    if starts.len() != 1
-                        || axes.as_ref().is_some_and(|a| {
-                            a.len() != 1 || a[0].known().is_some_and(|x| x != 0 && x != -1)
-                        })
-                    {
-                        return None;
-                    }
-                    slice_1d(
-                        &data,
-                        starts[0].known()?,
-                        ends[0].known()?,
-                        steps.map_or(Some(1), |s| s.first()?.known())?,
-                    )
+        "Gather" if int_attr(node, "axis").unwrap_or(0) == 0 => input(0).zip(input(1)).and_then(|(data, idx)| {
+            idx.iter()
+                .map(|i| {
+                    let i = i.known()?;
+                    let i = if i < 0 { i + data.len() as i64 } else { i };
+                    data.get(usize::try_from(i).ok()?).cloned()
                 })
-        }
+                .collect()
+        }),
+        "Slice" if node.opset >= 10 => input(0).zip(input(1)).zip(input(2)).and_then(|((data, starts), ends)| {
+            let axes = input(3);
+            let steps = input(4);
+            if starts.len() != 1
+                || axes.as_ref().is_some_and(|a| a.len() != 1 || a[0].known().is_some_and(|x| x != 0 && x != -1))
+            {
+                return None;
+            }
+            slice_1d(&data, starts[0].known()?, ends[0].known()?, steps.map_or(Some(1), |s| s.first()?.known())?)
+        }),
         "Add" | "Sub" | "Mul" | "Div" | "Max" | "Min" => {
             input(0).zip(input(1)).and_then(|(a, b)| {
                 let n = a.len().max(b.len());
@@ -85,10 +61,7 @@ pub fn propagate(g: &mut Graph, ni: usize) {
                 }
                 (0..n)
                     .map(|i| {
-                        let (x, y) = (
-                            &a[if a.len() == 1 { 0 } else { i }],
-                            &b[if b.len() == 1 { 0 } else { i }],
-                        );
+                        let (x, y) = (&a[if a.len() == 1 { 0 } else { i }], &b[if b.len() == 1 { 0 } else { i }]);
                         match node.op.as_str() {
                             "Add" => Some(x.add(y)),
                             "Sub" => Some(x.sub(y)),
@@ -110,10 +83,7 @@ pub fn propagate(g: &mut Graph, ni: usize) {
 }
 
 fn int_attr(node: &Node, name: &str) -> Option<i64> {
-    node.attrs
-        .iter()
-        .find(|a| a.name == name && a.kind == AttrKind::Int as i32)
-        .map(|a| a.i)
+    node.attrs.iter().find(|a| a.name == name && a.kind == AttrKind::Int as i32).map(|a| a.i)
 }
 
 fn slice_1d(data: &[Dim], start: i64, end: i64, step: i64) -> Option<Vec<Dim>> {

@@ -23,12 +23,7 @@ impl Interval {
 /// views), split into those with bounded sizes and those whose size depends on unbounded dims.
 pub fn intervals(p: &Program) -> (Vec<Interval>, Vec<usize>) {
     let n = p.values.len();
-    let kind = |i: usize| {
-        p.values[i]
-            .storage
-            .as_ref()
-            .map_or(StorageKind::Dynamic as i32, |s| s.kind)
-    };
+    let kind = |i: usize| p.values[i].storage.as_ref().map_or(StorageKind::Dynamic as i32, |s| s.kind);
     let root = |mut i: usize| {
         while kind(i) == StorageKind::Alias as i32 {
             i = p.values[i].storage.as_ref().map_or(i, |s| s.index as usize);
@@ -45,48 +40,36 @@ pub fn intervals(p: &Program) -> (Vec<Interval>, Vec<usize>) {
     };
     p.inputs.iter().for_each(|&i| touch(i, 0));
     for (s, step) in p.steps.iter().enumerate() {
-        step.inputs
-            .iter()
-            .chain(&step.outputs)
-            .for_each(|&i| touch(i, s));
+        step.inputs.iter().chain(&step.outputs).for_each(|&i| touch(i, s));
     }
     p.outputs.iter().for_each(|&o| touch(o, p.steps.len()));
 
     let (mut planned, mut unbounded) = (Vec::new(), Vec::new());
     for i in 0..n {
         let k = kind(i);
-        if first[i] == usize::MAX
-            || k == StorageKind::Weight as i32
-            || k == StorageKind::Alias as i32
-        {
+        if first[i] == usize::MAX || k == StorageKind::Weight as i32 || k == StorageKind::Alias as i32 {
             continue;
         }
         match bounded_bytes(&p.values[i]) {
-            Some(size) => planned.push(Interval {
-                slot: i,
-                size,
-                first: first[i],
-                last: last[i],
-            }),
+            Some(size) => planned.push(Interval { slot: i, size, first: first[i], last: last[i] }),
             None => unbounded.push(i),
         }
     }
     (planned, unbounded)
 }
 
-/// Max over steps of the aligned bytes live at that step: no plan can be smaller.
+/// Max over steps of the bytes live at that step, each value rounded up to the alignment except
+/// the one whose padding is largest (it can sit last in the buffer, unpadded): no plan can be smaller.
 pub fn lower_bound(ivs: &[Interval], align: u64) -> u64 {
     let steps = ivs.iter().map(|i| i.last + 1).max().unwrap_or(0);
-    let mut delta = vec![0i128; steps + 1];
+    let mut live = vec![0u64; steps];
+    let mut max_pad = vec![0u64; steps];
     for iv in ivs {
-        let s = iv.size.next_multiple_of(align) as i128;
-        delta[iv.first] += s;
-        delta[iv.last + 1] -= s;
+        let (aligned, pad) = (iv.size.next_multiple_of(align), iv.size.next_multiple_of(align) - iv.size);
+        for s in iv.first..=iv.last {
+            live[s] += aligned;
+            max_pad[s] = max_pad[s].max(pad);
+        }
     }
-    let (mut live, mut best) = (0i128, 0i128);
-    for d in delta {
-        live += d;
-        best = best.max(live);
-    }
-    best as u64
+    live.iter().zip(&max_pad).map(|(l, p)| l - p).max().unwrap_or(0)
 }

@@ -35,10 +35,7 @@ pub fn plan(p: &mut Program, target: &TargetLimits) -> Result<PlanReport, Compil
     let align = target.alignment.max(1);
     let limit = target.largest_buffer();
     let (ivs, unbounded) = intervals(p);
-    if let Some(big) = ivs
-        .iter()
-        .find(|iv| iv.size.next_multiple_of(align) > limit)
-    {
+    if let Some(big) = ivs.iter().find(|iv| iv.size.next_multiple_of(align) > limit) {
         return Err(CompileError::Model(format!(
             "value '{}' needs {} bytes, more than the {} target's largest buffer ({limit} bytes), and kiln cannot split it",
             p.values[big.slot].name, big.size, target.name
@@ -48,39 +45,23 @@ pub fn plan(p: &mut Program, target: &TargetLimits) -> Result<PlanReport, Compil
     for order in [Order::Size, Order::Breadth, Order::Duration, Order::Area] {
         for fit in [Fit::First, Fit::Best] {
             let candidate = place(&ivs, align, limit, order, fit);
-            if best
-                .as_ref()
-                .is_none_or(|(b, _)| candidate.total() < b.total())
-            {
+            if best.as_ref().is_none_or(|(b, _)| candidate.total() < b.total()) {
                 best = Some((candidate, format!("{order:?}/{fit:?}").to_lowercase()));
             }
         }
     }
-    let (placement, strategy) = best.unwrap_or((
-        place::Placement {
-            slots: vec![],
-            buffers: vec![],
-        },
-        "none".into(),
-    ));
+    let (placement, strategy) = best.unwrap_or((place::Placement { slots: vec![], buffers: vec![] }, "none".into()));
     for (iv, &(buffer, offset)) in ivs.iter().zip(&placement.slots) {
         p.values[iv.slot].storage = Some(Storage::arena(buffer as u32, offset, iv.size));
     }
     p.buffers = placement.buffers.clone();
     p.alignment = align;
     p.max_buffer = if limit >= i64::MAX as u64 { 0 } else { limit };
-    verify(p).map_err(|e| {
-        CompileError::Model(format!(
-            "the planner produced an invalid plan (a kiln bug): {e}"
-        ))
-    })?;
+    verify(p).map_err(|e| CompileError::Model(format!("the planner produced an invalid plan (a kiln bug): {e}")))?;
 
     let lower = lower_bound(&ivs, align);
     let arena = placement.total();
-    let mut largest: Vec<(String, u64)> = ivs
-        .iter()
-        .map(|iv| (p.values[iv.slot].name.clone(), iv.size))
-        .collect();
+    let mut largest: Vec<(String, u64)> = ivs.iter().map(|iv| (p.values[iv.slot].name.clone(), iv.size)).collect();
     largest.sort_by_key(|(_, s)| std::cmp::Reverse(*s));
     largest.truncate(5);
     Ok(PlanReport {
@@ -88,17 +69,13 @@ pub fn plan(p: &mut Program, target: &TargetLimits) -> Result<PlanReport, Compil
         alignment: align,
         arena_bytes: arena,
         lower_bound_bytes: lower,
-        ratio: if lower == 0 {
-            1.0
-        } else {
-            arena as f64 / lower as f64
-        },
+        ratio: if lower == 0 { 1.0 } else { arena as f64 / lower as f64 },
         buffers: placement.buffers,
         strategy,
         largest,
-        unplanned: unbounded
-            .iter()
-            .map(|&i| p.values[i].name.clone())
-            .collect(),
+        unplanned: unbounded.iter().map(|&i| p.values[i].name.clone()).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests;

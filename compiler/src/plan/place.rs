@@ -44,15 +44,12 @@ pub fn place(ivs: &[Interval], align: u64, limit: u64, order: Order, fit: Fit) -
     let mut idx: Vec<usize> = (0..ivs.len()).collect();
     match order {
         Order::Size => idx.sort_by_key(|&i| (std::cmp::Reverse(ivs[i].size), ivs[i].first)),
-        Order::Duration => idx.sort_by_key(|&i| {
-            (
-                std::cmp::Reverse(ivs[i].last - ivs[i].first),
-                std::cmp::Reverse(ivs[i].size),
-            )
-        }),
-        Order::Area => idx.sort_by_key(|&i| {
-            std::cmp::Reverse(ivs[i].size as u128 * (ivs[i].last - ivs[i].first + 1) as u128)
-        }),
+        Order::Duration => {
+            idx.sort_by_key(|&i| (std::cmp::Reverse(ivs[i].last - ivs[i].first), std::cmp::Reverse(ivs[i].size)))
+        }
+        Order::Area => {
+            idx.sort_by_key(|&i| std::cmp::Reverse(ivs[i].size as u128 * (ivs[i].last - ivs[i].first + 1) as u128))
+        }
         Order::Breadth => {
             let steps = ivs.iter().map(|i| i.last + 1).max().unwrap_or(0);
             let mut live = vec![0u64; steps];
@@ -61,16 +58,9 @@ pub fn place(ivs: &[Interval], align: u64, limit: u64, order: Order, fit: Fit) -
                     *s += aligned(iv.size);
                 }
             }
-            let breadth: Vec<u64> = ivs
-                .iter()
-                .map(|iv| live[iv.first..=iv.last].iter().copied().max().unwrap_or(0))
-                .collect();
-            idx.sort_by_key(|&i| {
-                (
-                    std::cmp::Reverse(breadth[i]),
-                    std::cmp::Reverse(ivs[i].size),
-                )
-            });
+            let breadth: Vec<u64> =
+                ivs.iter().map(|iv| live[iv.first..=iv.last].iter().copied().max().unwrap_or(0)).collect();
+            idx.sort_by_key(|&i| (std::cmp::Reverse(breadth[i]), std::cmp::Reverse(ivs[i].size)));
         }
     }
     let mut slots = vec![(0usize, 0u64); ivs.len()];
@@ -93,14 +83,9 @@ pub fn place(ivs: &[Interval], align: u64, limit: u64, order: Order, fit: Fit) -
             slots[i] = (buffers.len() - 1, 0);
         }
     }
-    let sizes = buffers
-        .iter()
-        .map(|p| p.iter().map(|&(_, e, _)| e).max().unwrap_or(0))
-        .collect();
-    Placement {
-        slots,
-        buffers: sizes,
-    }
+    // Exactly what the values need: no padding after the last one.
+    let sizes = buffers.iter().map(|p| p.iter().map(|&(o, _, i)| o + ivs[i].size).max().unwrap_or(0)).collect();
+    Placement { slots, buffers: sizes }
 }
 
 fn find_gap(
@@ -112,11 +97,8 @@ fn find_gap(
     limit: u64,
     fit: Fit,
 ) -> Option<u64> {
-    let mut busy: Vec<(u64, u64)> = placed
-        .iter()
-        .filter(|&&(_, _, j)| ivs[j].overlaps_in_time(iv))
-        .map(|&(s, e, _)| (s, e))
-        .collect();
+    let mut busy: Vec<(u64, u64)> =
+        placed.iter().filter(|&&(_, _, j)| ivs[j].overlaps_in_time(iv)).map(|&(s, e, _)| (s, e)).collect();
     busy.sort_unstable();
     let mut cursor = 0u64;
     let mut best: Option<(u64, u64)> = None; // (gap size, offset)

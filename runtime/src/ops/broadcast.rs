@@ -21,11 +21,7 @@ pub fn broadcast_shapes(shapes: &[&[Dim]]) -> Result<Vec<Dim>, KernelError> {
                 (Dim::Known(a), Dim::Known(b)) => {
                     return Err(KernelError::invalid(format!(
                         "shapes {} cannot be broadcast: dim {a} vs {b} at axis {axis}",
-                        shapes
-                            .iter()
-                            .map(|s| format!("{s:?}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        shapes.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
                     )))
                 }
                 (a, b) => a.maximum(b),
@@ -40,9 +36,7 @@ pub fn broadcast_shapes(shapes: &[&[Dim]]) -> Result<Vec<Dim>, KernelError> {
 /// An error when `shape` does not broadcast to `out`.
 pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Result<Vec<usize>, KernelError> {
     if shape.len() > out.len() {
-        return Err(KernelError::invalid(format!(
-            "shape {shape:?} has more dims than {out:?}"
-        )));
+        return Err(KernelError::invalid(format!("shape {shape:?} has more dims than {out:?}")));
     }
     let pad = out.len() - shape.len();
     let mut strides = vec![0; out.len()];
@@ -52,9 +46,7 @@ pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Result<Vec<usize>, K
         if d == o {
             strides[pad + i] = if d == 1 { 0 } else { acc };
         } else if d != 1 {
-            return Err(KernelError::invalid(format!(
-                "shape {shape:?} does not broadcast to {out:?}"
-            )));
+            return Err(KernelError::invalid(format!("shape {shape:?} does not broadcast to {out:?}")));
         }
         acc *= d;
     }
@@ -63,11 +55,7 @@ pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Result<Vec<usize>, K
 
 /// Calls `f(out_index, [offset in each input])` for every output element in row-major order,
 /// walking the inputs with their broadcast strides. N is the number of inputs.
-pub fn for_each_offsets<const N: usize>(
-    out: &[usize],
-    strides: [&[usize]; N],
-    mut f: impl FnMut(usize, [usize; N]),
-) {
+pub fn for_each_offsets<const N: usize>(out: &[usize], strides: [&[usize]; N], mut f: impl FnMut(usize, [usize; N])) {
     let total: usize = out.iter().product();
     if total == 0 {
         return;
@@ -104,16 +92,10 @@ mod tests {
 
     #[test]
     fn shapes_broadcast_right_aligned() {
-        assert_eq!(
-            broadcast_shapes(&[&k(&[2, 1, 4]), &k(&[3, 1])]).unwrap(),
-            k(&[2, 3, 4])
-        );
+        assert_eq!(broadcast_shapes(&[&k(&[2, 1, 4]), &k(&[3, 1])]).unwrap(), k(&[2, 3, 4]));
         assert!(broadcast_shapes(&[&k(&[2]), &k(&[3])]).is_err());
         let s = Dim::sym("seq");
-        assert_eq!(
-            broadcast_shapes(&[&[s.clone(), Dim::Known(1)], &k(&[1, 8])]).unwrap(),
-            vec![s, Dim::Known(8)]
-        );
+        assert_eq!(broadcast_shapes(&[&[s.clone(), Dim::Known(1)], &k(&[1, 8])]).unwrap(), vec![s, Dim::Known(8)]);
     }
 
     #[test]
@@ -123,17 +105,7 @@ mod tests {
         let b = broadcast_strides(&[3], &out).unwrap();
         let mut seen = Vec::new();
         for_each_offsets(&out, [&a, &b], |i, [x, y]| seen.push((i, x, y)));
-        assert_eq!(
-            seen,
-            vec![
-                (0, 0, 0),
-                (1, 0, 1),
-                (2, 0, 2),
-                (3, 1, 0),
-                (4, 1, 1),
-                (5, 1, 2)
-            ]
-        );
+        assert_eq!(seen, vec![(0, 0, 0), (1, 0, 1), (2, 0, 2), (3, 1, 0), (4, 1, 1), (5, 1, 2)]);
         assert!(broadcast_strides(&[4], &out).is_err());
     }
 }

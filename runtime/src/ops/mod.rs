@@ -31,30 +31,17 @@ const FAMILIES: &[Family] = &[
 /// Prepares the kernel for an op; an error when no kernel exists or its attributes are invalid.
 pub fn build(spec: &OpSpec) -> Result<Box<dyn Kernel>, KernelError> {
     if !matches!(spec.domain, "" | "ai.onnx") {
-        return Err(KernelError::unsupported(format!(
-            "op {}::{}",
-            spec.domain, spec.op
-        )));
+        return Err(KernelError::unsupported(format!("op {}::{}", spec.domain, spec.op)));
     }
-    FAMILIES.iter().find_map(|f| f(spec)).unwrap_or_else(|| {
-        Err(KernelError::unsupported(format!(
-            "op {} (opset {})",
-            spec.op, spec.opset
-        )))
-    })
+    FAMILIES
+        .iter()
+        .find_map(|f| f(spec))
+        .unwrap_or_else(|| Err(KernelError::unsupported(format!("op {} (opset {})", spec.op, spec.opset))))
 }
 
 /// Op types each family has kernels for.
-const OP_LISTS: &[&[&str]] = &[
-    unary::OPS,
-    binary::OPS,
-    cast::OPS,
-    reduce::OPS,
-    norm::OPS,
-    matmul::OPS,
-    movement::OPS,
-    attention::OPS,
-];
+const OP_LISTS: &[&[&str]] =
+    &[unary::OPS, binary::OPS, cast::OPS, reduce::OPS, norm::OPS, matmul::OPS, movement::OPS, attention::OPS];
 
 /// Whether a CPU kernel exists for this op type in the default domain.
 pub fn is_supported(op: &str) -> bool {
