@@ -15,17 +15,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show a model's inputs, outputs, ops and what kiln cannot run yet.
+    /// Show a model's or bundle's signature, ops, memory plan and what kiln cannot run yet.
     Inspect(cmd::inspect::Args),
-    /// Run a model on tensors from .npy/.npz files.
+    /// Compile an ONNX model into a .kiln bundle.
+    Compile(cmd::compile::Args),
+    /// Run a model or bundle on tensors from .npy/.npz files.
     Run(cmd::run::Args),
+    /// Check a bundle as the loader does: structure, alignment, checksums, memory plans.
+    Verify(cmd::verify::Args),
+    /// Run on inputs and compare every output with expected values.
+    Check(cmd::check::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::main(a),
+        Command::Compile(a) => cmd::compile::main(a),
         Command::Run(a) => cmd::run::main(a),
+        Command::Verify(a) => cmd::verify::main(a),
+        Command::Check(a) => cmd::check::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! kiln-compiler: ONNX import into a typed graph IR with symbolic shapes, optimisation passes,
 //! and lowering to the program the runtime executes.
 
+pub mod bundle;
 pub mod error;
 pub mod import;
 pub mod ir;

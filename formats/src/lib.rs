@@ -1,6 +1,7 @@
 //! kiln-formats: the byte-level contracts shared by kiln's compiler and runtime — element types,
 //! symbolic dims, tensors, ONNX decoding with external data, `.npy`/`.npz`, and the program schema.
 
+pub mod bundle;
 pub mod bytes;
 pub mod dim;
 pub mod dtype;

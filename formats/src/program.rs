@@ -40,6 +40,13 @@ pub struct Program {
     pub max_buffer: u64,
 }
 
+/// Every entry point's program, as stored in a bundle's `program.bin`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProgramSet {
+    #[prost(message, repeated, tag = "1")]
+    pub programs: Vec<Program>,
+}
+
 /// A symbolic dim and the largest value the plan allows for it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SymbolBound {

@@ -1,6 +1,7 @@
 //! kiln-runtime: runs lowered programs over planned memory with CPU kernels. Depends on
 //! kiln-formats only — never on the compiler.
 
+pub mod bundle;
 pub mod error;
 pub mod kernel;
 pub mod model;

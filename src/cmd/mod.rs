@@ -1,4 +1,8 @@
 //! One module per subcommand.
 
+pub mod check;
+pub mod common;
+pub mod compile;
 pub mod inspect;
 pub mod run;
+pub mod verify;

@@ -1,0 +1,189 @@
+//! Compiling to a bundle: one program per entry point and target, weights deduplicated across
+//! them and packed into 64-byte aligned slots of weight entries no larger than the target allows.
+
+use crate::error::CompileError;
+use crate::{compile_graph, import_file, CompileOptions, Compiled};
+use kiln_formats::bundle::manifest::{
+    DimSig, EntryPoint, FormatVersion, Manifest, PlanSummary, Producer, Source, TensorSig,
+};
+use kiln_formats::bundle::{hex, write_bundle, BundleParts, WeightEntry, FORMAT_VERSION, TENSOR_ALIGN};
+use kiln_formats::program::{Program, ProgramSet, ValueInfo, WeightRef};
+use kiln_formats::target::TargetLimits;
+use kiln_formats::{DType, SharedBytes};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Weight entries are capped at this size even when the target allows more, so no single entry
+/// becomes unwieldy to map or checksum.
+const MAX_WEIGHT_ENTRY: u64 = 1 << 30;
+
+/// What a bundle compile produced, for the CLI to print.
+pub struct BundleSummary {
+    pub manifest: Manifest,
+    pub compiled: Vec<(String, Compiled)>,
+    pub weight_bytes: u64,
+}
+
+/// The ONNX file and companion files of a model given as a file or an export folder.
+pub struct ModelSource {
+    pub onnx: PathBuf,
+    pub tokenizer: Option<PathBuf>,
+    pub generation_config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+}
+
+impl ModelSource {
+    /// Resolves `path`: an `.onnx` file, or a folder holding `model.onnx` (optimum and
+    /// transformers exports) and optionally `tokenizer.json`, `generation_config.json`, `config.json`.
+    pub fn resolve(path: &Path) -> Result<ModelSource, CompileError> {
+        let (onnx, dir) = if path.is_dir() {
+            let onnx = path.join("model.onnx");
+            if !onnx.is_file() {
+                return Err(CompileError::Options(format!("folder {} holds no model.onnx", path.display())));
+            }
+            (onnx, Some(path.to_path_buf()))
+        } else {
+            (path.to_path_buf(), None)
+        };
+        let companion = |name: &str| dir.as_ref().map(|d| d.join(name)).filter(|p| p.is_file());
+        Ok(ModelSource {
+            onnx,
+            tokenizer: companion("tokenizer.json"),
+            generation_config: companion("generation_config.json"),
+            config: companion("config.json"),
+        })
+    }
+}
+
+/// Compiles `source` for each target and writes the bundle to `out`.
+pub fn compile_bundle(
+    source: &ModelSource,
+    opts: &CompileOptions,
+    targets: &[TargetLimits],
+    out: &Path,
+) -> Result<BundleSummary, CompileError> {
+    let mut compiled = Vec::new();
+    for target in targets {
+        let graph = import_file(&source.onnx, opts)?;
+        let topts = CompileOptions { target: target.clone(), require_bounds: true, ..opts.clone() };
+        compiled.push((target.name.clone(), compile_graph(graph, &topts)?));
+    }
+    let cap = targets.iter().map(|t| t.largest_buffer()).min().unwrap_or(u64::MAX).min(MAX_WEIGHT_ENTRY);
+    let mut programs: Vec<Program> = compiled.iter().map(|(_, c)| c.program.clone()).collect();
+    let weights = pack_weights(&mut programs, compiled.iter().map(|(_, c)| c.weights.as_slice()).collect(), cap)?;
+    let weight_bytes = weights.iter().map(|w| w.len).sum();
+
+    let entry_points = compiled
+        .iter()
+        .enumerate()
+        .map(|(i, (target, c))| EntryPoint {
+            name: "main".into(),
+            target: target.clone(),
+            program: i as u32,
+            inputs: c.program.inputs.iter().map(|&s| signature(&c.program.values[s as usize])).collect(),
+            outputs: c.program.outputs.iter().map(|&s| signature(&c.program.values[s as usize])).collect(),
+            plan: PlanSummary {
+                alignment: c.plan.alignment,
+                arena_bytes: c.plan.arena_bytes,
+                lower_bound_bytes: c.plan.lower_bound_bytes,
+                buffers: c.plan.buffers.clone(),
+            },
+        })
+        .collect();
+    let mut metadata = BTreeMap::new();
+    metadata.insert("dim_bounds".into(), serde_json::to_value(&opts.dim_bounds).unwrap_or_default());
+    metadata.insert("fixed_dims".into(), serde_json::to_value(&opts.fixed_dims).unwrap_or_default());
+    if let Some((_, c)) = compiled.first() {
+        metadata.insert("ops".into(), serde_json::to_value(&c.ops_before).unwrap_or_default());
+    }
+    let manifest = Manifest {
+        format: "kiln-bundle".into(),
+        format_version: FormatVersion { ..FORMAT_VERSION },
+        producer: Producer { name: "kiln".into(), version: env!("CARGO_PKG_VERSION").into() },
+        source: Source {
+            name: source.onnx.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            sha256: file_sha256(&source.onnx)?,
+        },
+        checksum_algorithm: "sha256".into(),
+        entries: Vec::new(),
+        entry_points,
+        targets: targets.to_vec(),
+        metadata,
+    };
+    let mut extra = Vec::new();
+    if let Some(t) = &source.tokenizer {
+        extra.push(("tokenizer.json".to_string(), "tokenizer".to_string(), read(t)?));
+    }
+    let manifest = write_bundle(out, BundleParts { manifest, programs: ProgramSet { programs }, weights, extra })?;
+    Ok(BundleSummary { manifest, compiled, weight_bytes })
+}
+
+fn read(p: &Path) -> Result<Vec<u8>, CompileError> {
+    std::fs::read(p).map_err(|e| CompileError::Options(format!("cannot read {}: {e}", p.display())))
+}
+
+fn file_sha256(p: &Path) -> Result<String, CompileError> {
+    let f = std::fs::File::open(p).map_err(|e| CompileError::Options(format!("cannot read {}: {e}", p.display())))?;
+    // SAFETY: read-only map, hashed and dropped here.
+    let map = unsafe { memmap2::Mmap::map(&f) }
+        .map_err(|e| CompileError::Options(format!("cannot map {}: {e}", p.display())))?;
+    Ok(hex(&Sha256::digest(&map[..])))
+}
+
+/// The manifest's description of a program input or output.
+pub fn signature(v: &ValueInfo) -> TensorSig {
+    TensorSig {
+        name: v.name.clone(),
+        dtype: v.dtype().map_or("unknown", DType::name).to_string(),
+        dims: v
+            .dims
+            .iter()
+            .map(|d| {
+                if d.symbol.is_empty() {
+                    DimSig { value: Some(d.value), symbol: None, max: None }
+                } else {
+                    DimSig { value: None, symbol: Some(d.symbol.clone()), max: (d.value >= 0).then_some(d.value) }
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Packs every program's constants into weight entries of at most `cap` bytes (a constant larger
+/// than `cap` gets an entry of its own), sharing identical byte ranges between programs, and
+/// rewrites the programs' weight references to (entry, offset).
+pub fn pack_weights(
+    programs: &mut [Program],
+    weights: Vec<&[SharedBytes]>,
+    cap: u64,
+) -> Result<Vec<WeightEntry>, CompileError> {
+    let mut entries: Vec<WeightEntry> = Vec::new();
+    let mut placed: HashMap<(usize, usize), WeightRef> = HashMap::new();
+    for (program, list) in programs.iter_mut().zip(weights) {
+        for w in program.weights.iter_mut() {
+            let bytes = list.get(w.entry as usize).ok_or_else(|| {
+                CompileError::Model(format!("weight reference to constant {} of {}", w.entry, list.len()))
+            })?;
+            let key = (bytes.as_slice().as_ptr() as usize, bytes.len());
+            if let Some(r) = placed.get(&key) {
+                *w = r.clone();
+                continue;
+            }
+            let len = bytes.len() as u64;
+            let fits = entries.last().is_some_and(|e| e.len.next_multiple_of(TENSOR_ALIGN) + len <= cap);
+            if !fits {
+                entries.push(WeightEntry::default());
+            }
+            let entry_index = entries.len() - 1;
+            let e = entries.last_mut().expect("just ensured");
+            let offset = e.len.next_multiple_of(TENSOR_ALIGN);
+            e.parts.push((offset, bytes.clone()));
+            e.len = offset + len;
+            let r = WeightRef { entry: entry_index as u32, offset, len };
+            placed.insert(key, r.clone());
+            *w = r;
+        }
+    }
+    Ok(entries)
+}

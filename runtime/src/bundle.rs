@@ -1,0 +1,79 @@
+//! Loading a bundle: the container checks of kiln-formats, then every program decoded, its weight
+//! references checked for alignment, its plan verified, and its kernels prepared. Weights stay in
+//! the file's memory map.
+
+use crate::error::RuntimeError;
+use crate::model::Model;
+use kiln_formats::bundle::manifest::EntryPoint;
+use kiln_formats::bundle::{Bundle, BundleError, OpenOptions, TENSOR_ALIGN};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Why a bundle could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("entry point '{entry}' (target {target}): {source}")]
+    Program { entry: String, target: String, source: RuntimeError },
+    #[error("entry point '{entry}' (target {target}): weight {index} at offset {offset} of weight entry {weight_entry} is not {TENSOR_ALIGN}-byte aligned")]
+    Misaligned { entry: String, target: String, index: usize, offset: u64, weight_entry: u32 },
+    #[error("manifest: {0}")]
+    Manifest(String),
+}
+
+/// A validated bundle with a ready model per entry point.
+pub struct LoadedBundle {
+    pub bundle: Bundle,
+    pub entries: Vec<(EntryPoint, Arc<Model>)>,
+}
+
+impl LoadedBundle {
+    /// Opens and fully validates the bundle at `path`.
+    pub fn open(path: &Path, opts: OpenOptions) -> Result<LoadedBundle, LoadError> {
+        Self::from_bundle(Bundle::open(path, opts)?)
+    }
+
+    /// Prepares every entry point of an opened bundle.
+    pub fn from_bundle(bundle: Bundle) -> Result<LoadedBundle, LoadError> {
+        let programs = bundle.programs()?.programs;
+        let weights = bundle.weight_entries()?;
+        let mut entries = Vec::new();
+        for ep in &bundle.manifest.entry_points {
+            let prog = programs.get(ep.program as usize).cloned().ok_or_else(|| {
+                LoadError::Manifest(format!(
+                    "entry point '{}' names program {} of {}",
+                    ep.name,
+                    ep.program,
+                    programs.len()
+                ))
+            })?;
+            for (index, w) in prog.weights.iter().enumerate() {
+                if w.offset % TENSOR_ALIGN != 0 {
+                    return Err(LoadError::Misaligned {
+                        entry: ep.name.clone(),
+                        target: ep.target.clone(),
+                        index,
+                        offset: w.offset,
+                        weight_entry: w.entry,
+                    });
+                }
+            }
+            let model = Model::new(prog, &weights).map_err(|source| LoadError::Program {
+                entry: ep.name.clone(),
+                target: ep.target.clone(),
+                source,
+            })?;
+            entries.push((ep.clone(), model));
+        }
+        if entries.is_empty() {
+            return Err(LoadError::Manifest("the bundle has no entry points".into()));
+        }
+        Ok(LoadedBundle { bundle, entries })
+    }
+
+    /// The model of entry point `name` for `target`, or the first entry point named `name`.
+    pub fn model(&self, name: &str, target: Option<&str>) -> Option<&Arc<Model>> {
+        self.entries.iter().find(|(ep, _)| ep.name == name && target.is_none_or(|t| ep.target == t)).map(|(_, m)| m)
+    }
+}
