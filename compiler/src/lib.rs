@@ -70,9 +70,12 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     }
     let ops_before = g.op_counts();
     passes::optimize(&mut g)?;
+    let splits = passes::split::split_oversized(&mut g, opts.target.largest_buffer())?;
     let ops_after = g.op_counts();
     let Lowered { mut program, weights } = lower::lower(&g, &opts.dim_bounds)?;
-    let plan = plan::plan(&mut program, &opts.target)?;
+    let mut plan = plan::plan(&mut program, &opts.target)?;
+    plan.splits =
+        splits.iter().map(|s| format!("{} ({} bytes) into {} column blocks", s.value, s.bytes, s.blocks)).collect();
     Ok(Compiled { program, weights, plan, ops_before, ops_after })
 }
 

@@ -103,6 +103,12 @@ impl SharedBytes {
         SharedBytes { owner, range: 0..len }
     }
 
+    /// `len` bytes that `owner` produces only when first read (e.g. a block of a larger weight,
+    /// copied out on demand): planning never touches them.
+    pub fn lazy(owner: Arc<dyn ByteOwner>, len: usize) -> Self {
+        SharedBytes { owner, range: 0..len }
+    }
+
     /// Bytes copied into a fresh aligned buffer (for small data such as inline ONNX tensors).
     pub fn copy_from(bytes: &[u8]) -> Self {
         Self::new(Arc::new(AlignedBuf::from_bytes(bytes)))
@@ -128,7 +134,14 @@ impl SharedBytes {
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        &self.owner.bytes()[self.range.clone()]
+        let bytes = self.owner.bytes();
+        assert!(
+            self.range.end <= bytes.len(),
+            "lazy byte owner produced {} bytes, {} promised",
+            bytes.len(),
+            self.range.end
+        );
+        &bytes[self.range.clone()]
     }
 }
 

@@ -12,13 +12,16 @@ pub struct Args {
     /// An .onnx file, or a folder holding model.onnx (and tokenizer.json, generation_config.json).
     model: PathBuf,
     /// The bundle to write.
-    #[arg(short, long)]
-    output: PathBuf,
+    #[arg(short, long, required_unless_present = "plan_only")]
+    output: Option<PathBuf>,
     #[command(flatten)]
     plan: PlanArgs,
     /// tokenizer.json to store in the bundle (default: the one in the model's folder).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Plan and verify only: write no bundle and read no weight.
+    #[arg(long)]
+    plan_only: bool,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -31,8 +34,12 @@ pub fn main(args: Args) -> Result<()> {
     if let Some(t) = &args.tokenizer {
         source.tokenizer = Some(t.clone());
     }
-    let summary = compile_bundle(&source, &opts, &targets, &args.output)
-        .with_context(|| format!("compiling {} into {}", args.model.display(), args.output.display()))?;
+    if args.plan_only {
+        return plan_only(&args, &source, &opts, &targets, started);
+    }
+    let output = args.output.clone().context("--output is required")?;
+    let summary = compile_bundle(&source, &opts, &targets, &output)
+        .with_context(|| format!("compiling {} into {}", args.model.display(), output.display()))?;
     let secs = started.elapsed().as_secs_f64();
     let plans: Vec<_> = summary
         .compiled
@@ -46,6 +53,7 @@ pub fn main(args: Args) -> Result<()> {
                 "buffers": c.plan.buffers,
                 "strategy": c.plan.strategy,
                 "unplanned": c.plan.unplanned,
+                "splits": c.plan.splits,
             })
         })
         .collect();
@@ -55,7 +63,7 @@ pub fn main(args: Args) -> Result<()> {
         .map(|(_, c)| (c.ops_before.values().sum::<usize>(), c.ops_after.values().sum::<usize>()))
         .unwrap_or_default();
     let report = json!({
-        "output": args.output.display().to_string(),
+        "output": output.display().to_string(),
         "nodes_imported": ops_before,
         "nodes_after_optimisation": ops_after,
         "weight_bytes": summary.weight_bytes,
@@ -66,7 +74,7 @@ pub fn main(args: Args) -> Result<()> {
     if args.json {
         println!("{report}");
     }
-    eprintln!("compiled {} -> {} in {secs:.2}s", args.model.display(), args.output.display());
+    eprintln!("compiled {} -> {} in {secs:.2}s", args.model.display(), output.display());
     eprintln!(
         "  nodes: {ops_before} imported, {ops_after} after shape and constant folding; all placed on cpu kernels"
     );
@@ -80,9 +88,56 @@ pub fn main(args: Args) -> Result<()> {
             c.plan.ratio,
             c.plan.strategy
         );
+        for s in &c.plan.splits {
+            eprintln!("  plan[{target}]: split {s}");
+        }
         if !c.plan.unplanned.is_empty() {
             eprintln!("  plan[{target}]: {} values sized at run time (data-dependent shapes)", c.plan.unplanned.len());
         }
+    }
+    Ok(())
+}
+
+/// `--plan-only`: compile and plan each target, print the plans, write nothing.
+fn plan_only(
+    args: &Args,
+    source: &ModelSource,
+    opts: &kiln_compiler::CompileOptions,
+    targets: &[kiln_formats::target::TargetLimits],
+    started: Instant,
+) -> Result<()> {
+    let mut plans = Vec::new();
+    for target in targets {
+        let topts = kiln_compiler::CompileOptions { target: target.clone(), require_bounds: true, ..opts.clone() };
+        let graph = kiln_compiler::import_file(&source.onnx, &topts)?;
+        let c = kiln_compiler::compile_graph(graph, &topts)
+            .with_context(|| format!("planning {}", args.model.display()))?;
+        let p = &c.plan;
+        eprintln!(
+            "plan[{}]: arena {} bytes in {} buffer(s) {:?}, lower bound {}, ratio {:.4} ({}), verified",
+            target.name,
+            p.arena_bytes,
+            p.buffers.len(),
+            p.buffers,
+            p.lower_bound_bytes,
+            p.ratio,
+            p.strategy
+        );
+        for (name, bytes) in &p.largest {
+            eprintln!("  largest: {name} {bytes} bytes");
+        }
+        for s in &p.splits {
+            eprintln!("  split {s}");
+        }
+        plans.push(
+            json!({"target": target.name, "arena_bytes": p.arena_bytes, "lower_bound_bytes": p.lower_bound_bytes,
+            "ratio": p.ratio, "buffers": p.buffers, "splits": p.splits, "largest": p.largest}),
+        );
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("planned {} in {secs:.2}s (no bundle written)", args.model.display());
+    if args.json {
+        println!("{}", json!({"plans": plans, "seconds": secs}));
     }
     Ok(())
 }

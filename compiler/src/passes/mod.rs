@@ -3,6 +3,7 @@
 pub mod const_fold;
 pub mod dce;
 pub mod infer;
+pub mod split;
 pub mod sym_values;
 
 use crate::error::CompileError;

@@ -28,6 +28,8 @@ pub struct PlanReport {
     pub largest: Vec<(String, u64)>,
     /// Values whose size depends on data unknown at compile time; the runtime sizes them per run.
     pub unplanned: Vec<String>,
+    /// Constants split to fit the target's largest buffer.
+    pub splits: Vec<String>,
 }
 
 /// Plans `p` for `target`, writes the arena offsets into it, and verifies the result.
@@ -74,6 +76,7 @@ pub fn plan(p: &mut Program, target: &TargetLimits) -> Result<PlanReport, Compil
         strategy,
         largest,
         unplanned: unbounded.iter().map(|&i| p.values[i].name.clone()).collect(),
+        splits: Vec::new(),
     })
 }
 

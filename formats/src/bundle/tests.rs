@@ -31,7 +31,10 @@ fn sample_parts() -> BundleParts {
             metadata: Default::default(),
         },
         programs: ProgramSet {
-            programs: vec![Program { values: vec![ValueInfo { name: "x".into(), dtype: 1, ..Default::default() }], ..Default::default() }],
+            programs: vec![Program {
+                values: vec![ValueInfo { name: "x".into(), dtype: 1, ..Default::default() }],
+                ..Default::default()
+            }],
         },
         weights: vec![WeightEntry { parts: vec![(0, w0), (128, w1)], len: 168 }],
         extra: vec![("tokenizer.json".into(), "tokenizer".into(), b"{}".to_vec())],
