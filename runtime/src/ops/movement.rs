@@ -4,16 +4,36 @@
 //! behind Transpose, Slice, Expand and Tile in `strided`.
 
 mod common;
+mod concat;
+mod expand;
 mod reshape;
+mod shape;
+mod slice;
+mod split;
 mod strided;
 #[cfg(test)]
 mod testutil;
+mod transpose;
 
 use crate::error::KernelError;
 use crate::kernel::{Kernel, OpSpec};
 
 /// Op types this family has kernels for.
-pub const OPS: &[&str] = &["Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"];
+pub const OPS: &[&str] = &[
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Identity",
+    "Shape",
+    "Size",
+    "Transpose",
+    "Concat",
+    "Split",
+    "Slice",
+    "Expand",
+    "Tile",
+];
 
 fn boxed<K: Kernel + 'static>(k: K) -> Box<dyn Kernel> {
     Box::new(k)
@@ -27,6 +47,14 @@ pub fn build(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
         "Squeeze" => reshape::Squeeze::new(spec).map(boxed),
         "Unsqueeze" => reshape::Unsqueeze::new(spec).map(boxed),
         "Identity" => Ok(boxed(reshape::Identity)),
+        "Shape" => shape::Shape::new(spec).map(boxed),
+        "Size" => Ok(boxed(shape::Size)),
+        "Transpose" => transpose::Transpose::new(spec).map(boxed),
+        "Concat" => concat::Concat::new(spec).map(boxed),
+        "Split" => split::Split::new(spec).map(boxed),
+        "Slice" => slice::Slice::new(spec).map(boxed),
+        "Expand" => Ok(boxed(expand::Expand)),
+        "Tile" => Ok(boxed(expand::Tile)),
         _ => return None,
     })
 }

@@ -90,10 +90,9 @@ pub(super) fn fresh_dims(
 /// one (a symbolic dim is assumed to match, which run-time inference re-checks with real sizes).
 pub(super) fn agree(a: &Dim, b: &Dim, what: impl FnOnce() -> String) -> Result<Dim, KernelError> {
     match (a, b) {
-        (Dim::Known(x), Dim::Known(y)) if x != y => Err(KernelError::invalid(format!(
-            "{}: {x} vs {y}",
-            what()
-        ))),
+        (Dim::Known(x), Dim::Known(y)) if x != y => {
+            Err(KernelError::invalid(format!("{}: {x} vs {y}", what())))
+        }
         (Dim::Sym(_), Dim::Known(_)) => Ok(b.clone()),
         _ => Ok(a.clone()),
     }

@@ -2,9 +2,7 @@
 //! executor may give their output the input's storage and skip `run`; when it does call `run`,
 //! the bytes are copied unchanged.
 
-use super::common::{
-    check_int, copy_all, fresh_dims, known_ints, normalize_axes, vector_len,
-};
+use super::common::{check_int, copy_all, fresh_dims, known_ints, normalize_axes, vector_len};
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
 use crate::view::{TensorMut, TensorRef};
@@ -446,10 +444,22 @@ mod tests {
         let out = run("Reshape", 14, &[], &[Some(&x), Some(&i64s(&[2], &[-1, 4]))]).unwrap();
         assert_eq!(out[0].shape, vec![6, 4]);
         assert_eq!(vals_f32(&out[0]), vals_f32(&x));
-        let out = run("Reshape", 14, &[], &[Some(&x), Some(&i64s(&[3], &[0, 4, 3]))]).unwrap();
+        let out = run(
+            "Reshape",
+            14,
+            &[],
+            &[Some(&x), Some(&i64s(&[3], &[0, 4, 3]))],
+        )
+        .unwrap();
         assert_eq!(out[0].shape, vec![2, 4, 3]);
         assert!(run("Reshape", 14, &[], &[Some(&x), Some(&i64s(&[2], &[5, -1]))]).is_err());
-        assert!(run("Reshape", 14, &[], &[Some(&x), Some(&i64s(&[2], &[-1, -1]))]).is_err());
+        assert!(run(
+            "Reshape",
+            14,
+            &[],
+            &[Some(&x), Some(&i64s(&[2], &[-1, -1]))]
+        )
+        .is_err());
         assert!(run("Reshape", 14, &[], &[Some(&x), Some(&i64s(&[2], &[7, 3]))]).is_err());
         // allowzero: a 0 is a real zero-size dim.
         let e = iota(&[0, 3]);
@@ -483,7 +493,13 @@ mod tests {
     #[test]
     fn squeeze_forms() {
         let x = iota(&[1, 3, 1, 2]);
-        let out = run("Squeeze", 11, &[Attribute::ints("axes", vec![0, -2])], &[Some(&x)]).unwrap();
+        let out = run(
+            "Squeeze",
+            11,
+            &[Attribute::ints("axes", vec![0, -2])],
+            &[Some(&x)],
+        )
+        .unwrap();
         assert_eq!(out[0].shape, vec![3, 2]);
         let out = run("Squeeze", 13, &[], &[Some(&x), Some(&i64s(&[1], &[2]))]).unwrap();
         assert_eq!(out[0].shape, vec![1, 3, 2]);
@@ -513,9 +529,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out[0].shape, vec![1, 3, 2, 1]);
-        let out = run("Unsqueeze", 13, &[], &[Some(&x), Some(&i64s(&[2], &[1, 3]))]).unwrap();
+        let out = run(
+            "Unsqueeze",
+            13,
+            &[],
+            &[Some(&x), Some(&i64s(&[2], &[1, 3]))],
+        )
+        .unwrap();
         assert_eq!(out[0].shape, vec![3, 1, 2, 1]);
-        assert!(run("Unsqueeze", 13, &[], &[Some(&x), Some(&i64s(&[2], &[1, 1]))]).is_err());
+        assert!(run(
+            "Unsqueeze",
+            13,
+            &[],
+            &[Some(&x), Some(&i64s(&[2], &[1, 1]))]
+        )
+        .is_err());
         assert!(run("Unsqueeze", 13, &[], &[Some(&x), Some(&i64s(&[1], &[5]))]).is_err());
         let out = infer(
             "Unsqueeze",

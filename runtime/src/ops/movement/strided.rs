@@ -157,37 +157,51 @@ fn copy_serial<T: Copy>(src: &[T], base: usize, shape: &[usize], strides: &[isiz
             if shape[j] >= 4 && n >= 4 {
                 let outer: Vec<usize> = (0..last).filter(|&k| k != j).collect();
                 let (m, dj) = (shape[j], dst_strides[j]);
-                for_each_outer(shape, &outer, strides, &dst_strides, base as isize, |so, d_o| {
-                    for jb in (0..m).step_by(TILE) {
-                        for ib in (0..n).step_by(TILE) {
-                            for jj in jb..(jb + TILE).min(m) {
-                                let drow = d_o + jj * dj;
-                                let srow = so + jj as isize;
-                                for ii in ib..(ib + TILE).min(n) {
-                                    dst[drow + ii] = src[(srow + ii as isize * s) as usize];
+                for_each_outer(
+                    shape,
+                    &outer,
+                    strides,
+                    &dst_strides,
+                    base as isize,
+                    |so, d_o| {
+                        for jb in (0..m).step_by(TILE) {
+                            for ib in (0..n).step_by(TILE) {
+                                for jj in jb..(jb + TILE).min(m) {
+                                    let drow = d_o + jj * dj;
+                                    let srow = so + jj as isize;
+                                    for ii in ib..(ib + TILE).min(n) {
+                                        dst[drow + ii] = src[(srow + ii as isize * s) as usize];
+                                    }
                                 }
                             }
                         }
-                    }
-                });
+                    },
+                );
                 return;
             }
         }
     }
     let outer: Vec<usize> = (0..last).collect();
-    for_each_outer(shape, &outer, strides, &dst_strides, base as isize, |so, d_o| {
-        let row = &mut dst[d_o..d_o + n];
-        if s == 1 {
-            let so = so as usize;
-            row.copy_from_slice(&src[so..so + n]);
-        } else if s == 0 {
-            row.fill(src[so as usize]);
-        } else {
-            for (i, v) in row.iter_mut().enumerate() {
-                *v = src[(so + i as isize * s) as usize];
+    for_each_outer(
+        shape,
+        &outer,
+        strides,
+        &dst_strides,
+        base as isize,
+        |so, d_o| {
+            let row = &mut dst[d_o..d_o + n];
+            if s == 1 {
+                let so = so as usize;
+                row.copy_from_slice(&src[so..so + n]);
+            } else if s == 0 {
+                row.fill(src[so as usize]);
+            } else {
+                for (i, v) in row.iter_mut().enumerate() {
+                    *v = src[(so + i as isize * s) as usize];
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 #[cfg(test)]
