@@ -5,8 +5,12 @@
 
 mod common;
 mod concat;
+mod constant;
 mod expand;
+mod gather;
+mod range;
 mod reshape;
+mod scatter;
 mod shape;
 mod slice;
 mod split;
@@ -14,6 +18,7 @@ mod strided;
 #[cfg(test)]
 mod testutil;
 mod transpose;
+mod trilu;
 
 use crate::error::KernelError;
 use crate::kernel::{Kernel, OpSpec};
@@ -33,6 +38,14 @@ pub const OPS: &[&str] = &[
     "Slice",
     "Expand",
     "Tile",
+    "Gather",
+    "GatherElements",
+    "GatherND",
+    "ScatterND",
+    "Trilu",
+    "Range",
+    "ConstantOfShape",
+    "Constant",
 ];
 
 fn boxed<K: Kernel + 'static>(k: K) -> Box<dyn Kernel> {
@@ -55,6 +68,14 @@ pub fn build(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
         "Slice" => slice::Slice::new(spec).map(boxed),
         "Expand" => Ok(boxed(expand::Expand)),
         "Tile" => Ok(boxed(expand::Tile)),
+        "Gather" => gather::Gather::new(spec).map(boxed),
+        "GatherElements" => gather::GatherElements::new(spec).map(boxed),
+        "GatherND" => gather::GatherNd::new(spec).map(boxed),
+        "ScatterND" => scatter::ScatterNd::new(spec).map(boxed),
+        "Trilu" => trilu::Trilu::new(spec).map(boxed),
+        "Range" => Ok(boxed(range::Range)),
+        "ConstantOfShape" => constant::ConstantOfShape::new(spec).map(boxed),
+        "Constant" => constant::Constant::new(spec).map(boxed),
         _ => return None,
     })
 }

@@ -146,7 +146,12 @@ impl<'a> Indices<'a> {
     /// end; an error naming the index when it is out of range.
     #[inline]
     pub(super) fn resolve(&self, i: usize, dim: usize) -> Result<usize, KernelError> {
-        wrap_index(self.get(i), dim)
+        let v = self.get(i);
+        wrap_index(v, dim).map_err(|_| {
+            KernelError::invalid(format!(
+                "index {v} (element {i} of the indices) is out of range for a dim of size {dim}"
+            ))
+        })
     }
 }
 

@@ -14,9 +14,11 @@ use kiln_formats::Dim;
 /// when the dim is symbolic: exporters write INT64_MAX, INT32_MAX or similar.
 const SENTINEL: i64 = i32::MAX as i64;
 
+/// Starts, ends and optional axes given as attributes (before opset 10).
+type AttrForm = (Vec<i64>, Vec<i64>, Option<Vec<i64>>);
+
 pub struct Slice {
-    /// Before opset 10: (starts, ends, axes) from attributes.
-    attrs: Option<(Vec<i64>, Vec<i64>, Option<Vec<i64>>)>,
+    attrs: Option<AttrForm>,
 }
 
 impl Slice {
