@@ -7,13 +7,7 @@ use crate::error::KernelError;
 use crate::kernel::{Kernel, OpSpec};
 
 /// Op types this family has kernels for.
-pub const OPS: &[&str] = &[
-    "Hardmax",
-    "LayerNormalization",
-    "LogSoftmax",
-    "RMSNormalization",
-    "Softmax",
-];
+pub const OPS: &[&str] = &["Hardmax", "LayerNormalization", "LogSoftmax", "RMSNormalization", "Softmax"];
 
 /// Prepares this family's kernel for `spec`, or `None` when the op is not in this family.
 pub fn build(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {

@@ -84,11 +84,7 @@ impl Reduce {
     fn new(spec: &OpSpec, kind: Kind) -> Result<Reduce, KernelError> {
         let input_since = if kind == Kind::Sum { 13 } else { 18 };
         let axes_input = spec.opset >= input_since;
-        let axes_attr = if axes_input {
-            None
-        } else {
-            spec.attrs.ints("axes")?.map(<[i64]>::to_vec)
-        };
+        let axes_attr = if axes_input { None } else { spec.attrs.ints("axes")?.map(<[i64]>::to_vec) };
         Ok(Reduce {
             kind,
             keepdims: spec.attrs.int("keepdims", 1)? != 0,
@@ -101,11 +97,7 @@ impl Reduce {
     /// Reduced-axis mask for an input of `rank`, or `None` for the identity (noop with empty axes).
     fn mask(&self, rank: usize, axes: &[i64]) -> Result<Option<Vec<bool>>, KernelError> {
         if axes.is_empty() {
-            return Ok(if self.noop_with_empty_axes {
-                None
-            } else {
-                Some(vec![true; rank])
-            });
+            return Ok(if self.noop_with_empty_axes { None } else { Some(vec![true; rank]) });
         }
         let mut mask = vec![false; rank];
         for &a in axes {
@@ -119,9 +111,7 @@ impl Reduce {
     }
 
     fn check_dtype(&self, dt: DType) -> Result<(), KernelError> {
-        let ok = dt.is_float()
-            || dt.is_int()
-            || (dt == DType::Bool && matches!(self.kind, Kind::Max | Kind::Min));
+        let ok = dt.is_float() || dt.is_int() || (dt == DType::Bool && matches!(self.kind, Kind::Max | Kind::Min));
         if ok {
             Ok(())
         } else {
@@ -151,11 +141,7 @@ impl Kernel for Reduce {
         }
     }
 
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         self.check_dtype(x.dtype)?;
         let rank = x.shape.len();
@@ -167,10 +153,7 @@ impl Kernel for Reduce {
                 match a.value {
                     Some(v) => v
                         .iter()
-                        .map(|d| {
-                            d.known()
-                                .ok_or_else(|| KernelError::input(1, "axes must be known"))
-                        })
+                        .map(|d| d.known().ok_or_else(|| KernelError::input(1, "axes must be known")))
                         .collect::<Result<_, _>>()?,
                     None if self.keepdims => {
                         // Which axes shrink to 1 is unknown until run time; the rank is not.
@@ -198,11 +181,7 @@ impl Kernel for Reduce {
         Ok(vec![OutputInfo::new(x.dtype, shape)])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         self.check_dtype(x.dtype)?;
         let axes = match (self.axes_input, inputs.get(1).copied().flatten()) {
@@ -210,9 +189,7 @@ impl Kernel for Reduce {
             (true, None) => Vec::new(),
             (false, _) => self.axes_attr.clone().unwrap_or_default(),
         };
-        let out = outputs
-            .get_mut(0)
-            .ok_or_else(|| KernelError::invalid("missing output"))?;
+        let out = outputs.get_mut(0).ok_or_else(|| KernelError::invalid("missing output"))?;
         if out.dtype != x.dtype {
             return Err(KernelError::invalid("output dtype differs from input"));
         }
@@ -223,16 +200,10 @@ impl Kernel for Reduce {
             out.data.copy_from_slice(x.data);
             return Ok(());
         };
-        if self
-            .out_shape(x.shape, &mask, 1usize)
-            .iter()
-            .product::<usize>()
-            != out.numel()
+        if self.out_shape(x.shape, &mask, 1usize).iter().product::<usize>() != out.numel()
             || out.data.len() != out.numel() * out.dtype.size()
         {
-            return Err(KernelError::invalid(
-                "output shape does not match the reduction",
-            ));
+            return Err(KernelError::invalid("output shape does not match the reduction"));
         }
         let plan = Plan::new(x.shape, &mask);
         let k = self.kind;
@@ -648,9 +619,7 @@ fn reduce_loops<E, A, R>(
             }
         };
         if x.len() >= PAR_MIN && out.len() > l {
-            out.par_chunks_mut(l)
-                .enumerate()
-                .for_each(|(ri, d)| row(ri, d));
+            out.par_chunks_mut(l).enumerate().for_each(|(ri, d)| row(ri, d));
         } else {
             for (ri, d) in out.chunks_mut(l).enumerate() {
                 row(ri, d);
@@ -731,11 +700,7 @@ fn run_int<T: IntEl>(k: Kind, x: &[T], out: &mut [T], p: &Plan) -> Result<(), Ke
 
 /// Splits `shape` around `axis` into (outer, axis size, inner) element counts.
 pub(crate) fn split_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
-    (
-        shape[..axis].iter().product(),
-        shape[axis],
-        shape[axis + 1..].iter().product(),
-    )
+    (shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product())
 }
 
 #[cfg(test)]
@@ -750,21 +715,11 @@ mod tests {
     #[test]
     fn reduce_sum_axes_attr_and_input() {
         let x = Tensor::from_vec(&[2, 3], vec![1f32, 2., 3., 4., 5., 6.]);
-        let y = run1(
-            "ReduceSum",
-            11,
-            &[ints("axes", &[1])],
-            vec![Some(x.clone())],
-        );
+        let y = run1("ReduceSum", 11, &[ints("axes", &[1])], vec![Some(x.clone())]);
         assert_eq!(y.shape, vec![2, 1]);
         assert_eq!(f32s(&y), vec![6., 15.]);
         let axes = Tensor::from_vec(&[1], vec![0i64]);
-        let y = run1(
-            "ReduceSum",
-            13,
-            &[int("keepdims", 0)],
-            vec![Some(x.clone()), Some(axes)],
-        );
+        let y = run1("ReduceSum", 13, &[int("keepdims", 0)], vec![Some(x.clone()), Some(axes)]);
         assert_eq!(y.shape, vec![3]);
         assert_eq!(f32s(&y), vec![5., 7., 9.]);
         // Empty axes: reduce all, or the identity with noop_with_empty_axes.
@@ -782,33 +737,20 @@ mod tests {
     #[test]
     fn reduce_kinds() {
         let x = Tensor::from_vec(&[2, 2], vec![1f32, -2., 3., 4.]);
-        let close = |a: Vec<f32>, b: Vec<f32>| {
-            assert!(
-                a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-5),
-                "{a:?} vs {b:?}"
-            )
-        };
+        let close =
+            |a: Vec<f32>, b: Vec<f32>| assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-5), "{a:?} vs {b:?}");
         close(f32s(&sum_all("ReduceMax", 13, x.clone())), vec![4.]);
         close(f32s(&sum_all("ReduceMin", 13, x.clone())), vec![-2.]);
         close(f32s(&sum_all("ReduceMean", 13, x.clone())), vec![1.5]);
         close(f32s(&sum_all("ReduceProd", 13, x.clone())), vec![-24.]);
         close(f32s(&sum_all("ReduceL1", 13, x.clone())), vec![10.]);
-        close(
-            f32s(&sum_all("ReduceL2", 13, x.clone())),
-            vec![30f32.sqrt()],
-        );
+        close(f32s(&sum_all("ReduceL2", 13, x.clone())), vec![30f32.sqrt()]);
         close(f32s(&sum_all("ReduceSumSquare", 13, x.clone())), vec![30.]);
-        close(
-            f32s(&sum_all("ReduceLogSum", 13, x.clone())),
-            vec![6f32.ln()],
-        );
+        close(f32s(&sum_all("ReduceLogSum", 13, x.clone())), vec![6f32.ln()]);
         let lse = (1f32.exp() + (-2f32).exp() + 3f32.exp() + 4f32.exp()).ln();
         close(f32s(&sum_all("ReduceLogSumExp", 13, x.clone())), vec![lse]);
         let big = Tensor::from_vec(&[2], vec![1000f32, 1000.]);
-        close(
-            f32s(&sum_all("ReduceLogSumExp", 13, big)),
-            vec![1000. + 2f32.ln()],
-        );
+        close(f32s(&sum_all("ReduceLogSumExp", 13, big)), vec![1000. + 2f32.ln()]);
         let nan = Tensor::from_vec(&[3], vec![1f32, f32::NAN, 2.]);
         assert!(f32s(&sum_all("ReduceMax", 13, nan))[0].is_nan());
     }
@@ -818,27 +760,12 @@ mod tests {
         // [2, 3, 4] reduced over axes 0 and 2, and over axis 1 (innermost kept).
         let v: Vec<f32> = (0..24).map(|i| i as f32).collect();
         let x = Tensor::from_vec(&[2, 3, 4], v.clone());
-        let y = run1(
-            "ReduceSum",
-            11,
-            &[ints("axes", &[0, 2])],
-            vec![Some(x.clone())],
-        );
+        let y = run1("ReduceSum", 11, &[ints("axes", &[0, 2])], vec![Some(x.clone())]);
         assert_eq!(y.shape, vec![1, 3, 1]);
-        let want: Vec<f32> = (0..3)
-            .map(|j| {
-                (0..2)
-                    .flat_map(|i| (0..4).map(move |k| (i * 12 + j * 4 + k) as f32))
-                    .sum()
-            })
-            .collect();
+        let want: Vec<f32> =
+            (0..3).map(|j| (0..2).flat_map(|i| (0..4).map(move |k| (i * 12 + j * 4 + k) as f32)).sum()).collect();
         assert_eq!(f32s(&y), want);
-        let y = run1(
-            "ReduceMax",
-            13,
-            &[ints("axes", &[-2]), int("keepdims", 0)],
-            vec![Some(x)],
-        );
+        let y = run1("ReduceMax", 13, &[ints("axes", &[-2]), int("keepdims", 0)], vec![Some(x)]);
         assert_eq!(y.shape, vec![2, 4]);
         assert_eq!(f32s(&y), vec![8., 9., 10., 11., 20., 21., 22., 23.]);
     }
@@ -847,12 +774,7 @@ mod tests {
     fn reduce_large_parallel_matches_serial() {
         let v: Vec<f32> = (0..(300 * 257)).map(|i| ((i % 17) as f32) - 8.).collect();
         let x = Tensor::from_vec(&[300, 257], v.clone());
-        let y = run1(
-            "ReduceSum",
-            11,
-            &[ints("axes", &[0])],
-            vec![Some(x.clone())],
-        );
+        let y = run1("ReduceSum", 11, &[ints("axes", &[0])], vec![Some(x.clone())]);
         for j in [0usize, 100, 256] {
             let s: f32 = (0..300).map(|i| v[i * 257 + j]).sum();
             assert_eq!(f32s(&y)[j], s);
@@ -870,10 +792,7 @@ mod tests {
         let y = sum_all("ReduceProd", 18, x);
         assert_eq!(y.as_slice::<i32>().unwrap(), &[30]);
         let x = Tensor::from_vec(&[3], vec![5i64, -7, 2]);
-        assert_eq!(
-            sum_all("ReduceMin", 18, x).as_slice::<i64>().unwrap(),
-            &[-7]
-        );
+        assert_eq!(sum_all("ReduceMin", 18, x).as_slice::<i64>().unwrap(), &[-7]);
         let h: Vec<half::f16> = (0..1000).map(|_| half::f16::from_f32(0.1)).collect();
         let y = sum_all("ReduceSum", 13, Tensor::from_vec(&[1000], h));
         // Accumulated in f32, so the sum is not stuck where f16 stops growing.
@@ -883,19 +802,9 @@ mod tests {
     #[test]
     fn reduce_empty_sets() {
         let x = Tensor::from_vec::<f32>(&[2, 0], vec![]);
-        let y = run1(
-            "ReduceSum",
-            11,
-            &[ints("axes", &[1])],
-            vec![Some(x.clone())],
-        );
+        let y = run1("ReduceSum", 11, &[ints("axes", &[1])], vec![Some(x.clone())]);
         assert_eq!(f32s(&y), vec![0., 0.]);
-        let y = run1(
-            "ReduceProd",
-            13,
-            &[ints("axes", &[1])],
-            vec![Some(x.clone())],
-        );
+        let y = run1("ReduceProd", 13, &[ints("axes", &[1])], vec![Some(x.clone())]);
         assert_eq!(f32s(&y), vec![1., 1.]);
         let y = run1("ReduceMax", 13, &[ints("axes", &[1])], vec![Some(x)]);
         assert_eq!(f32s(&y), vec![f32::NEG_INFINITY; 2]);
@@ -905,13 +814,7 @@ mod tests {
     fn reduce_infer_symbolic_and_errors() {
         let s = Dim::sym("seq");
         let shape = [Dim::Known(2), s.clone(), Dim::Known(8)];
-        let out = infer1(
-            "ReduceMean",
-            13,
-            &[ints("axes", &[-1])],
-            &[Some((DType::F32, &shape[..], None))],
-        )
-        .unwrap();
+        let out = infer1("ReduceMean", 13, &[ints("axes", &[-1])], &[Some((DType::F32, &shape[..], None))]).unwrap();
         assert_eq!(out[0].shape, vec![Dim::Known(2), s.clone(), Dim::Known(1)]);
         let out = infer1(
             "ReduceSum",
@@ -924,26 +827,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out[0].shape, vec![Dim::Known(2), Dim::Known(8)]);
-        assert!(infer1(
-            "ReduceMean",
-            13,
-            &[ints("axes", &[3])],
-            &[Some((DType::F32, &shape[..], None))]
-        )
-        .is_err());
-        assert!(infer1(
-            "ReduceMean",
-            13,
-            &[ints("axes", &[1, -2])],
-            &[Some((DType::F32, &shape[..], None))]
-        )
-        .is_err());
-        assert!(infer1(
-            "ReduceSum",
-            13,
-            &[],
-            &[Some((DType::Bool, &shape[..], None))]
-        )
-        .is_err());
+        assert!(infer1("ReduceMean", 13, &[ints("axes", &[3])], &[Some((DType::F32, &shape[..], None))]).is_err());
+        assert!(infer1("ReduceMean", 13, &[ints("axes", &[1, -2])], &[Some((DType::F32, &shape[..], None))]).is_err());
+        assert!(infer1("ReduceSum", 13, &[], &[Some((DType::Bool, &shape[..], None))]).is_err());
     }
 }

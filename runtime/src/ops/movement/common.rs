@@ -8,24 +8,18 @@ use kiln_formats::{DType, Dim};
 
 /// `data` as elements of `T`; an error (not a panic) when the bytes are misaligned or ragged.
 pub(super) fn elems<T: bytemuck::Pod>(data: &[u8]) -> Result<&[T], KernelError> {
-    bytemuck::try_cast_slice(data)
-        .map_err(|e| KernelError::invalid(format!("tensor data is misaligned: {e:?}")))
+    bytemuck::try_cast_slice(data).map_err(|e| KernelError::invalid(format!("tensor data is misaligned: {e:?}")))
 }
 
 /// Mutable form of [`elems`].
 pub(super) fn elems_mut<T: bytemuck::Pod>(data: &mut [u8]) -> Result<&mut [T], KernelError> {
-    bytemuck::try_cast_slice_mut(data)
-        .map_err(|e| KernelError::invalid(format!("output data is misaligned: {e:?}")))
+    bytemuck::try_cast_slice_mut(data).map_err(|e| KernelError::invalid(format!("output data is misaligned: {e:?}")))
 }
 
 /// Copies all of `src` into `dst`, which must be the same size.
 pub(super) fn copy_all(src: &[u8], dst: &mut [u8]) -> Result<(), KernelError> {
     if src.len() != dst.len() {
-        return Err(KernelError::invalid(format!(
-            "output holds {} bytes but the input has {}",
-            dst.len(),
-            src.len()
-        )));
+        return Err(KernelError::invalid(format!("output holds {} bytes but the input has {}", dst.len(), src.len())));
     }
     dst.copy_from_slice(src);
     Ok(())
@@ -36,10 +30,7 @@ pub(super) fn check_int(inp: &ShapeInput, index: usize) -> Result<(), KernelErro
     if inp.dtype.is_int() {
         Ok(())
     } else {
-        Err(KernelError::input(
-            index,
-            format!("expected an integer tensor, got {}", inp.dtype),
-        ))
+        Err(KernelError::input(index, format!("expected an integer tensor, got {}", inp.dtype)))
     }
 }
 
@@ -48,10 +39,7 @@ pub(super) fn check_index_dtype(dtype: DType, index: usize) -> Result<(), Kernel
     if matches!(dtype, DType::I32 | DType::I64) {
         Ok(())
     } else {
-        Err(KernelError::input(
-            index,
-            format!("indices must be int32 or int64, got {dtype}"),
-        ))
+        Err(KernelError::input(index, format!("indices must be int32 or int64, got {dtype}")))
     }
 }
 
@@ -61,14 +49,8 @@ pub(super) fn vector_len(inp: &ShapeInput, index: usize) -> Result<usize, Kernel
     match inp.shape {
         [] => Ok(1),
         [Dim::Known(n)] if *n >= 0 => Ok(*n as usize),
-        [d] => Err(KernelError::input(
-            index,
-            format!("length {d} must be known to infer the output rank"),
-        )),
-        s => Err(KernelError::input(
-            index,
-            format!("expected a 1-D tensor, got shape {s:?}"),
-        )),
+        [d] => Err(KernelError::input(index, format!("length {d} must be known to infer the output rank"))),
+        s => Err(KernelError::input(index, format!("expected a 1-D tensor, got shape {s:?}"))),
     }
 }
 
@@ -78,11 +60,7 @@ pub(super) fn known_ints(inp: &ShapeInput) -> Option<Vec<i64>> {
 }
 
 /// `n` new symbolic dims.
-pub(super) fn fresh_dims(
-    cx: &mut dyn InferCx,
-    n: usize,
-    hint: &str,
-) -> Result<Vec<Dim>, KernelError> {
+pub(super) fn fresh_dims(cx: &mut dyn InferCx, n: usize, hint: &str) -> Result<Vec<Dim>, KernelError> {
     (0..n).map(|_| cx.fresh(hint)).collect()
 }
 
@@ -90,9 +68,7 @@ pub(super) fn fresh_dims(
 /// one (a symbolic dim is assumed to match, which run-time inference re-checks with real sizes).
 pub(super) fn agree(a: &Dim, b: &Dim, what: impl FnOnce() -> String) -> Result<Dim, KernelError> {
     match (a, b) {
-        (Dim::Known(x), Dim::Known(y)) if x != y => {
-            Err(KernelError::invalid(format!("{}: {x} vs {y}", what())))
-        }
+        (Dim::Known(x), Dim::Known(y)) if x != y => Err(KernelError::invalid(format!("{}: {x} vs {y}", what()))),
         (Dim::Sym(_), Dim::Known(_)) => Ok(b.clone()),
         _ => Ok(a.clone()),
     }
@@ -120,10 +96,7 @@ impl<'a> Indices<'a> {
         match t.dtype {
             DType::I32 => Ok(Indices::I32(elems(t.data)?)),
             DType::I64 => Ok(Indices::I64(elems(t.data)?)),
-            d => Err(KernelError::input(
-                index,
-                format!("indices must be int32 or int64, got {d}"),
-            )),
+            d => Err(KernelError::input(index, format!("indices must be int32 or int64, got {d}"))),
         }
     }
 
@@ -161,9 +134,7 @@ pub(super) fn wrap_index(v: i64, dim: usize) -> Result<usize, KernelError> {
     let d = dim as i64;
     let w = if v < 0 { v + d } else { v };
     if w < 0 || w >= d {
-        return Err(KernelError::invalid(format!(
-            "index {v} is out of range for a dim of size {dim}"
-        )));
+        return Err(KernelError::invalid(format!("index {v} is out of range for a dim of size {dim}")));
     }
     Ok(w as usize)
 }

@@ -31,20 +31,12 @@ pub struct Gather {
 
 impl Gather {
     pub fn new(spec: &OpSpec) -> Result<Self, KernelError> {
-        Ok(Gather {
-            axis: spec.attrs.int("axis", 0)?,
-        })
+        Ok(Gather { axis: spec.attrs.int("axis", 0)? })
     }
 }
 
 /// `dst` row `c` (of `inner` elements) = `src` row `rows[c % n] + (c / n) * axis_len`.
-fn gather_rows<T: Copy + Send + Sync>(
-    src: &[T],
-    dst: &mut [T],
-    rows: &[usize],
-    axis_len: usize,
-    inner: usize,
-) {
+fn gather_rows<T: Copy + Send + Sync>(src: &[T], dst: &mut [T], rows: &[usize], axis_len: usize, inner: usize) {
     let n = rows.len();
     if dst.is_empty() || n == 0 {
         return;
@@ -58,9 +50,7 @@ fn gather_rows<T: Copy + Send + Sync>(
             *d = src[(c / n) * axis_len + rows[c % n]];
         }
     } else if dst.len() >= PAR_MIN {
-        dst.par_chunks_mut(inner)
-            .enumerate()
-            .for_each(|(c, d)| copy(c, d));
+        dst.par_chunks_mut(inner).enumerate().for_each(|(c, d)| copy(c, d));
     } else {
         for (c, d) in dst.chunks_mut(inner).enumerate() {
             copy(c, d);
@@ -69,11 +59,7 @@ fn gather_rows<T: Copy + Send + Sync>(
 }
 
 impl Kernel for Gather {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let idx = required(inputs, 1)?;
         check_index_dtype(idx.dtype, 1)?;
@@ -84,11 +70,7 @@ impl Kernel for Gather {
         Ok(vec![OutputInfo::new(x.dtype, shape)])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let idx = Indices::new(&required(inputs, 1)?, 1)?;
         let axis = normalize_axis(self.axis, x.shape.len())?;
@@ -100,9 +82,7 @@ impl Kernel for Gather {
         if x.data.len() != outer * axis_len * inner * x.dtype.size() {
             return Err(KernelError::input(0, "data does not match its shape"));
         }
-        let rows = (0..idx.len())
-            .map(|i| idx.resolve(i, axis_len))
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = (0..idx.len()).map(|i| idx.resolve(i, axis_len)).collect::<Result<Vec<_>, _>>()?;
         with_any!(x.dtype, T => {
             gather_rows(elems::<T>(x.data)?, elems_mut::<T>(out.data)?, &rows, axis_len, inner)
         });
@@ -117,27 +97,19 @@ pub struct GatherElements {
 
 impl GatherElements {
     pub fn new(spec: &OpSpec) -> Result<Self, KernelError> {
-        Ok(GatherElements {
-            axis: spec.attrs.int("axis", 0)?,
-        })
+        Ok(GatherElements { axis: spec.attrs.int("axis", 0)? })
     }
 }
 
 /// Checks that `idx` (the indices' shape) fits inside `data` on every axis but `axis`.
 fn check_fits(data: &[Dim], idx: &[Dim], axis: usize) -> Result<(), KernelError> {
     if data.len() != idx.len() {
-        return Err(KernelError::invalid(format!(
-            "indices of rank {} for data of rank {}",
-            idx.len(),
-            data.len()
-        )));
+        return Err(KernelError::invalid(format!("indices of rank {} for data of rank {}", idx.len(), data.len())));
     }
     for (a, (d, i)) in data.iter().zip(idx).enumerate() {
         if let (Dim::Known(d), Dim::Known(i)) = (d, i) {
             if a != axis && i > d {
-                return Err(KernelError::invalid(format!(
-                    "indices dim {a} is {i} but the data's is only {d}"
-                )));
+                return Err(KernelError::invalid(format!("indices dim {a} is {i} but the data's is only {d}")));
             }
         }
     }
@@ -145,11 +117,7 @@ fn check_fits(data: &[Dim], idx: &[Dim], axis: usize) -> Result<(), KernelError>
 }
 
 impl Kernel for GatherElements {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let idx = required(inputs, 1)?;
         check_index_dtype(idx.dtype, 1)?;
@@ -158,11 +126,7 @@ impl Kernel for GatherElements {
         Ok(vec![OutputInfo::new(x.dtype, idx.shape.to_vec())])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let it = required(inputs, 1)?;
         let idx = Indices::new(&it, 1)?;
@@ -172,9 +136,7 @@ impl Kernel for GatherElements {
         let out = &mut outputs[0];
         check_out_len(out, idx.len())?;
         if out.shape != it.shape {
-            return Err(KernelError::invalid(
-                "output shape differs from the indices'",
-            ));
+            return Err(KernelError::invalid("output shape differs from the indices'"));
         }
         let st = strides_of(x.shape);
         let axis_len = x.shape[axis];
@@ -216,18 +178,13 @@ impl GatherNd {
     pub fn new(spec: &OpSpec) -> Result<Self, KernelError> {
         let b = spec.attrs.int("batch_dims", 0)?;
         Ok(GatherNd {
-            batch_dims: usize::try_from(b)
-                .map_err(|_| KernelError::attr("batch_dims", "must not be negative"))?,
+            batch_dims: usize::try_from(b).map_err(|_| KernelError::attr("batch_dims", "must not be negative"))?,
         })
     }
 }
 
 /// The tuple length `m` of GatherND / ScatterND indices, checked against the data rank.
-pub(super) fn tuple_len(
-    data: &[Dim],
-    idx: &[Dim],
-    batch_dims: usize,
-) -> Result<usize, KernelError> {
+pub(super) fn tuple_len(data: &[Dim], idx: &[Dim], batch_dims: usize) -> Result<usize, KernelError> {
     let (r, q) = (data.len(), idx.len());
     if q == 0 || r == 0 || batch_dims >= q.min(r) {
         return Err(KernelError::invalid(format!(
@@ -238,20 +195,13 @@ pub(super) fn tuple_len(
         Dim::Known(m) if m >= 1 && (m as usize) <= r - batch_dims => Ok(m as usize),
         ref m => Err(KernelError::input(
             1,
-            format!(
-                "the last indices dim ({m}) must be known and within 1..={}",
-                r - batch_dims
-            ),
+            format!("the last indices dim ({m}) must be known and within 1..={}", r - batch_dims),
         )),
     }
 }
 
 impl Kernel for GatherNd {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let idx = required(inputs, 1)?;
         check_index_dtype(idx.dtype, 1)?;
@@ -259,20 +209,14 @@ impl Kernel for GatherNd {
         let m = tuple_len(x.shape, idx.shape, b)?;
         let mut shape = Vec::new();
         for a in 0..b {
-            shape.push(agree(&x.shape[a], &idx.shape[a], || {
-                format!("batch dim {a} of data and indices")
-            })?);
+            shape.push(agree(&x.shape[a], &idx.shape[a], || format!("batch dim {a} of data and indices"))?);
         }
         shape.extend_from_slice(&idx.shape[b..idx.shape.len() - 1]);
         shape.extend_from_slice(&x.shape[b + m..]);
         Ok(vec![OutputInfo::new(x.dtype, shape)])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let it = required(inputs, 1)?;
         let idx = Indices::new(&it, 1)?;
@@ -280,9 +224,7 @@ impl Kernel for GatherNd {
         let dims = |s: &[usize]| -> Vec<Dim> { s.iter().map(|&d| Dim::from(d)).collect() };
         let m = tuple_len(&dims(x.shape), &dims(it.shape), b)?;
         if x.shape[..b] != it.shape[..b] {
-            return Err(KernelError::invalid(
-                "batch dims of data and indices differ",
-            ));
+            return Err(KernelError::invalid("batch dims of data and indices differ"));
         }
         let batches: usize = x.shape[..b].iter().product();
         let tuples: usize = it.shape[b..it.shape.len() - 1].iter().product();
@@ -321,10 +263,7 @@ mod tests {
         let ids = i64s(&[2, 2], &[3, 0, -1, 1]);
         let out = run("Gather", 13, &[], &[Some(&table), Some(&ids)]).unwrap();
         assert_eq!(out[0].shape, vec![2, 2, 3]);
-        assert_eq!(
-            vals_f32(&out[0]),
-            vec![9., 10., 11., 0., 1., 2., 9., 10., 11., 3., 4., 5.]
-        );
+        assert_eq!(vals_f32(&out[0]), vec![9., 10., 11., 0., 1., 2., 9., 10., 11., 3., 4., 5.]);
         let bad = i32s(&[1], &[4]);
         let err = run("Gather", 13, &[], &[Some(&table), Some(&bad)]).unwrap_err();
         assert!(err.to_string().contains("index 4"), "{err}");
@@ -344,10 +283,7 @@ mod tests {
             "Gather",
             13,
             &[],
-            &[
-                sym_in(DType::F32, vec![k(50257), k(768)]),
-                sym_in(DType::I64, vec![s("b"), s("t")]),
-            ],
+            &[sym_in(DType::F32, vec![k(50257), k(768)]), sym_in(DType::I64, vec![s("b"), s("t")])],
         )
         .unwrap();
         assert_eq!(out[0].shape, vec![s("b"), s("t"), k(768)]);

@@ -11,9 +11,7 @@ use kiln_formats::Dim;
 /// The shared `run` of every view op: a byte copy of input 0.
 fn copy_run(inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
     let x = required(inputs, 0)?;
-    let out = outputs
-        .first_mut()
-        .ok_or_else(|| KernelError::invalid("missing output"))?;
+    let out = outputs.first_mut().ok_or_else(|| KernelError::invalid("missing output"))?;
     copy_all(x.data, out.data)
 }
 
@@ -35,29 +33,20 @@ impl Reshape {
         } else {
             None
         };
-        Ok(Reshape {
-            allowzero: spec.attrs.int("allowzero", 0)? != 0,
-            shape_attr,
-        })
+        Ok(Reshape { allowzero: spec.attrs.int("allowzero", 0)? != 0, shape_attr })
     }
 }
 
 /// The output shape of reshaping `input` to `target` (ONNX rules: 0 copies the input dim unless
 /// `allowzero`, one -1 is inferred from the element count).
-pub(super) fn reshape_dims(
-    input: &[Dim],
-    target: &[Dim],
-    allowzero: bool,
-) -> Result<Vec<Dim>, KernelError> {
+pub(super) fn reshape_dims(input: &[Dim], target: &[Dim], allowzero: bool) -> Result<Vec<Dim>, KernelError> {
     let mut out = Vec::with_capacity(target.len());
     let mut infer_at = None;
     for (i, t) in target.iter().enumerate() {
         match t {
             Dim::Known(-1) => {
                 if infer_at.replace(i).is_some() {
-                    return Err(KernelError::invalid(format!(
-                        "shape {target:?} has more than one -1"
-                    )));
+                    return Err(KernelError::invalid(format!("shape {target:?} has more than one -1")));
                 }
                 out.push(Dim::Known(1));
             }
@@ -73,9 +62,7 @@ pub(super) fn reshape_dims(
                     .clone(),
             ),
             Dim::Known(v) if *v < 0 => {
-                return Err(KernelError::invalid(format!(
-                    "shape {target:?} has the invalid dim {v}"
-                )))
+                return Err(KernelError::invalid(format!("shape {target:?} has the invalid dim {v}")))
             }
             _ => out.push(t.clone()),
         }
@@ -91,14 +78,10 @@ pub(super) fn reshape_dims(
             }
             if let (Dim::Known(t), Dim::Known(r)) = (&total, &rest) {
                 if t % r != 0 {
-                    return Err(KernelError::invalid(format!(
-                        "cannot reshape {input:?} ({t} elements) to {target:?}"
-                    )));
+                    return Err(KernelError::invalid(format!("cannot reshape {input:?} ({t} elements) to {target:?}")));
                 }
             }
-            out[i] = total
-                .floor_div(&rest)
-                .ok_or_else(|| KernelError::invalid("division by zero inferring -1"))?;
+            out[i] = total.floor_div(&rest).ok_or_else(|| KernelError::invalid("division by zero inferring -1"))?;
         }
         None => {
             if let (Dim::Known(a), Dim::Known(b)) = (&total, &Dim::product(&out)) {
@@ -122,11 +105,7 @@ impl Kernel for Reshape {
         }
     }
 
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let target: Vec<Dim> = match &self.shape_attr {
             Some(s) => s.iter().map(|&v| Dim::Known(v)).collect(),
@@ -137,17 +116,9 @@ impl Kernel for Reshape {
                 match s.value {
                     Some(v) if v.len() == n => v.to_vec(),
                     Some(v) => {
-                        return Err(KernelError::input(
-                            1,
-                            format!("{} values for a shape of length {n}", v.len()),
-                        ))
+                        return Err(KernelError::input(1, format!("{} values for a shape of length {n}", v.len())))
                     }
-                    None => {
-                        return Ok(vec![OutputInfo::new(
-                            x.dtype,
-                            fresh_dims(cx, n, "reshape")?,
-                        )])
-                    }
+                    None => return Ok(vec![OutputInfo::new(x.dtype, fresh_dims(cx, n, "reshape")?)]),
                 }
             }
         };
@@ -155,11 +126,7 @@ impl Kernel for Reshape {
         Ok(vec![OutputInfo::new(x.dtype, shape)])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         copy_run(inputs, outputs)
     }
 }
@@ -171,43 +138,23 @@ pub struct Flatten {
 
 impl Flatten {
     pub fn new(spec: &OpSpec) -> Result<Self, KernelError> {
-        Ok(Flatten {
-            axis: spec.attrs.int("axis", 1)?,
-        })
+        Ok(Flatten { axis: spec.attrs.int("axis", 1)? })
     }
 }
 
 impl Kernel for Flatten {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let r = x.shape.len() as i64;
-        let a = if self.axis < 0 {
-            self.axis + r
-        } else {
-            self.axis
-        };
+        let a = if self.axis < 0 { self.axis + r } else { self.axis };
         if a < 0 || a > r {
-            return Err(KernelError::attr(
-                "axis",
-                format!("{} is out of range for rank {r}", self.axis),
-            ));
+            return Err(KernelError::attr("axis", format!("{} is out of range for rank {r}", self.axis)));
         }
         let (head, tail) = x.shape.split_at(a as usize);
-        Ok(vec![OutputInfo::new(
-            x.dtype,
-            vec![Dim::product(head), Dim::product(tail)],
-        )])
+        Ok(vec![OutputInfo::new(x.dtype, vec![Dim::product(head), Dim::product(tail)])])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         copy_run(inputs, outputs)
     }
 }
@@ -221,15 +168,8 @@ pub struct Squeeze {
 impl Squeeze {
     pub fn new(spec: &OpSpec) -> Result<Self, KernelError> {
         let axes_input = spec.opset >= 13;
-        let axes_attr = if axes_input {
-            None
-        } else {
-            spec.attrs.ints("axes")?.map(<[i64]>::to_vec)
-        };
-        Ok(Squeeze {
-            axes_attr,
-            axes_input,
-        })
+        let axes_attr = if axes_input { None } else { spec.attrs.ints("axes")?.map(<[i64]>::to_vec) };
+        Ok(Squeeze { axes_attr, axes_input })
     }
 }
 
@@ -242,11 +182,7 @@ impl Kernel for Squeeze {
         }
     }
 
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let r = x.shape.len();
         let axes = match (self.axes_input, inputs.get(1).copied().flatten()) {
@@ -258,13 +194,9 @@ impl Kernel for Squeeze {
                     Some(v) => Some(v),
                     None => {
                         let n = vector_len(&a, 1)?;
-                        let kept = r.checked_sub(n).ok_or_else(|| {
-                            KernelError::input(1, format!("{n} axes for rank {r}"))
-                        })?;
-                        return Ok(vec![OutputInfo::new(
-                            x.dtype,
-                            fresh_dims(cx, kept, "squeeze")?,
-                        )]);
+                        let kept =
+                            r.checked_sub(n).ok_or_else(|| KernelError::input(1, format!("{n} axes for rank {r}")))?;
+                        return Ok(vec![OutputInfo::new(x.dtype, fresh_dims(cx, kept, "squeeze")?)]);
                     }
                 }
             }
@@ -272,39 +204,23 @@ impl Kernel for Squeeze {
         // No axes (or an empty list, as onnxruntime reads it) removes every dim known to be 1;
         // a symbolic dim is taken to be larger.
         let shape = match axes.filter(|a| !a.is_empty()) {
-            None => x
-                .shape
-                .iter()
-                .filter(|d| **d != Dim::Known(1))
-                .cloned()
-                .collect(),
+            None => x.shape.iter().filter(|d| **d != Dim::Known(1)).cloned().collect(),
             Some(axes) => {
                 let axes = normalize_axes(&axes, r)?;
                 for &a in &axes {
                     if let Dim::Known(d) = x.shape[a] {
                         if d != 1 {
-                            return Err(KernelError::invalid(format!(
-                                "cannot squeeze axis {a} of size {d}"
-                            )));
+                            return Err(KernelError::invalid(format!("cannot squeeze axis {a} of size {d}")));
                         }
                     }
                 }
-                x.shape
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| !axes.contains(i))
-                    .map(|(_, d)| d.clone())
-                    .collect()
+                x.shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d.clone()).collect()
             }
         };
         Ok(vec![OutputInfo::new(x.dtype, shape)])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         copy_run(inputs, outputs)
     }
 }
@@ -339,11 +255,7 @@ impl Kernel for Unsqueeze {
         }
     }
 
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let axes = match &self.axes_attr {
             Some(a) => a.clone(),
@@ -354,10 +266,7 @@ impl Kernel for Unsqueeze {
                     Some(v) => v,
                     None => {
                         let n = vector_len(&a, 1)?;
-                        return Ok(vec![OutputInfo::new(
-                            x.dtype,
-                            fresh_dims(cx, x.shape.len() + n, "unsqueeze")?,
-                        )]);
+                        return Ok(vec![OutputInfo::new(x.dtype, fresh_dims(cx, x.shape.len() + n, "unsqueeze")?)]);
                     }
                 }
             }
@@ -378,11 +287,7 @@ impl Kernel for Unsqueeze {
         Ok(vec![OutputInfo::new(x.dtype, shape)])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         copy_run(inputs, outputs)
     }
 }
@@ -391,20 +296,12 @@ impl Kernel for Unsqueeze {
 pub struct Identity;
 
 impl Kernel for Identity {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         Ok(vec![OutputInfo::new(x.dtype, x.shape.to_vec())])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         copy_run(inputs, outputs)
     }
 }
@@ -444,22 +341,10 @@ mod tests {
         let out = run("Reshape", 14, &[], &[Some(&x), Some(&i64s(&[2], &[-1, 4]))]).unwrap();
         assert_eq!(out[0].shape, vec![6, 4]);
         assert_eq!(vals_f32(&out[0]), vals_f32(&x));
-        let out = run(
-            "Reshape",
-            14,
-            &[],
-            &[Some(&x), Some(&i64s(&[3], &[0, 4, 3]))],
-        )
-        .unwrap();
+        let out = run("Reshape", 14, &[], &[Some(&x), Some(&i64s(&[3], &[0, 4, 3]))]).unwrap();
         assert_eq!(out[0].shape, vec![2, 4, 3]);
         assert!(run("Reshape", 14, &[], &[Some(&x), Some(&i64s(&[2], &[5, -1]))]).is_err());
-        assert!(run(
-            "Reshape",
-            14,
-            &[],
-            &[Some(&x), Some(&i64s(&[2], &[-1, -1]))]
-        )
-        .is_err());
+        assert!(run("Reshape", 14, &[], &[Some(&x), Some(&i64s(&[2], &[-1, -1]))]).is_err());
         assert!(run("Reshape", 14, &[], &[Some(&x), Some(&i64s(&[2], &[7, 3]))]).is_err());
         // allowzero: a 0 is a real zero-size dim.
         let e = iota(&[0, 3]);
@@ -480,26 +365,14 @@ mod tests {
             assert_eq!(out[0].shape, want.to_vec());
         }
         assert!(run("Flatten", 13, &[Attribute::int("axis", 4)], &[Some(&x)]).is_err());
-        let out = infer(
-            "Flatten",
-            13,
-            &[],
-            &[sym_in(DType::F32, vec![s("b"), k(3), s("n")])],
-        )
-        .unwrap();
+        let out = infer("Flatten", 13, &[], &[sym_in(DType::F32, vec![s("b"), k(3), s("n")])]).unwrap();
         assert_eq!(out[0].shape, vec![s("b"), s("n").mul(&k(3))]);
     }
 
     #[test]
     fn squeeze_forms() {
         let x = iota(&[1, 3, 1, 2]);
-        let out = run(
-            "Squeeze",
-            11,
-            &[Attribute::ints("axes", vec![0, -2])],
-            &[Some(&x)],
-        )
-        .unwrap();
+        let out = run("Squeeze", 11, &[Attribute::ints("axes", vec![0, -2])], &[Some(&x)]).unwrap();
         assert_eq!(out[0].shape, vec![3, 2]);
         let out = run("Squeeze", 13, &[], &[Some(&x), Some(&i64s(&[1], &[2]))]).unwrap();
         assert_eq!(out[0].shape, vec![1, 3, 2]);
@@ -508,50 +381,20 @@ mod tests {
         assert!(run("Squeeze", 13, &[], &[Some(&x), Some(&i64s(&[1], &[1]))]).is_err());
         assert!(run("Squeeze", 13, &[], &[Some(&x), Some(&i64s(&[1], &[4]))]).is_err());
         // Symbolic dims are assumed not to be 1.
-        let out = infer(
-            "Squeeze",
-            13,
-            &[],
-            &[sym_in(DType::F32, vec![k(1), s("seq"), k(1)]), None],
-        )
-        .unwrap();
+        let out = infer("Squeeze", 13, &[], &[sym_in(DType::F32, vec![k(1), s("seq"), k(1)]), None]).unwrap();
         assert_eq!(out[0].shape, vec![s("seq")]);
     }
 
     #[test]
     fn unsqueeze_forms() {
         let x = iota(&[3, 2]);
-        let out = run(
-            "Unsqueeze",
-            11,
-            &[Attribute::ints("axes", vec![0, -1])],
-            &[Some(&x)],
-        )
-        .unwrap();
+        let out = run("Unsqueeze", 11, &[Attribute::ints("axes", vec![0, -1])], &[Some(&x)]).unwrap();
         assert_eq!(out[0].shape, vec![1, 3, 2, 1]);
-        let out = run(
-            "Unsqueeze",
-            13,
-            &[],
-            &[Some(&x), Some(&i64s(&[2], &[1, 3]))],
-        )
-        .unwrap();
+        let out = run("Unsqueeze", 13, &[], &[Some(&x), Some(&i64s(&[2], &[1, 3]))]).unwrap();
         assert_eq!(out[0].shape, vec![3, 1, 2, 1]);
-        assert!(run(
-            "Unsqueeze",
-            13,
-            &[],
-            &[Some(&x), Some(&i64s(&[2], &[1, 1]))]
-        )
-        .is_err());
+        assert!(run("Unsqueeze", 13, &[], &[Some(&x), Some(&i64s(&[2], &[1, 1]))]).is_err());
         assert!(run("Unsqueeze", 13, &[], &[Some(&x), Some(&i64s(&[1], &[5]))]).is_err());
-        let out = infer(
-            "Unsqueeze",
-            13,
-            &[],
-            &[sym_in(DType::F32, vec![s("b"), s("t")]), val_in(ks(&[1]))],
-        )
-        .unwrap();
+        let out = infer("Unsqueeze", 13, &[], &[sym_in(DType::F32, vec![s("b"), s("t")]), val_in(ks(&[1]))]).unwrap();
         assert_eq!(out[0].shape, vec![s("b"), k(1), s("t")]);
     }
 

@@ -33,12 +33,7 @@ impl ScatterNd {
             "mul" => Reduction::Mul,
             "max" => Reduction::Max,
             "min" => Reduction::Min,
-            _ => {
-                return Err(KernelError::attr(
-                    "reduction",
-                    format!("unknown value '{r}'"),
-                ))
-            }
+            _ => return Err(KernelError::attr("reduction", format!("unknown value '{r}'"))),
         };
         Ok(ScatterNd { reduction })
     }
@@ -68,20 +63,13 @@ fn apply_float<T: Float>(dst: &mut [T], upd: &[T], starts: &[usize], inner: usiz
 }
 
 impl Kernel for ScatterNd {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let idx = required(inputs, 1)?;
         let upd = required(inputs, 2)?;
         check_index_dtype(idx.dtype, 1)?;
         if upd.dtype != x.dtype {
-            return Err(KernelError::input(
-                2,
-                format!("updates are {} but the data is {}", upd.dtype, x.dtype),
-            ));
+            return Err(KernelError::input(2, format!("updates are {} but the data is {}", upd.dtype, x.dtype)));
         }
         let m = tuple_len(x.shape, idx.shape, 0)?;
         let q = idx.shape.len();
@@ -89,11 +77,7 @@ impl Kernel for ScatterNd {
         if upd.shape.len() != want.len() {
             return Err(KernelError::input(
                 2,
-                format!(
-                    "updates of rank {} where {} is needed",
-                    upd.shape.len(),
-                    want.len()
-                ),
+                format!("updates of rank {} where {} is needed", upd.shape.len(), want.len()),
             ));
         }
         for (a, (u, w)) in upd.shape.iter().zip(want).enumerate() {
@@ -102,11 +86,7 @@ impl Kernel for ScatterNd {
         Ok(vec![OutputInfo::new(x.dtype, x.shape.to_vec())])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let it = required(inputs, 1)?;
         let u = required(inputs, 2)?;
@@ -116,18 +96,11 @@ impl Kernel for ScatterNd {
         let tuples = idx.len() / m;
         let inner: usize = x.shape[m..].iter().product();
         if u.numel() != tuples * inner || u.dtype != x.dtype {
-            return Err(KernelError::input(
-                2,
-                "updates do not match data and indices",
-            ));
+            return Err(KernelError::input(2, "updates do not match data and indices"));
         }
         let st = strides_of(x.shape);
         let starts = (0..tuples)
-            .map(|t| {
-                (0..m).try_fold(0usize, |off, k| {
-                    Ok(off + idx.resolve(t * m + k, x.shape[k])? * st[k])
-                })
-            })
+            .map(|t| (0..m).try_fold(0usize, |off, k| Ok(off + idx.resolve(t * m + k, x.shape[k])? * st[k])))
             .collect::<Result<Vec<usize>, KernelError>>()?;
         let out = &mut outputs[0];
         copy_all(x.data, out.data)?;
@@ -189,30 +162,12 @@ mod tests {
         assert_eq!(vals_f32(&out[0])[1], 35.);
         let max = [Attribute::string("reduction", "max")];
         let xi = i64s(&[3], &[1, 9, 3]);
-        let out = run(
-            "ScatterND",
-            18,
-            &max,
-            &[
-                Some(&xi),
-                Some(&i32s(&[2, 1], &[1, 2])),
-                Some(&i64s(&[2], &[4, 4])),
-            ],
-        )
-        .unwrap();
+        let out = run("ScatterND", 18, &max, &[Some(&xi), Some(&i32s(&[2, 1], &[1, 2])), Some(&i64s(&[2], &[4, 4]))])
+            .unwrap();
         assert_eq!(vals_i64(&out[0]), vec![1, 9, 4]);
         let min = [Attribute::string("reduction", "min")];
-        let out = run(
-            "ScatterND",
-            18,
-            &min,
-            &[
-                Some(&xi),
-                Some(&i32s(&[2, 1], &[1, 2])),
-                Some(&i64s(&[2], &[4, 4])),
-            ],
-        )
-        .unwrap();
+        let out = run("ScatterND", 18, &min, &[Some(&xi), Some(&i32s(&[2, 1], &[1, 2])), Some(&i64s(&[2], &[4, 4]))])
+            .unwrap();
         assert_eq!(vals_i64(&out[0]), vec![1, 4, 3]);
     }
 

@@ -17,26 +17,15 @@ pub struct Split {
 impl Split {
     pub fn new(spec: &OpSpec) -> Result<Self, KernelError> {
         let split_input = spec.opset >= 13;
-        let split_attr = if split_input {
-            None
-        } else {
-            spec.attrs
-                .ints("split")?
-                .filter(|s| !s.is_empty())
-                .map(<[i64]>::to_vec)
-        };
+        let split_attr =
+            if split_input { None } else { spec.attrs.ints("split")?.filter(|s| !s.is_empty()).map(<[i64]>::to_vec) };
         // `num_outputs` is an opset-18 attribute, read at every opset: before 18 the count of
         // equal chunks is the node's output count, which the kernel only learns this way.
         let num_outputs = spec.attrs.int_opt("num_outputs")?;
         if num_outputs.is_some_and(|n| n < 1) {
             return Err(KernelError::attr("num_outputs", "must be at least 1"));
         }
-        Ok(Split {
-            axis: spec.attrs.int("axis", 0)?,
-            split_attr,
-            split_input,
-            num_outputs,
-        })
+        Ok(Split { axis: spec.attrs.int("axis", 0)?, split_attr, split_input, num_outputs })
     }
 
     /// Chunk sizes for `n` outputs over a dim of size `d`: equal, the last one smaller when `d`
@@ -51,9 +40,7 @@ impl Split {
         let last = d.sub(&chunk.mul(&Dim::Known(n - 1)));
         if let Dim::Known(l) = last {
             if l < 0 {
-                return Err(KernelError::invalid(format!(
-                    "a dim of {d} cannot be split into {n} outputs"
-                )));
+                return Err(KernelError::invalid(format!("a dim of {d} cannot be split into {n} outputs")));
             }
         }
         let mut v = vec![chunk; n as usize - 1];
@@ -71,19 +58,11 @@ impl Kernel for Split {
         }
     }
 
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let axis = normalize_axis(self.axis, x.shape.len())?;
         let d = &x.shape[axis];
-        let given = if self.split_input {
-            inputs.get(1).copied().flatten()
-        } else {
-            None
-        };
+        let given = if self.split_input { inputs.get(1).copied().flatten() } else { None };
         let sizes: Vec<Dim> = match (given, &self.split_attr) {
             (Some(s), _) if vector_len(&s, 1)? > 0 => {
                 check_int(&s, 1)?;
@@ -104,15 +83,11 @@ impl Kernel for Split {
             }
         };
         if sizes.iter().any(|s| matches!(s, Dim::Known(v) if *v < 0)) {
-            return Err(KernelError::invalid(format!(
-                "split sizes {sizes:?} are negative"
-            )));
+            return Err(KernelError::invalid(format!("split sizes {sizes:?} are negative")));
         }
         if let (Dim::Known(total), Dim::Known(sum)) = (d, &sum_dims(&sizes)) {
             if total != sum {
-                return Err(KernelError::invalid(format!(
-                    "split sizes {sizes:?} do not add up to the dim {total}"
-                )));
+                return Err(KernelError::invalid(format!("split sizes {sizes:?} do not add up to the dim {total}")));
             }
         }
         Ok(sizes
@@ -125,11 +100,7 @@ impl Kernel for Split {
             .collect())
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let axis = normalize_axis(self.axis, x.shape.len())?;
         let es = x.dtype.size();
@@ -139,9 +110,7 @@ impl Kernel for Split {
         let mut off = 0;
         for (i, out) in outputs.iter_mut().enumerate() {
             if out.shape.len() != x.shape.len() {
-                return Err(KernelError::invalid(format!(
-                    "output {i} has the wrong rank"
-                )));
+                return Err(KernelError::invalid(format!("output {i} has the wrong rank")));
             }
             let block = out.shape[axis] * inner;
             if off + block > row || out.data.len() != outer * block {
@@ -151,8 +120,7 @@ impl Kernel for Split {
                 )));
             }
             for o in 0..outer {
-                out.data[o * block..(o + 1) * block]
-                    .copy_from_slice(&x.data[o * row + off..o * row + off + block]);
+                out.data[o * block..(o + 1) * block].copy_from_slice(&x.data[o * row + off..o * row + off + block]);
             }
             off += block;
         }
@@ -173,10 +141,7 @@ mod tests {
     #[test]
     fn split_forms() {
         let x = iota(&[2, 6]);
-        let a = [
-            Attribute::int("axis", 1),
-            Attribute::ints("split", vec![2, 4]),
-        ];
+        let a = [Attribute::int("axis", 1), Attribute::ints("split", vec![2, 4])];
         let out = run("Split", 11, &a, &[Some(&x)]).unwrap();
         assert_eq!(vals_f32(&out[0]), vec![0., 1., 6., 7.]);
         assert_eq!(vals_f32(&out[1]), vec![2., 3., 4., 5., 8., 9., 10., 11.]);

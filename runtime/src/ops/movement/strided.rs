@@ -30,11 +30,7 @@ pub(super) fn strided_copy(
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| KernelError::invalid("view size overflows"))?;
     if dst.len() != numel * elem_size {
-        return Err(KernelError::invalid(format!(
-            "output holds {} bytes, the view {}",
-            dst.len(),
-            numel * elem_size
-        )));
+        return Err(KernelError::invalid(format!("output holds {} bytes, the view {}", dst.len(), numel * elem_size)));
     }
     if numel == 0 {
         return Ok(());
@@ -87,13 +83,7 @@ fn simplify(shape: &[usize], strides: &[isize]) -> (Vec<usize>, Vec<isize>) {
     (sh, st)
 }
 
-fn copy_typed<T: Copy + Send + Sync>(
-    src: &[T],
-    base: usize,
-    shape: &[usize],
-    strides: &[isize],
-    dst: &mut [T],
-) {
+fn copy_typed<T: Copy + Send + Sync>(src: &[T], base: usize, shape: &[usize], strides: &[isize], dst: &mut [T]) {
     if shape.len() >= 2 && dst.len() >= PAR_MIN {
         let chunk = dst.len() / shape[0];
         dst.par_chunks_mut(chunk).enumerate().for_each(|(i, d)| {
@@ -157,51 +147,37 @@ fn copy_serial<T: Copy>(src: &[T], base: usize, shape: &[usize], strides: &[isiz
             if shape[j] >= 4 && n >= 4 {
                 let outer: Vec<usize> = (0..last).filter(|&k| k != j).collect();
                 let (m, dj) = (shape[j], dst_strides[j]);
-                for_each_outer(
-                    shape,
-                    &outer,
-                    strides,
-                    &dst_strides,
-                    base as isize,
-                    |so, d_o| {
-                        for jb in (0..m).step_by(TILE) {
-                            for ib in (0..n).step_by(TILE) {
-                                for jj in jb..(jb + TILE).min(m) {
-                                    let drow = d_o + jj * dj;
-                                    let srow = so + jj as isize;
-                                    for ii in ib..(ib + TILE).min(n) {
-                                        dst[drow + ii] = src[(srow + ii as isize * s) as usize];
-                                    }
+                for_each_outer(shape, &outer, strides, &dst_strides, base as isize, |so, d_o| {
+                    for jb in (0..m).step_by(TILE) {
+                        for ib in (0..n).step_by(TILE) {
+                            for jj in jb..(jb + TILE).min(m) {
+                                let drow = d_o + jj * dj;
+                                let srow = so + jj as isize;
+                                for ii in ib..(ib + TILE).min(n) {
+                                    dst[drow + ii] = src[(srow + ii as isize * s) as usize];
                                 }
                             }
                         }
-                    },
-                );
+                    }
+                });
                 return;
             }
         }
     }
     let outer: Vec<usize> = (0..last).collect();
-    for_each_outer(
-        shape,
-        &outer,
-        strides,
-        &dst_strides,
-        base as isize,
-        |so, d_o| {
-            let row = &mut dst[d_o..d_o + n];
-            if s == 1 {
-                let so = so as usize;
-                row.copy_from_slice(&src[so..so + n]);
-            } else if s == 0 {
-                row.fill(src[so as usize]);
-            } else {
-                for (i, v) in row.iter_mut().enumerate() {
-                    *v = src[(so + i as isize * s) as usize];
-                }
+    for_each_outer(shape, &outer, strides, &dst_strides, base as isize, |so, d_o| {
+        let row = &mut dst[d_o..d_o + n];
+        if s == 1 {
+            let so = so as usize;
+            row.copy_from_slice(&src[so..so + n]);
+        } else if s == 0 {
+            row.fill(src[so as usize]);
+        } else {
+            for (i, v) in row.iter_mut().enumerate() {
+                *v = src[(so + i as isize * s) as usize];
             }
-        },
-    );
+        }
+    });
 }
 
 #[cfg(test)]
@@ -211,15 +187,7 @@ mod tests {
     fn run(src: &[u32], base: usize, shape: &[usize], strides: &[isize]) -> Vec<u32> {
         let n: usize = shape.iter().product();
         let mut out = vec![0u32; n];
-        strided_copy(
-            4,
-            bytemuck::cast_slice(src),
-            base,
-            shape,
-            strides,
-            bytemuck::cast_slice_mut(&mut out),
-        )
-        .unwrap();
+        strided_copy(4, bytemuck::cast_slice(src), base, shape, strides, bytemuck::cast_slice_mut(&mut out)).unwrap();
         out
     }
 
@@ -248,14 +216,7 @@ mod tests {
     fn out_of_bounds_view_is_an_error() {
         let src = [0u32; 4];
         let mut out = [0u32; 4];
-        let r = strided_copy(
-            4,
-            bytemuck::cast_slice(&src),
-            1,
-            &[4],
-            &[1],
-            bytemuck::cast_slice_mut(&mut out),
-        );
+        let r = strided_copy(4, bytemuck::cast_slice(&src), 1, &[4], &[1], bytemuck::cast_slice_mut(&mut out));
         assert!(r.is_err());
     }
 }

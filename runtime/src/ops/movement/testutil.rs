@@ -19,29 +19,16 @@ impl InferCx for Syms {
 }
 
 pub fn kernel(op: &str, opset: i64, attrs: &[Attribute]) -> Result<Box<dyn Kernel>, KernelError> {
-    let spec = OpSpec {
-        op,
-        domain: "",
-        opset,
-        attrs: Attrs(attrs),
-    };
+    let spec = OpSpec { op, domain: "", opset, attrs: Attrs(attrs) };
     super::build(&spec).expect("op belongs to the movement family")
 }
 
 /// Runs an op on concrete tensors (None = absent optional input).
-pub fn run(
-    op: &str,
-    opset: i64,
-    attrs: &[Attribute],
-    inputs: &[Option<&Tensor>],
-) -> Result<Vec<Tensor>, KernelError> {
+pub fn run(op: &str, opset: i64, attrs: &[Attribute], inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>, KernelError> {
     let k = kernel(op, opset, attrs)?;
     let dims: Vec<Vec<Dim>> = inputs
         .iter()
-        .map(|t| {
-            t.map(|t| t.shape.iter().map(|&d| Dim::Known(d as i64)).collect())
-                .unwrap_or_default()
-        })
+        .map(|t| t.map(|t| t.shape.iter().map(|&d| Dim::Known(d as i64)).collect()).unwrap_or_default())
         .collect();
     let values: Vec<Option<Vec<Dim>>> = inputs
         .iter()
@@ -51,9 +38,7 @@ pub fn run(
             if !k.value_inputs().contains(&i) {
                 return None;
             }
-            (0..t.numel())
-                .map(|j| read_i64(t.dtype, t.bytes(), j).map(Dim::Known))
-                .collect()
+            (0..t.numel()).map(|j| read_i64(t.dtype, t.bytes(), j).map(Dim::Known)).collect()
         })
         .collect();
     let si: Vec<Option<ShapeInput>> = inputs
@@ -76,19 +61,12 @@ pub fn run(
             Tensor::zeros(o.dtype, &shape).unwrap()
         })
         .collect();
-    let refs: Vec<Option<TensorRef>> = inputs
-        .iter()
-        .map(|t| t.map(TensorRef::from_tensor))
-        .collect();
+    let refs: Vec<Option<TensorRef>> = inputs.iter().map(|t| t.map(TensorRef::from_tensor)).collect();
     let shapes: Vec<Vec<usize>> = outs.iter().map(|t| t.shape.clone()).collect();
     let mut muts: Vec<TensorMut> = outs
         .iter_mut()
         .zip(&shapes)
-        .map(|(t, s)| TensorMut {
-            dtype: t.dtype,
-            shape: s,
-            data: t.bytes_mut(),
-        })
+        .map(|(t, s)| TensorMut { dtype: t.dtype, shape: s, data: t.bytes_mut() })
         .collect();
     k.run(&refs, &mut muts)?;
     drop(muts);
@@ -103,39 +81,21 @@ pub struct In {
 }
 
 pub fn sym_in(dtype: DType, shape: Vec<Dim>) -> Option<In> {
-    Some(In {
-        dtype,
-        shape,
-        value: None,
-    })
+    Some(In { dtype, shape, value: None })
 }
 
 /// A 1-D int64 input whose values are known (possibly symbolic).
 pub fn val_in(value: Vec<Dim>) -> Option<In> {
-    Some(In {
-        dtype: DType::I64,
-        shape: vec![Dim::Known(value.len() as i64)],
-        value: Some(value),
-    })
+    Some(In { dtype: DType::I64, shape: vec![Dim::Known(value.len() as i64)], value: Some(value) })
 }
 
 /// Compile-time inference with fresh symbols from [`Syms`].
-pub fn infer(
-    op: &str,
-    opset: i64,
-    attrs: &[Attribute],
-    inputs: &[Option<In>],
-) -> Result<Vec<OutputInfo>, KernelError> {
+pub fn infer(op: &str, opset: i64, attrs: &[Attribute], inputs: &[Option<In>]) -> Result<Vec<OutputInfo>, KernelError> {
     let k = kernel(op, opset, attrs)?;
     let si: Vec<Option<ShapeInput>> = inputs
         .iter()
         .map(|i| {
-            i.as_ref().map(|i| ShapeInput {
-                dtype: i.dtype,
-                shape: &i.shape,
-                value: i.value.as_deref(),
-                data: None,
-            })
+            i.as_ref().map(|i| ShapeInput { dtype: i.dtype, shape: &i.shape, value: i.value.as_deref(), data: None })
         })
         .collect();
     k.infer(&si, &mut Syms(0))

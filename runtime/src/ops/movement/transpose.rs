@@ -12,9 +12,7 @@ pub struct Transpose {
 
 impl Transpose {
     pub fn new(spec: &OpSpec) -> Result<Self, KernelError> {
-        Ok(Transpose {
-            perm: spec.attrs.ints("perm")?.map(<[i64]>::to_vec),
-        })
+        Ok(Transpose { perm: spec.attrs.ints("perm")?.map(<[i64]>::to_vec) })
     }
 
     /// The permutation for `rank`, checked to be one.
@@ -23,10 +21,7 @@ impl Transpose {
             return Ok((0..rank).rev().collect());
         };
         if p.len() != rank {
-            return Err(KernelError::attr(
-                "perm",
-                format!("{p:?} has {} entries for rank {rank}", p.len()),
-            ));
+            return Err(KernelError::attr("perm", format!("{p:?} has {} entries for rank {rank}", p.len())));
         }
         let mut seen = vec![false; rank];
         p.iter()
@@ -38,10 +33,7 @@ impl Transpose {
                         seen[i] = true;
                         Ok(i)
                     }
-                    _ => Err(KernelError::attr(
-                        "perm",
-                        format!("{p:?} is not a permutation of 0..{rank}"),
-                    )),
+                    _ => Err(KernelError::attr("perm", format!("{p:?} is not a permutation of 0..{rank}"))),
                 }
             })
             .collect()
@@ -49,24 +41,13 @@ impl Transpose {
 }
 
 impl Kernel for Transpose {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let perm = self.perm(x.shape.len())?;
-        Ok(vec![OutputInfo::new(
-            x.dtype,
-            perm.iter().map(|&a| x.shape[a].clone()).collect(),
-        )])
+        Ok(vec![OutputInfo::new(x.dtype, perm.iter().map(|&a| x.shape[a].clone()).collect())])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let perm = self.perm(x.shape.len())?;
         let st = strides_of(x.shape);
@@ -100,10 +81,7 @@ mod tests {
             for j in 0..h {
                 for t in 0..sq {
                     for e in 0..d {
-                        assert_eq!(
-                            ov[((i * h + j) * sq + t) * d + e],
-                            xv[((i * sq + t) * h + j) * d + e]
-                        );
+                        assert_eq!(ov[((i * h + j) * sq + t) * d + e], xv[((i * sq + t) * h + j) * d + e]);
                     }
                 }
             }
@@ -117,13 +95,7 @@ mod tests {
     #[test]
     fn symbolic_and_bytes() {
         let p = [Attribute::ints("perm", vec![1, 0, 2])];
-        let out = infer(
-            "Transpose",
-            13,
-            &p,
-            &[sym_in(DType::F16, vec![s("b"), s("t"), k(8)])],
-        )
-        .unwrap();
+        let out = infer("Transpose", 13, &p, &[sym_in(DType::F16, vec![s("b"), s("t"), k(8)])]).unwrap();
         assert_eq!(out[0].shape, vec![s("t"), s("b"), k(8)]);
         let x = kiln_formats::Tensor::from_bools(&[2, 2], &[true, false, false, true]);
         let out = run("Transpose", 13, &[], &[Some(&x)]).unwrap();

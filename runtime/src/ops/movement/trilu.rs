@@ -13,18 +13,12 @@ pub struct Trilu {
 
 impl Trilu {
     pub fn new(spec: &OpSpec) -> Result<Self, KernelError> {
-        Ok(Trilu {
-            upper: spec.attrs.int("upper", 1)? != 0,
-        })
+        Ok(Trilu { upper: spec.attrs.int("upper", 1)? != 0 })
     }
 }
 
 impl Kernel for Trilu {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         if x.shape.len() < 2 {
             return Err(KernelError::input(0, "Trilu needs at least 2 dims"));
@@ -40,17 +34,10 @@ impl Kernel for Trilu {
         Ok(vec![OutputInfo::new(x.dtype, x.shape.to_vec())])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let k = match inputs.get(1).copied().flatten() {
-            Some(t) => *t
-                .to_i64_vec()?
-                .first()
-                .ok_or_else(|| KernelError::input(1, "k must hold one value"))?,
+            Some(t) => *t.to_i64_vec()?.first().ok_or_else(|| KernelError::input(1, "k must hold one value"))?,
             None => 0,
         };
         let r = x.shape.len();
@@ -64,12 +51,7 @@ impl Kernel for Trilu {
             return Err(KernelError::invalid("output is not sized like the input"));
         }
         let row = m * es;
-        for (ri, (dst, src)) in out
-            .data
-            .chunks_mut(row.max(1))
-            .zip(x.data.chunks(row.max(1)))
-            .enumerate()
-        {
+        for (ri, (dst, src)) in out.data.chunks_mut(row.max(1)).zip(x.data.chunks(row.max(1))).enumerate() {
             // Columns j of row i kept: upper j >= i + k, lower j <= i + k.
             let i = (ri % n.max(1)) as i64;
             let diag = i.saturating_add(k);
@@ -105,21 +87,12 @@ mod tests {
         assert_eq!(vals_f32(&out[0]), vec![0., 0., 0., 4., 0., 0., 7., 8., 0.]);
         let out = run("Trilu", 14, &[], &[Some(&x), Some(&i64s(&[], &[-5]))]).unwrap();
         assert_eq!(vals_f32(&out[0]), vals_f32(&x));
-        let out = run(
-            "Trilu",
-            14,
-            &lower,
-            &[Some(&x), Some(&i64s(&[], &[i64::MIN]))],
-        )
-        .unwrap();
+        let out = run("Trilu", 14, &lower, &[Some(&x), Some(&i64s(&[], &[i64::MIN]))]).unwrap();
         assert_eq!(vals_f32(&out[0]), vec![0.; 9]);
         // Batched, non-square.
         let x = iota(&[2, 2, 3]);
         let out = run("Trilu", 14, &[], &[Some(&x), None]).unwrap();
-        assert_eq!(
-            vals_f32(&out[0]),
-            vec![0., 1., 2., 0., 4., 5., 6., 7., 8., 0., 10., 11.]
-        );
+        assert_eq!(vals_f32(&out[0]), vec![0., 1., 2., 0., 4., 5., 6., 7., 8., 0., 10., 11.]);
         assert!(run("Trilu", 14, &[], &[Some(&iota(&[3])), None]).is_err());
     }
 }

@@ -25,57 +25,32 @@ pub(super) fn build(spec: &OpSpec, rms: bool) -> Result<Box<dyn Kernel>, KernelE
     let stash = DType::from_onnx_code(code as i32)
         .filter(|d| d.is_float())
         .ok_or_else(|| KernelError::attr("stash_type", format!("{code} is not a float type")))?;
-    Ok(Box::new(Norm {
-        rms,
-        axis: spec.attrs.int("axis", -1)?,
-        epsilon: spec.attrs.float("epsilon", 1e-5)?,
-        stash,
-    }))
+    Ok(Box::new(Norm { rms, axis: spec.attrs.int("axis", -1)?, epsilon: spec.attrs.float("epsilon", 1e-5)?, stash }))
 }
 
 /// Whether `p` broadcasts to `x` (unidirectionally), as far as known dims tell.
 fn broadcasts_to(p: &[Dim], x: &[Dim]) -> bool {
     p.len() <= x.len()
-        && p.iter()
-            .rev()
-            .zip(x.iter().rev())
-            .all(|(a, b)| match (a, b) {
-                (Dim::Known(1), _) => true,
-                (Dim::Known(a), Dim::Known(b)) => a == b,
-                _ => true,
-            })
+        && p.iter().rev().zip(x.iter().rev()).all(|(a, b)| match (a, b) {
+            (Dim::Known(1), _) => true,
+            (Dim::Known(a), Dim::Known(b)) => a == b,
+            _ => true,
+        })
 }
 
 impl Kernel for Norm {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let scale = required(inputs, 1)?;
         if !x.dtype.is_float() {
-            return Err(KernelError::input(
-                0,
-                format!("{} is not supported", x.dtype),
-            ));
+            return Err(KernelError::input(0, format!("{} is not supported", x.dtype)));
         }
         let axis = normalize_axis(self.axis, x.shape.len())?;
-        let params = [
-            Some(scale),
-            if self.rms {
-                None
-            } else {
-                inputs.get(2).copied().flatten()
-            },
-        ];
+        let params = [Some(scale), if self.rms { None } else { inputs.get(2).copied().flatten() }];
         for (i, p) in params.iter().enumerate() {
             if let Some(p) = p {
                 if p.dtype != x.dtype {
-                    return Err(KernelError::input(
-                        i + 1,
-                        format!("is {}, X is {}", p.dtype, x.dtype),
-                    ));
+                    return Err(KernelError::input(i + 1, format!("is {}, X is {}", p.dtype, x.dtype)));
                 }
                 if !broadcasts_to(p.shape, x.shape) {
                     return Err(KernelError::input(
@@ -95,28 +70,16 @@ impl Kernel for Norm {
         Ok(outs)
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let scale = required(inputs, 1)?;
-        let bias = if self.rms {
-            None
-        } else {
-            inputs.get(2).copied().flatten()
-        };
+        let bias = if self.rms { None } else { inputs.get(2).copied().flatten() };
         let axis = normalize_axis(self.axis, x.shape.len())?;
         let outer: usize = x.shape[..axis].iter().product();
         let n: usize = x.shape[axis..].iter().product();
         let sp = Param::new(scale, x.shape, axis, x.dtype)?;
-        let bp = bias
-            .map(|b| Param::new(b, x.shape, axis, x.dtype))
-            .transpose()?;
-        let (y, stats) = outputs
-            .split_first_mut()
-            .ok_or_else(|| KernelError::invalid("missing output"))?;
+        let bp = bias.map(|b| Param::new(b, x.shape, axis, x.dtype)).transpose()?;
+        let (y, stats) = outputs.split_first_mut().ok_or_else(|| KernelError::invalid("missing output"))?;
         if y.dtype != x.dtype || y.data.len() != x.data.len() {
             return Err(KernelError::invalid("output does not match the input"));
         }
@@ -126,11 +89,7 @@ impl Kernel for Norm {
                 return Err(KernelError::invalid("Mean/InvStdDev outputs do not match"));
             }
         }
-        let job = Job {
-            rms: self.rms,
-            eps: self.epsilon as f64,
-            n,
-        };
+        let job = Job { rms: self.rms, eps: self.epsilon as f64, n };
         crate::with_float!(x.dtype, T => {
             let xs = x.typed::<T>()?;
             let ys = y.typed::<T>()?;
@@ -189,20 +148,12 @@ impl<'a> Param<'a> {
             return Err(KernelError::invalid("scale/bias dtype differs from X"));
         }
         let st = broadcast_strides(t.shape, xs)?;
-        let outer: Vec<(usize, usize)> = xs[..axis]
-            .iter()
-            .copied()
-            .zip(st[..axis].iter().copied())
-            .collect();
+        let outer: Vec<(usize, usize)> = xs[..axis].iter().copied().zip(st[..axis].iter().copied()).collect();
         let n: usize = xs[axis..].iter().product();
         let mut cols = Vec::with_capacity(n);
         crate::ops::broadcast::for_each_offsets(&xs[axis..], [&st[axis..]], |_, [o]| cols.push(o));
         let identity = cols.iter().enumerate().all(|(i, &o)| i == o);
-        Ok(Param {
-            t,
-            outer,
-            cols: (!identity).then_some(cols),
-        })
+        Ok(Param { t, outer, cols: (!identity).then_some(cols) })
     }
 
     fn typed<T: Float>(&self) -> Result<&'a [T], KernelError> {
@@ -238,14 +189,7 @@ type P<'p, 'a, T> = (&'p [T], &'p Param<'a>);
 
 impl Job {
     /// Normalises one row; returns its (mean, inverse std dev).
-    fn row<T: Float>(
-        &self,
-        r: usize,
-        x: &[T],
-        y: &mut [T],
-        (sd, sp): P<T>,
-        bias: Option<P<T>>,
-    ) -> (f64, f64) {
+    fn row<T: Float>(&self, r: usize, x: &[T], y: &mut [T], (sd, sp): P<T>, bias: Option<P<T>>) -> (f64, f64) {
         let nf = T::Acc::from_f64(self.n as f64);
         let mean = if self.rms {
             T::Acc::ZERO
@@ -303,11 +247,7 @@ mod tests {
         let m = x.iter().sum::<f32>() / n;
         let var = x.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / n;
         let inv = 1. / (var + eps).sqrt();
-        let y = x
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (v - m) * inv * g[i] + b[i])
-            .collect();
+        let y = x.iter().enumerate().map(|(i, v)| (v - m) * inv * g[i] + b[i]).collect();
         (y, m, inv)
     }
 
@@ -344,10 +284,7 @@ mod tests {
             "LayerNormalization",
             17,
             &[int("axis", 1), float("epsilon", 1e-3)],
-            vec![
-                Some(Tensor::from_vec(&[2, 2, 3], v.clone())),
-                Some(Tensor::from_vec(&[1, 3], g.to_vec())),
-            ],
+            vec![Some(Tensor::from_vec(&[2, 2, 3], v.clone())), Some(Tensor::from_vec(&[1, 3], g.to_vec()))],
         );
         for r in 0..2 {
             let gg: Vec<f32> = (0..6).map(|j| g[j % 3]).collect();
@@ -364,10 +301,7 @@ mod tests {
             "RMSNormalization",
             23,
             &[],
-            vec![
-                Some(Tensor::from_vec(&[2, 4], v.clone())),
-                Some(Tensor::from_vec(&[4], g.clone())),
-            ],
+            vec![Some(Tensor::from_vec(&[2, 4], v.clone())), Some(Tensor::from_vec(&[4], g.clone()))],
         );
         let mut want = Vec::new();
         for r in v.chunks(4) {
@@ -386,10 +320,7 @@ mod tests {
             "LayerNormalization",
             17,
             &[],
-            vec![
-                Some(Tensor::from_vec(&[64, 1024], v.clone())),
-                Some(Tensor::from_vec(&[1024], g.clone())),
-            ],
+            vec![Some(Tensor::from_vec(&[64, 1024], v.clone())), Some(Tensor::from_vec(&[1024], g.clone()))],
         );
         let (want, _, _) = ln_ref(&v[1024 * 5..1024 * 6], &g, &[0.; 1024], 1e-5);
         assert_close(&f32s(&y)[1024 * 5..1024 * 6], &want, 1e-4);
@@ -400,37 +331,25 @@ mod tests {
             "LayerNormalization",
             17,
             &[],
-            &[
-                Some((DType::F16, &s[..], None)),
-                Some((DType::F16, &g[..], None)),
-            ],
+            &[Some((DType::F16, &s[..], None)), Some((DType::F16, &g[..], None))],
         )
         .unwrap();
         assert_eq!(o[0].shape, s.to_vec());
-        assert_eq!(
-            o[1].shape,
-            vec![Dim::sym("b"), Dim::sym("s"), Dim::Known(1)]
-        );
+        assert_eq!(o[1].shape, vec![Dim::sym("b"), Dim::sym("s"), Dim::Known(1)]);
         assert_eq!(o[1].dtype, DType::F32);
         let bad = [Dim::Known(7)];
         assert!(infer1(
             "LayerNormalization",
             17,
             &[],
-            &[
-                Some((DType::F32, &s[..], None)),
-                Some((DType::F32, &bad[..], None))
-            ]
+            &[Some((DType::F32, &s[..], None)), Some((DType::F32, &bad[..], None))]
         )
         .is_err());
         assert!(infer1(
             "RMSNormalization",
             23,
             &[int("axis", 3)],
-            &[
-                Some((DType::F32, &s[..], None)),
-                Some((DType::F32, &g[..], None))
-            ]
+            &[Some((DType::F32, &s[..], None)), Some((DType::F32, &g[..], None))]
         )
         .is_err());
     }

@@ -27,11 +27,7 @@ struct Softmax {
 
 pub(super) fn build(spec: &OpSpec, mode: Mode) -> Result<Box<dyn Kernel>, KernelError> {
     let coerce_2d = spec.opset < 13;
-    Ok(Box::new(Softmax {
-        mode,
-        axis: spec.attrs.int("axis", if coerce_2d { 1 } else { -1 })?,
-        coerce_2d,
-    }))
+    Ok(Box::new(Softmax { mode, axis: spec.attrs.int("axis", if coerce_2d { 1 } else { -1 })?, coerce_2d }))
 }
 
 impl Softmax {
@@ -40,16 +36,9 @@ impl Softmax {
         if self.coerce_2d {
             // Opset < 13 accepts axis == rank (an empty second dim set, product 1).
             let r = shape.len() as i64;
-            let a = if self.axis < 0 {
-                self.axis + r
-            } else {
-                self.axis
-            };
+            let a = if self.axis < 0 { self.axis + r } else { self.axis };
             if a < 0 || a > r {
-                return Err(KernelError::attr(
-                    "axis",
-                    format!("{} is out of range for rank {r}", self.axis),
-                ));
+                return Err(KernelError::attr("axis", format!("{} is out of range for rank {r}", self.axis)));
             }
             let a = a as usize;
             Ok((shape[..a].iter().product(), shape[a..].iter().product(), 1))
@@ -60,33 +49,20 @@ impl Softmax {
 }
 
 impl Kernel for Softmax {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         if !x.dtype.is_float() {
-            return Err(KernelError::input(
-                0,
-                format!("{} is not supported", x.dtype),
-            ));
+            return Err(KernelError::input(0, format!("{} is not supported", x.dtype)));
         }
         // Only the axis range matters here; sizes are irrelevant.
         self.layout(&vec![1; x.shape.len()])?;
         Ok(vec![OutputInfo::new(x.dtype, x.shape.to_vec())])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let dims = self.layout(x.shape)?;
-        let out = outputs
-            .get_mut(0)
-            .ok_or_else(|| KernelError::invalid("missing output"))?;
+        let out = outputs.get_mut(0).ok_or_else(|| KernelError::invalid("missing output"))?;
         if out.dtype != x.dtype || out.data.len() != x.data.len() {
             return Err(KernelError::invalid("output does not match the input"));
         }
@@ -103,9 +79,7 @@ fn softmax<T: Float>(x: &[T], y: &mut [T], (outer, n, inner): (usize, usize, usi
     }
     if inner == 1 {
         if x.len() >= PAR_MIN && outer > 1 {
-            x.par_chunks(n)
-                .zip(y.par_chunks_mut(n))
-                .for_each(|(xr, yr)| row(xr, yr, mode));
+            x.par_chunks(n).zip(y.par_chunks_mut(n)).for_each(|(xr, yr)| row(xr, yr, mode));
         } else {
             for (xr, yr) in x.chunks(n).zip(y.chunks_mut(n)) {
                 row(xr, yr, mode);
@@ -116,9 +90,7 @@ fn softmax<T: Float>(x: &[T], y: &mut [T], (outer, n, inner): (usize, usize, usi
     let block = n * inner;
     let body = |xb: &[T], yb: &mut [T]| columns(xb, yb, n, inner, mode);
     if x.len() >= PAR_MIN && outer > 1 {
-        x.par_chunks(block)
-            .zip(y.par_chunks_mut(block))
-            .for_each(|(xb, yb)| body(xb, yb));
+        x.par_chunks(block).zip(y.par_chunks_mut(block)).for_each(|(xb, yb)| body(xb, yb));
     } else {
         for (xb, yb) in x.chunks(block).zip(y.chunks_mut(block)) {
             body(xb, yb);
@@ -271,15 +243,8 @@ mod tests {
     #[test]
     fn softmax_large_and_half() {
         let x = Tensor::from_vec(&[3], vec![1000f32, 1000., -1000.]);
-        assert_close(
-            &f32s(&run1("Softmax", 13, &[], vec![Some(x)])),
-            &[0.5, 0.5, 0.],
-            1e-6,
-        );
-        let h: Vec<half::f16> = [1f32, 2., 3.]
-            .iter()
-            .map(|&v| half::f16::from_f32(v))
-            .collect();
+        assert_close(&f32s(&run1("Softmax", 13, &[], vec![Some(x)])), &[0.5, 0.5, 0.], 1e-6);
+        let h: Vec<half::f16> = [1f32, 2., 3.].iter().map(|&v| half::f16::from_f32(v)).collect();
         let y = run1("Softmax", 13, &[], vec![Some(Tensor::from_vec(&[3], h))]);
         assert_close(&f32s(&y), &sm(&[1., 2., 3.]), 1e-3);
     }
@@ -289,20 +254,8 @@ mod tests {
         let s = [Dim::sym("b"), Dim::Known(4)];
         let o = infer1("Softmax", 13, &[], &[Some((DType::F32, &s[..], None))]).unwrap();
         assert_eq!(o[0].shape, s.to_vec());
-        assert!(infer1(
-            "Softmax",
-            13,
-            &[int("axis", 2)],
-            &[Some((DType::F32, &s[..], None))]
-        )
-        .is_err());
-        assert!(infer1(
-            "Softmax",
-            11,
-            &[int("axis", 2)],
-            &[Some((DType::F32, &s[..], None))]
-        )
-        .is_ok());
+        assert!(infer1("Softmax", 13, &[int("axis", 2)], &[Some((DType::F32, &s[..], None))]).is_err());
+        assert!(infer1("Softmax", 11, &[int("axis", 2)], &[Some((DType::F32, &s[..], None))]).is_ok());
         assert!(infer1("Softmax", 13, &[], &[Some((DType::I32, &s[..], None))]).is_err());
     }
 }

@@ -23,24 +23,14 @@ pub(super) fn build(spec: &OpSpec, max: bool) -> Result<Box<dyn Kernel>, KernelE
 }
 
 impl Kernel for Arg {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         if !(x.dtype.is_float() || x.dtype.is_int()) {
-            return Err(KernelError::input(
-                0,
-                format!("{} is not supported", x.dtype),
-            ));
+            return Err(KernelError::input(0, format!("{} is not supported", x.dtype)));
         }
         let axis = normalize_axis(self.axis, x.shape.len())?;
         if x.shape[axis] == Dim::Known(0) {
-            return Err(KernelError::input(
-                0,
-                "cannot take the arg of an empty axis",
-            ));
+            return Err(KernelError::input(0, "cannot take the arg of an empty axis"));
         }
         let mut shape = x.shape.to_vec();
         if self.keepdims {
@@ -51,18 +41,11 @@ impl Kernel for Arg {
         Ok(vec![OutputInfo::new(DType::I64, shape)])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let axis = normalize_axis(self.axis, x.shape.len())?;
         let (outer, n, inner) = split_axis(x.shape, axis);
-        let out = outputs
-            .get_mut(0)
-            .ok_or_else(|| KernelError::invalid("missing output"))?
-            .typed::<i64>()?;
+        let out = outputs.get_mut(0).ok_or_else(|| KernelError::invalid("missing output"))?.typed::<i64>()?;
         if out.len() != outer * inner || (n == 0 && !out.is_empty()) {
             return Err(KernelError::invalid("output size does not match the input"));
         }
@@ -76,14 +59,7 @@ impl Kernel for Arg {
 }
 
 /// NaN counts as larger than every number, as numpy's argmax/argmin treat it as the extreme.
-fn arg<T: PartialOrd + Copy>(
-    x: &[T],
-    out: &mut [i64],
-    n: usize,
-    inner: usize,
-    max: bool,
-    last: bool,
-) {
+fn arg<T: PartialOrd + Copy>(x: &[T], out: &mut [i64], n: usize, inner: usize, max: bool, last: bool) {
     #[allow(clippy::eq_op)]
     let nan = |v: T| v != v;
     // Whether `v` should replace `best`.
@@ -136,17 +112,10 @@ mod tests {
         let y = run1(
             "ArgMax",
             13,
-            &[
-                int("axis", 1),
-                int("select_last_index", 1),
-                int("keepdims", 0),
-            ],
+            &[int("axis", 1), int("select_last_index", 1), int("keepdims", 0)],
             vec![Some(x.clone())],
         );
-        assert_eq!(
-            (y.shape.clone(), y.as_slice::<i64>().unwrap()),
-            (vec![2], &[2i64, 2][..])
-        );
+        assert_eq!((y.shape.clone(), y.as_slice::<i64>().unwrap()), (vec![2], &[2i64, 2][..]));
         let y = run1("ArgMin", 13, &[int("axis", 0)], vec![Some(x)]);
         assert_eq!(y.as_slice::<i64>().unwrap(), &[0, 1, 0]);
         let x = Tensor::from_vec(&[3], vec![1i64, 9, 3]);
@@ -160,21 +129,10 @@ mod tests {
     #[test]
     fn argmax_infer() {
         let s = [Dim::sym("b"), Dim::Known(4)];
-        let o = infer1(
-            "ArgMax",
-            13,
-            &[int("axis", -1), int("keepdims", 0)],
-            &[Some((DType::F32, &s[..], None))],
-        )
-        .unwrap();
+        let o =
+            infer1("ArgMax", 13, &[int("axis", -1), int("keepdims", 0)], &[Some((DType::F32, &s[..], None))]).unwrap();
         assert_eq!(o[0].shape, vec![Dim::sym("b")]);
         assert_eq!(o[0].dtype, DType::I64);
-        assert!(infer1(
-            "ArgMax",
-            13,
-            &[int("axis", 2)],
-            &[Some((DType::F32, &s[..], None))]
-        )
-        .is_err());
+        assert!(infer1("ArgMax", 13, &[int("axis", 2)], &[Some((DType::F32, &s[..], None))]).is_err());
     }
 }

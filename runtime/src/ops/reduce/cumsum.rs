@@ -24,23 +24,13 @@ pub(super) fn build(spec: &OpSpec) -> Result<Box<dyn Kernel>, KernelError> {
 const COLS: usize = 64;
 
 impl Kernel for CumSum {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let a = required(inputs, 1)?;
         if !(x.dtype.is_float() || x.dtype.is_int()) {
-            return Err(KernelError::input(
-                0,
-                format!("{} is not supported", x.dtype),
-            ));
+            return Err(KernelError::input(0, format!("{} is not supported", x.dtype)));
         }
-        if !a.dtype.is_int()
-            || a.shape.len() > 1
-            || a.shape.first().is_some_and(|d| *d != Dim::Known(1))
-        {
+        if !a.dtype.is_int() || a.shape.len() > 1 || a.shape.first().is_some_and(|d| *d != Dim::Known(1)) {
             return Err(KernelError::input(1, "axis must be an integer scalar"));
         }
         if x.shape.is_empty() {
@@ -54,11 +44,7 @@ impl Kernel for CumSum {
         Ok(vec![OutputInfo::new(x.dtype, x.shape.to_vec())])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let a = required(inputs, 1)?.to_i64_vec()?;
         let [axis] = a[..] else {
@@ -66,9 +52,7 @@ impl Kernel for CumSum {
         };
         let axis = normalize_axis(axis, x.shape.len())?;
         let dims = split_axis(x.shape, axis);
-        let out = outputs
-            .get_mut(0)
-            .ok_or_else(|| KernelError::invalid("missing output"))?;
+        let out = outputs.get_mut(0).ok_or_else(|| KernelError::invalid("missing output"))?;
         if out.data.len() != x.data.len() || out.dtype != x.dtype {
             return Err(KernelError::invalid("output does not match the input"));
         }
@@ -130,52 +114,22 @@ mod tests {
         let ax = || Some(Tensor::from_vec(&[], vec![0i32]));
         let y = run1("CumSum", 14, &[], vec![Some(x.clone()), ax()]);
         assert_eq!(y.as_slice::<f64>().unwrap(), &[1., 3., 6., 10., 15.]);
-        let y = run1(
-            "CumSum",
-            14,
-            &[int("exclusive", 1)],
-            vec![Some(x.clone()), ax()],
-        );
+        let y = run1("CumSum", 14, &[int("exclusive", 1)], vec![Some(x.clone()), ax()]);
         assert_eq!(y.as_slice::<f64>().unwrap(), &[0., 1., 3., 6., 10.]);
-        let y = run1(
-            "CumSum",
-            14,
-            &[int("reverse", 1)],
-            vec![Some(x.clone()), ax()],
-        );
+        let y = run1("CumSum", 14, &[int("reverse", 1)], vec![Some(x.clone()), ax()]);
         assert_eq!(y.as_slice::<f64>().unwrap(), &[15., 14., 12., 9., 5.]);
-        let y = run1(
-            "CumSum",
-            14,
-            &[int("reverse", 1), int("exclusive", 1)],
-            vec![Some(x), ax()],
-        );
+        let y = run1("CumSum", 14, &[int("reverse", 1), int("exclusive", 1)], vec![Some(x), ax()]);
         assert_eq!(y.as_slice::<f64>().unwrap(), &[14., 12., 9., 5., 0.]);
     }
 
     #[test]
     fn cumsum_2d_and_errors() {
         let x = Tensor::from_vec(&[2, 3], vec![1i64, 2, 3, 4, 5, 6]);
-        let y = run1(
-            "CumSum",
-            14,
-            &[],
-            vec![Some(x.clone()), Some(Tensor::from_vec(&[1], vec![1i64]))],
-        );
+        let y = run1("CumSum", 14, &[], vec![Some(x.clone()), Some(Tensor::from_vec(&[1], vec![1i64]))]);
         assert_eq!(y.as_slice::<i64>().unwrap(), &[1, 3, 6, 4, 9, 15]);
-        let y = run1(
-            "CumSum",
-            14,
-            &[],
-            vec![Some(x.clone()), Some(Tensor::from_vec(&[], vec![-2i64]))],
-        );
+        let y = run1("CumSum", 14, &[], vec![Some(x.clone()), Some(Tensor::from_vec(&[], vec![-2i64]))]);
         assert_eq!(y.as_slice::<i64>().unwrap(), &[1, 2, 3, 5, 7, 9]);
-        let bad = try_run(
-            "CumSum",
-            14,
-            &[],
-            vec![Some(x), Some(Tensor::from_vec(&[], vec![2i64]))],
-        );
+        let bad = try_run("CumSum", 14, &[], vec![Some(x), Some(Tensor::from_vec(&[], vec![2i64]))]);
         assert!(bad.is_err());
     }
 }

@@ -10,30 +10,15 @@ use kiln_formats::tensor::read_i64;
 use kiln_formats::{DType, Dim, Tensor};
 
 pub fn int(name: &str, v: i64) -> Attribute {
-    Attribute {
-        name: name.into(),
-        kind: AttrKind::Int as i32,
-        i: v,
-        ..Default::default()
-    }
+    Attribute { name: name.into(), kind: AttrKind::Int as i32, i: v, ..Default::default() }
 }
 
 pub fn ints(name: &str, v: &[i64]) -> Attribute {
-    Attribute {
-        name: name.into(),
-        kind: AttrKind::Ints as i32,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
+    Attribute { name: name.into(), kind: AttrKind::Ints as i32, ints: v.to_vec(), ..Default::default() }
 }
 
 pub fn float(name: &str, v: f32) -> Attribute {
-    Attribute {
-        name: name.into(),
-        kind: AttrKind::Float as i32,
-        f: v,
-        ..Default::default()
-    }
+    Attribute { name: name.into(), kind: AttrKind::Float as i32, f: v, ..Default::default() }
 }
 
 /// Names symbols `hint0`, `hint1`, ...
@@ -47,36 +32,17 @@ impl InferCx for SymCx {
 }
 
 fn spec<'a>(op: &'a str, opset: i64, attrs: &'a [Attribute]) -> OpSpec<'a> {
-    OpSpec {
-        op,
-        domain: "",
-        opset,
-        attrs: Attrs(attrs),
-    }
+    OpSpec { op, domain: "", opset, attrs: Attrs(attrs) }
 }
 
 /// An input for [`infer1`]: dtype, shape and (for value inputs) the known elements.
 pub type In<'a> = Option<(DType, &'a [Dim], Option<&'a [Dim]>)>;
 
 /// Shape inference on (dtype, shape, value) triples.
-pub fn infer1(
-    op: &str,
-    opset: i64,
-    attrs: &[Attribute],
-    inputs: &[In],
-) -> Result<Vec<OutputInfo>, KernelError> {
+pub fn infer1(op: &str, opset: i64, attrs: &[Attribute], inputs: &[In]) -> Result<Vec<OutputInfo>, KernelError> {
     let k = crate::ops::build(&spec(op, opset, attrs))?;
-    let si: Vec<Option<ShapeInput>> = inputs
-        .iter()
-        .map(|i| {
-            i.map(|(dtype, shape, value)| ShapeInput {
-                dtype,
-                shape,
-                value,
-                data: None,
-            })
-        })
-        .collect();
+    let si: Vec<Option<ShapeInput>> =
+        inputs.iter().map(|i| i.map(|(dtype, shape, value)| ShapeInput { dtype, shape, value, data: None })).collect();
     k.infer(&si, &mut SymCx(0))
 }
 
@@ -90,11 +56,7 @@ pub fn try_run(
     let k = crate::ops::build(&spec(op, opset, attrs))?;
     let dims: Vec<Vec<Dim>> = inputs
         .iter()
-        .map(|t| {
-            t.as_ref()
-                .map(|t| t.shape.iter().map(|&d| Dim::Known(d as i64)).collect())
-                .unwrap_or_default()
-        })
+        .map(|t| t.as_ref().map(|t| t.shape.iter().map(|&d| Dim::Known(d as i64)).collect()).unwrap_or_default())
         .collect();
     let values: Vec<Option<Vec<Dim>>> = inputs
         .iter()
@@ -104,9 +66,7 @@ pub fn try_run(
             if !k.value_inputs().contains(&i) {
                 return None;
             }
-            (0..t.numel())
-                .map(|j| read_i64(t.dtype, t.bytes(), j).map(Dim::Known))
-                .collect()
+            (0..t.numel()).map(|j| read_i64(t.dtype, t.bytes(), j).map(Dim::Known)).collect()
         })
         .collect();
     let si: Vec<Option<ShapeInput>> = inputs
@@ -129,19 +89,12 @@ pub fn try_run(
             Tensor::zeros(o.dtype, &shape).map_err(|e| KernelError::invalid(e.to_string()))
         })
         .collect::<Result<_, _>>()?;
-    let refs: Vec<Option<TensorRef>> = inputs
-        .iter()
-        .map(|t| t.as_ref().map(TensorRef::from_tensor))
-        .collect();
+    let refs: Vec<Option<TensorRef>> = inputs.iter().map(|t| t.as_ref().map(TensorRef::from_tensor)).collect();
     let shapes: Vec<Vec<usize>> = outs.iter().map(|t| t.shape.clone()).collect();
     let mut views: Vec<TensorMut> = outs
         .iter_mut()
         .zip(&shapes)
-        .map(|(t, shape)| TensorMut {
-            dtype: t.dtype,
-            shape,
-            data: t.bytes_mut(),
-        })
+        .map(|(t, shape)| TensorMut { dtype: t.dtype, shape, data: t.bytes_mut() })
         .collect();
     k.run(&refs, &mut views)?;
     drop(views);
@@ -150,9 +103,7 @@ pub fn try_run(
 
 /// Runs and returns the first output, panicking on errors.
 pub fn run1(op: &str, opset: i64, attrs: &[Attribute], inputs: Vec<Option<Tensor>>) -> Tensor {
-    try_run(op, opset, attrs, inputs)
-        .unwrap_or_else(|e| panic!("{op}: {e}"))
-        .remove(0)
+    try_run(op, opset, attrs, inputs).unwrap_or_else(|e| panic!("{op}: {e}")).remove(0)
 }
 
 /// The elements of a float tensor as f32.

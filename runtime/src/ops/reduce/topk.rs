@@ -16,16 +16,8 @@ struct TopK {
 }
 
 pub(super) fn build(spec: &OpSpec) -> Result<Box<dyn Kernel>, KernelError> {
-    let k_attr = if spec.opset < 10 {
-        Some(spec.attrs.req_int("k")?)
-    } else {
-        None
-    };
-    Ok(Box::new(TopK {
-        k_attr,
-        axis: spec.attrs.int("axis", -1)?,
-        largest: spec.attrs.int("largest", 1)? != 0,
-    }))
+    let k_attr = if spec.opset < 10 { Some(spec.attrs.req_int("k")?) } else { None };
+    Ok(Box::new(TopK { k_attr, axis: spec.attrs.int("axis", -1)?, largest: spec.attrs.int("largest", 1)? != 0 }))
 }
 
 fn check_k(k: i64, dim: &Dim) -> Result<(), KernelError> {
@@ -44,17 +36,10 @@ impl Kernel for TopK {
         }
     }
 
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         if !(x.dtype.is_float() || x.dtype.is_int()) {
-            return Err(KernelError::input(
-                0,
-                format!("{} is not supported", x.dtype),
-            ));
+            return Err(KernelError::input(0, format!("{} is not supported", x.dtype)));
         }
         let axis = normalize_axis(self.axis, x.shape.len())?;
         let k = match self.k_attr {
@@ -79,17 +64,10 @@ impl Kernel for TopK {
         };
         let mut shape = x.shape.to_vec();
         shape[axis] = k;
-        Ok(vec![
-            OutputInfo::new(x.dtype, shape.clone()),
-            OutputInfo::new(DType::I64, shape),
-        ])
+        Ok(vec![OutputInfo::new(x.dtype, shape.clone()), OutputInfo::new(DType::I64, shape)])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let axis = normalize_axis(self.axis, x.shape.len())?;
         let k = match self.k_attr {
@@ -184,21 +162,10 @@ mod tests {
         let out = try_run("TopK", 11, &[int("largest", 0)], vec![Some(x.clone()), k()]).unwrap();
         assert_eq!(f32s(&out[0]), vec![1., 2., 0., 5.]);
         assert_eq!(out[1].as_slice::<i64>().unwrap(), &[0, 3, 1, 0]);
-        let out = try_run(
-            "TopK",
-            1,
-            &[int("k", 1), int("axis", 0)],
-            vec![Some(x.clone())],
-        )
-        .unwrap();
+        let out = try_run("TopK", 1, &[int("k", 1), int("axis", 0)], vec![Some(x.clone())]).unwrap();
         assert_eq!(f32s(&out[0]), vec![5., 3., 5., 5.]);
         assert_eq!(out[1].as_slice::<i64>().unwrap(), &[1, 0, 1, 1]);
-        let bad = try_run(
-            "TopK",
-            11,
-            &[],
-            vec![Some(x), Some(Tensor::from_vec(&[1], vec![5i64]))],
-        );
+        let bad = try_run("TopK", 11, &[], vec![Some(x), Some(Tensor::from_vec(&[1], vec![5i64]))]);
         assert!(bad.is_err());
     }
 
@@ -206,29 +173,14 @@ mod tests {
     fn topk_infer_unknown_k() {
         let s = [Dim::sym("b"), Dim::Known(10)];
         let one = [Dim::Known(1)];
-        let o = infer1(
-            "TopK",
-            11,
-            &[],
-            &[
-                Some((DType::F32, &s[..], None)),
-                Some((DType::I64, &one[..], None)),
-            ],
-        )
-        .unwrap();
+        let o =
+            infer1("TopK", 11, &[], &[Some((DType::F32, &s[..], None)), Some((DType::I64, &one[..], None))]).unwrap();
         assert!(!o[0].shape[1].is_known());
         assert_eq!(o[1].dtype, DType::I64);
         let k = [Dim::Known(3)];
-        let o = infer1(
-            "TopK",
-            11,
-            &[],
-            &[
-                Some((DType::F32, &s[..], None)),
-                Some((DType::I64, &one[..], Some(&k[..]))),
-            ],
-        )
-        .unwrap();
+        let o =
+            infer1("TopK", 11, &[], &[Some((DType::F32, &s[..], None)), Some((DType::I64, &one[..], Some(&k[..])))])
+                .unwrap();
         assert_eq!(o[0].shape, vec![Dim::sym("b"), Dim::Known(3)]);
     }
 }
