@@ -72,10 +72,7 @@ impl Op {
     }
 
     fn comparison(self) -> bool {
-        matches!(
-            self,
-            Op::Equal | Op::Greater | Op::GreaterOrEqual | Op::Less | Op::LessOrEqual
-        )
+        matches!(self, Op::Equal | Op::Greater | Op::GreaterOrEqual | Op::Less | Op::LessOrEqual)
     }
 
     fn logical(self) -> bool {
@@ -115,22 +112,14 @@ fn make(op: Op, spec: &OpSpec) -> Result<Elementwise, KernelError> {
         Op::Mod { .. } => match spec.attrs.int("fmod", 0)? {
             0 => Op::Mod { fmod: false },
             1 => Op::Mod { fmod: true },
-            v => {
-                return Err(KernelError::attr(
-                    "fmod",
-                    format!("must be 0 or 1, got {v}"),
-                ))
-            }
+            v => return Err(KernelError::attr("fmod", format!("must be 0 or 1, got {v}"))),
         },
         op => op,
     };
     // Before opset 7, broadcasting was opt-in (`broadcast`) and could align B at `axis` of A
     // instead of at the trailing dims.
-    let legacy_axis = if spec.opset < 7 && spec.attrs.int("broadcast", 0)? != 0 {
-        spec.attrs.int_opt("axis")?
-    } else {
-        None
-    };
+    let legacy_axis =
+        if spec.opset < 7 && spec.attrs.int("broadcast", 0)? != 0 { spec.attrs.int_opt("axis")? } else { None };
     Ok(Elementwise { op, legacy_axis })
 }
 
@@ -141,21 +130,13 @@ struct Elementwise {
 }
 
 /// B's shape placed at `axis` of a rank-`rank_a` shape and padded with ones (opset < 7).
-fn legacy_align<D: Clone>(
-    b: &[D],
-    rank_a: usize,
-    axis: i64,
-    one: D,
-) -> Result<Vec<D>, KernelError> {
+fn legacy_align<D: Clone>(b: &[D], rank_a: usize, axis: i64, one: D) -> Result<Vec<D>, KernelError> {
     let ra = rank_a as i64;
     let ax = if axis < 0 { axis + ra } else { axis };
     if ax < 0 || ax + b.len() as i64 > ra {
         return Err(KernelError::attr(
             "axis",
-            format!(
-                "{axis} does not place a rank-{} input inside rank {rank_a}",
-                b.len()
-            ),
+            format!("{axis} does not place a rank-{} input inside rank {rank_a}", b.len()),
         ));
     }
     let mut v = vec![one.clone(); ax as usize];
@@ -178,10 +159,7 @@ impl Elementwise {
         let same = |from: usize| -> Result<(), KernelError> {
             match dts[from..].iter().position(|&d| d != dts[from]) {
                 None => Ok(()),
-                Some(i) => Err(KernelError::input(
-                    from + i,
-                    format!("is {}, expected {}", dts[from + i], dts[from]),
-                )),
+                Some(i) => Err(KernelError::input(from + i, format!("is {}, expected {}", dts[from + i], dts[from]))),
             }
         };
         let numeric = |d: DType| d.is_float() || d.is_int();
@@ -189,10 +167,7 @@ impl Elementwise {
         match self.op {
             Op::Where => {
                 if d0 != DType::Bool {
-                    return Err(KernelError::input(
-                        0,
-                        format!("condition is {d0}, expected bool"),
-                    ));
+                    return Err(KernelError::input(0, format!("condition is {d0}, expected bool")));
                 }
                 same(1)?;
                 Ok(dts[1])
@@ -216,9 +191,7 @@ impl Elementwise {
                 same(0)?;
                 Ok(DType::Bool)
             }
-            Op::Mean if !d0.is_float() => {
-                Err(KernelError::input(0, format!("Mean does not take {d0}")))
-            }
+            Op::Mean if !d0.is_float() => Err(KernelError::input(0, format!("Mean does not take {d0}"))),
             _ => {
                 same(0)?;
                 if !numeric(d0) {
@@ -239,21 +212,11 @@ impl Elementwise {
 }
 
 impl Kernel for Elementwise {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         if !self.arity_ok(inputs.len()) {
-            return Err(KernelError::invalid(format!(
-                "{:?} does not take {} inputs",
-                self.op,
-                inputs.len()
-            )));
+            return Err(KernelError::invalid(format!("{:?} does not take {} inputs", self.op, inputs.len())));
         }
-        let ins = (0..inputs.len())
-            .map(|i| required(inputs, i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let ins = (0..inputs.len()).map(|i| required(inputs, i)).collect::<Result<Vec<_>, _>>()?;
         let dts: Vec<DType> = ins.iter().map(|t| t.dtype).collect();
         let dtype = self.out_dtype(&dts)?;
         let mut shapes: Vec<Vec<Dim>> = ins.iter().map(|t| t.shape.to_vec()).collect();
@@ -262,39 +225,20 @@ impl Kernel for Elementwise {
         Ok(vec![OutputInfo::new(dtype, broadcast_shapes(&refs)?)])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         if !self.arity_ok(inputs.len()) {
-            return Err(KernelError::invalid(format!(
-                "{:?} does not take {} inputs",
-                self.op,
-                inputs.len()
-            )));
+            return Err(KernelError::invalid(format!("{:?} does not take {} inputs", self.op, inputs.len())));
         }
-        let ins = (0..inputs.len())
-            .map(|i| required(inputs, i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let ins = (0..inputs.len()).map(|i| required(inputs, i)).collect::<Result<Vec<_>, _>>()?;
         let dts: Vec<DType> = ins.iter().map(|t| t.dtype).collect();
         let dtype = self.out_dtype(&dts)?;
-        let out = outputs
-            .first_mut()
-            .ok_or_else(|| KernelError::invalid("missing output"))?;
+        let out = outputs.first_mut().ok_or_else(|| KernelError::invalid("missing output"))?;
         if out.dtype != dtype {
-            return Err(KernelError::invalid(format!(
-                "output is {}, expected {dtype}",
-                out.dtype
-            )));
+            return Err(KernelError::invalid(format!("output is {}, expected {dtype}", out.dtype)));
         }
         let mut shapes: Vec<Vec<usize>> = ins.iter().map(|t| t.shape.to_vec()).collect();
         self.aligned(&mut shapes, 1)?;
-        let ins: Vec<TensorRef> = ins
-            .iter()
-            .zip(&shapes)
-            .map(|(t, s)| TensorRef { shape: s, ..*t })
-            .collect();
+        let ins: Vec<TensorRef> = ins.iter().zip(&shapes).map(|(t, s)| TensorRef { shape: s, ..*t }).collect();
         match (self.op, ins.as_slice()) {
             (Op::Where, [c, x, y]) => where_(*c, *x, *y, out),
             (op, [a, b]) => {
@@ -312,22 +256,14 @@ impl Kernel for Elementwise {
 }
 
 fn layout2(out: &TensorMut, a: &TensorRef, b: &TensorRef) -> Result<Layout<2>, KernelError> {
-    Layout::new(
-        out.shape,
-        out.numel(),
-        [(a.shape, elems(a)?), (b.shape, elems(b)?)],
-    )
+    Layout::new(out.shape, out.numel(), [(a.shape, elems(a)?), (b.shape, elems(b)?)])
 }
 
 /// Elements actually present in `t`'s buffer (checked against its shape by [`Layout::new`]).
 fn elems(t: &TensorRef) -> Result<usize, KernelError> {
     let s = t.dtype.size();
     if !t.data.len().is_multiple_of(s) {
-        return Err(KernelError::invalid(format!(
-            "{} buffer of {} bytes",
-            t.dtype,
-            t.data.len()
-        )));
+        return Err(KernelError::invalid(format!("{} buffer of {} bytes", t.dtype, t.data.len())));
     }
     Ok(t.data.len() / s)
 }
@@ -371,13 +307,7 @@ fn py_fmod<A: AccFloat + Rem<Output = A>>(x: A, y: A) -> A {
     }
 }
 
-fn arith(
-    op: Op,
-    a: TensorRef,
-    b: TensorRef,
-    out: &mut TensorMut,
-    l: &Layout<2>,
-) -> Result<(), KernelError> {
+fn arith(op: Op, a: TensorRef, b: TensorRef, out: &mut TensorMut, l: &Layout<2>) -> Result<(), KernelError> {
     with_float!(a.dtype, T => {
         arith_float::<T>(op, a.typed()?, b.typed()?, out.typed()?, l)
     }, _ => with_int!(a.dtype, T => {
@@ -385,13 +315,7 @@ fn arith(
     }, _ => bad_dtype(a.dtype)))
 }
 
-fn arith_float<T: Float>(
-    op: Op,
-    a: &[T],
-    b: &[T],
-    o: &mut [T],
-    l: &Layout<2>,
-) -> Result<(), KernelError>
+fn arith_float<T: Float>(op: Op, a: &[T], b: &[T], o: &mut [T], l: &Layout<2>) -> Result<(), KernelError>
 where
     T::Acc: Rem<Output = T::Acc>,
 {
@@ -419,13 +343,7 @@ where
     Ok(())
 }
 
-fn arith_int<T: Int>(
-    op: Op,
-    a: &[T],
-    b: &[T],
-    o: &mut [T],
-    l: &Layout<2>,
-) -> Result<(), KernelError> {
+fn arith_int<T: Int>(op: Op, a: &[T], b: &[T], o: &mut [T], l: &Layout<2>) -> Result<(), KernelError> {
     match op {
         Op::Add | Op::Sum => zip2(l, a, b, o, T::wadd),
         Op::Sub => zip2(l, a, b, o, T::wsub),
@@ -540,13 +458,7 @@ fn pow(a: TensorRef, b: TensorRef, out: &mut TensorMut, l: &Layout<2>) -> Result
     }, _ => bad_dtype(a.dtype)))
 }
 
-fn compare(
-    op: Op,
-    a: TensorRef,
-    b: TensorRef,
-    out: &mut TensorMut,
-    l: &Layout<2>,
-) -> Result<(), KernelError> {
+fn compare(op: Op, a: TensorRef, b: TensorRef, out: &mut TensorMut, l: &Layout<2>) -> Result<(), KernelError> {
     let o = out.typed::<u8>()?;
     with_num!(a.dtype, T => {
         let (x, y) = (a.typed::<T>()?, b.typed::<T>()?);
@@ -562,13 +474,7 @@ fn compare(
     }, _ => bad_dtype(a.dtype))
 }
 
-fn logic(
-    op: Op,
-    a: TensorRef,
-    b: TensorRef,
-    out: &mut TensorMut,
-    l: &Layout<2>,
-) -> Result<(), KernelError> {
+fn logic(op: Op, a: TensorRef, b: TensorRef, out: &mut TensorMut, l: &Layout<2>) -> Result<(), KernelError> {
     let (x, y, o) = (a.typed::<u8>()?, b.typed::<u8>()?, out.typed::<u8>()?);
     match op {
         Op::And => zip2(l, x, y, o, |p, q| u8::from(p != 0 && q != 0)),
@@ -579,24 +485,10 @@ fn logic(
     Ok(())
 }
 
-fn where_(
-    c: TensorRef,
-    x: TensorRef,
-    y: TensorRef,
-    out: &mut TensorMut,
-) -> Result<(), KernelError> {
-    let l = Layout::new(
-        out.shape,
-        out.numel(),
-        [
-            (c.shape, elems(&c)?),
-            (x.shape, elems(&x)?),
-            (y.shape, elems(&y)?),
-        ],
-    )?;
+fn where_(c: TensorRef, x: TensorRef, y: TensorRef, out: &mut TensorMut) -> Result<(), KernelError> {
+    let l = Layout::new(out.shape, out.numel(), [(c.shape, elems(&c)?), (x.shape, elems(&x)?), (y.shape, elems(&y)?)])?;
     let cond = c.typed::<u8>()?;
-    let misaligned =
-        |e: bytemuck::PodCastError| KernelError::invalid(format!("misaligned data: {e:?}"));
+    let misaligned = |e: bytemuck::PodCastError| KernelError::invalid(format!("misaligned data: {e:?}"));
     // Pure data movement: pick the element type by size so every dtype shares four loops.
     with_any!(x.dtype, T => {
         let xs = bytemuck::try_cast_slice::<u8, T>(x.data).map_err(misaligned)?;
@@ -683,19 +575,10 @@ mod tests {
         assert_eq!(y.shape, [2, 3]);
         assert_eq!(values(&y), [11.0, 22.0, 33.0, 14.0, 25.0, 36.0]);
         let s = f32s(&[], &[2.0]);
-        assert_eq!(
-            values(&run2("Sub", &s, &a)),
-            [1.0, 0.0, -1.0, -2.0, -3.0, -4.0]
-        );
-        assert_eq!(
-            values(&run2("Mul", &a, &s)),
-            [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
-        );
+        assert_eq!(values(&run2("Sub", &s, &a)), [1.0, 0.0, -1.0, -2.0, -3.0, -4.0]);
+        assert_eq!(values(&run2("Mul", &a, &s)), [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]);
         let col = f32s(&[2, 1], &[1.0, 2.0]);
-        assert_eq!(
-            values(&run2("Div", &a, &col)),
-            [1.0, 2.0, 3.0, 2.0, 2.5, 3.0]
-        );
+        assert_eq!(values(&run2("Div", &a, &col)), [1.0, 2.0, 3.0, 2.0, 2.5, 3.0]);
     }
 
     #[test]
@@ -724,15 +607,11 @@ mod tests {
         let b = Tensor::from_vec(&[4], vec![3i64, 3, -3, -3]);
         assert_eq!(values(&run2("Mod", &a, &b)), [1.0, 2.0, -2.0, -1.0]);
         let fmod = [Attribute::int("fmod", 1)];
-        let y = run_op("Mod", 13, &fmod, &[Some(&a), Some(&b)])
-            .unwrap()
-            .remove(0);
+        let y = run_op("Mod", 13, &fmod, &[Some(&a), Some(&b)]).unwrap().remove(0);
         assert_eq!(values(&y), [1.0, -1.0, 1.0, -1.0]);
         let x = f32s(&[2], &[-4.3, 5.5]);
         let m = f32s(&[1], &[2.0]);
-        let y = run_op("Mod", 13, &fmod, &[Some(&x), Some(&m)])
-            .unwrap()
-            .remove(0);
+        let y = run_op("Mod", 13, &fmod, &[Some(&x), Some(&m)]).unwrap().remove(0);
         let v = values(&y);
         assert!((v[0] + 0.3).abs() < 1e-6 && (v[1] - 1.5).abs() < 1e-6);
         let y = run2("Mod", &x, &m);
@@ -741,13 +620,7 @@ mod tests {
         let u = Tensor::from_vec(&[2], vec![7u8, 9]);
         let w = Tensor::from_vec(&[2], vec![4u8, 0]);
         assert_eq!(values(&run2("Mod", &u, &w)), [3.0, 0.0]);
-        assert!(run_op(
-            "Mod",
-            13,
-            &[Attribute::int("fmod", 2)],
-            &[Some(&a), Some(&b)]
-        )
-        .is_err());
+        assert!(run_op("Mod", 13, &[Attribute::int("fmod", 2)], &[Some(&a), Some(&b)]).is_err());
     }
 
     #[test]
@@ -766,10 +639,7 @@ mod tests {
         assert_eq!(values(&y), [1.0, 32.0, 729.0]);
         let ei = Tensor::from_vec(&[3], vec![62i64, -1, 0]);
         let b = Tensor::from_vec(&[3], vec![2i64, -1, 5]);
-        assert_eq!(
-            run2("Pow", &b, &ei).as_slice::<i64>().unwrap(),
-            [1i64 << 62, -1, 1]
-        );
+        assert_eq!(run2("Pow", &b, &ei).as_slice::<i64>().unwrap(), [1i64 << 62, -1, 1]);
     }
 
     #[test]
@@ -796,9 +666,7 @@ mod tests {
         assert_eq!(values(&y), [7.0, 10.0, 14.0, 14.0, 17.0, 21.0]);
         let y = run_op("Mean", 13, &[], &ins).unwrap().remove(0);
         assert_eq!(values(&y)[0], (7.0f32 / 3.0) as f64);
-        let y = run_op("Mean", 13, &[], &[Some(&p), Some(&q)])
-            .unwrap()
-            .remove(0);
+        let y = run_op("Mean", 13, &[], &[Some(&p), Some(&q)]).unwrap().remove(0);
         assert_eq!(values(&y), [1.5, 3.0, 5.0, 5.0, 6.5, 8.5]);
         let y = run_op("Sum", 13, &[], &[Some(&p)]).unwrap().remove(0);
         assert_eq!(values(&y), [1.0, 8.0]);
@@ -806,9 +674,7 @@ mod tests {
         let i = Tensor::from_vec(&[2], vec![3i32, -4]);
         let j = Tensor::from_vec(&[2], vec![1i32, 9]);
         let k = Tensor::from_vec(&[1], vec![2i32]);
-        let y = run_op("Max", 13, &[], &[Some(&i), Some(&j), Some(&k)])
-            .unwrap()
-            .remove(0);
+        let y = run_op("Max", 13, &[], &[Some(&i), Some(&j), Some(&k)]).unwrap().remove(0);
         assert_eq!(values(&y), [3.0, 9.0]);
         assert!(run_op("Mean", 13, &[], &[Some(&i), Some(&j)]).is_err());
     }
@@ -845,17 +711,13 @@ mod tests {
         let c = Tensor::from_bools(&[2, 1], &[true, false]);
         let x = f32s(&[3], &[1.0, 2.0, 3.0]);
         let y = f32s(&[], &[-1.0]);
-        let out = run_op("Where", 16, &[], &[Some(&c), Some(&x), Some(&y)])
-            .unwrap()
-            .remove(0);
+        let out = run_op("Where", 16, &[], &[Some(&c), Some(&x), Some(&y)]).unwrap().remove(0);
         assert_eq!(out.shape, [2, 3]);
         assert_eq!(values(&out), [1.0, 2.0, 3.0, -1.0, -1.0, -1.0]);
         let xb = Tensor::from_bools(&[2], &[true, true]);
         let yb = Tensor::from_bools(&[2], &[false, false]);
         let cb = Tensor::from_bools(&[2], &[false, true]);
-        let out = run_op("Where", 16, &[], &[Some(&cb), Some(&xb), Some(&yb)])
-            .unwrap()
-            .remove(0);
+        let out = run_op("Where", 16, &[], &[Some(&cb), Some(&xb), Some(&yb)]).unwrap().remove(0);
         assert_eq!(values(&out), [0.0, 1.0]);
         let xi = Tensor::from_vec(&[2], vec![1i64, 2]);
         assert!(run_op("Where", 16, &[], &[Some(&cb), Some(&xi), Some(&x)]).is_err());
@@ -867,14 +729,9 @@ mod tests {
         let a = f32s(&[2, 3, 2], &[0.0; 12]);
         let b = f32s(&[3], &[1.0, 2.0, 3.0]);
         let attrs = [Attribute::int("broadcast", 1), Attribute::int("axis", 1)];
-        let y = run_op("Add", 6, &attrs, &[Some(&a), Some(&b)])
-            .unwrap()
-            .remove(0);
+        let y = run_op("Add", 6, &attrs, &[Some(&a), Some(&b)]).unwrap().remove(0);
         assert_eq!(y.shape, [2, 3, 2]);
-        assert_eq!(
-            values(&y),
-            [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
-        );
+        assert_eq!(values(&y), [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0]);
         let bad = [Attribute::int("broadcast", 1), Attribute::int("axis", 2)];
         assert!(run_op("Add", 6, &bad, &[Some(&a), Some(&b)]).is_err());
     }
@@ -883,67 +740,27 @@ mod tests {
     fn infer_is_symbolic_and_checks_inputs() {
         let s = vec![Dim::sym("batch"), Dim::sym("seq"), Dim::Known(768)];
         let bias = dims(&[768]);
-        let out = infer_op(
-            "Add",
-            14,
-            &[],
-            &[
-                Some((DType::F32, s.clone())),
-                Some((DType::F32, bias.clone())),
-            ],
-        )
-        .unwrap();
+        let out = infer_op("Add", 14, &[], &[Some((DType::F32, s.clone())), Some((DType::F32, bias.clone()))]).unwrap();
         assert_eq!(out, vec![OutputInfo::new(DType::F32, s.clone())]);
         let mask = vec![Dim::sym("batch"), Dim::Known(1), Dim::Known(1)];
         let out = infer_op(
             "Where",
             16,
             &[],
-            &[
-                Some((DType::Bool, mask)),
-                Some((DType::F16, s.clone())),
-                Some((DType::F16, vec![])),
-            ],
+            &[Some((DType::Bool, mask)), Some((DType::F16, s.clone())), Some((DType::F16, vec![]))],
         )
         .unwrap();
         assert_eq!(out[0].shape, s);
         assert_eq!(out[0].dtype, DType::F16);
-        let out = infer_op(
-            "Less",
-            13,
-            &[],
-            &[Some((DType::I64, s.clone())), Some((DType::I64, vec![]))],
-        )
-        .unwrap();
+        let out = infer_op("Less", 13, &[], &[Some((DType::I64, s.clone())), Some((DType::I64, vec![]))]).unwrap();
         assert_eq!(out[0].dtype, DType::Bool);
         // Mismatched dtypes, shapes and arity are errors.
-        assert!(infer_op(
-            "Add",
-            14,
-            &[],
-            &[Some((DType::F32, s.clone())), Some((DType::F16, bias))]
-        )
-        .is_err());
-        assert!(infer_op(
-            "Add",
-            14,
-            &[],
-            &[
-                Some((DType::F32, s.clone())),
-                Some((DType::F32, dims(&[5])))
-            ]
-        )
-        .is_err());
+        assert!(infer_op("Add", 14, &[], &[Some((DType::F32, s.clone())), Some((DType::F16, bias))]).is_err());
+        assert!(infer_op("Add", 14, &[], &[Some((DType::F32, s.clone())), Some((DType::F32, dims(&[5])))]).is_err());
         assert!(infer_op("Add", 14, &[], &[Some((DType::F32, s.clone()))]).is_err());
         assert!(infer_op("Add", 14, &[], &[Some((DType::F32, s.clone())), None]).is_err());
         assert!(infer_op("Sum", 13, &[], &[]).is_err());
-        assert!(infer_op(
-            "Add",
-            14,
-            &[],
-            &[Some((DType::Bool, s.clone())), Some((DType::Bool, s))]
-        )
-        .is_err());
+        assert!(infer_op("Add", 14, &[], &[Some((DType::Bool, s.clone())), Some((DType::Bool, s))]).is_err());
     }
 
     #[test]

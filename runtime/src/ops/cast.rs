@@ -40,13 +40,11 @@ fn target_dtype(spec: &OpSpec) -> Result<DType, KernelError> {
             let Ok(Some(name)) = spec.attrs.string_opt("to") else {
                 return Err(int_err);
             };
-            legacy_code(&name)
-                .ok_or_else(|| KernelError::attr("to", format!("unknown type {name}")))?
+            legacy_code(&name).ok_or_else(|| KernelError::attr("to", format!("unknown type {name}")))?
         }
     };
     let code = i32::try_from(code).map_err(|_| KernelError::attr("to", "is out of range"))?;
-    DType::from_onnx_code(code)
-        .ok_or_else(|| KernelError::unsupported(format!("Cast to {}", DType::onnx_name(code))))
+    DType::from_onnx_code(code).ok_or_else(|| KernelError::unsupported(format!("Cast to {}", DType::onnx_name(code))))
 }
 
 /// Opset 1 spelled the target type as the `TensorProto.DataType` enum name.
@@ -85,33 +83,20 @@ impl Cast {
 }
 
 impl Kernel for Cast {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let like = inputs.get(1).copied().flatten().map(|t| t.dtype);
         let to = self.target(like)?;
         Ok(vec![OutputInfo::new(to, x.shape.to_vec())])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let like = inputs.get(1).copied().flatten().map(|t| t.dtype);
         let to = self.target(like)?;
-        let out = outputs
-            .first_mut()
-            .ok_or_else(|| KernelError::invalid("Cast needs one output"))?;
+        let out = outputs.first_mut().ok_or_else(|| KernelError::invalid("Cast needs one output"))?;
         if out.dtype != to {
-            return Err(KernelError::invalid(format!(
-                "Cast output is {}, expected {to}",
-                out.dtype
-            )));
+            return Err(KernelError::invalid(format!("Cast output is {}, expected {to}", out.dtype)));
         }
         cast_into(x, out)
     }
@@ -120,11 +105,7 @@ impl Kernel for Cast {
 /// Converts every element of `x` into `out` (same element count, any dtypes).
 pub(crate) fn cast_into(x: TensorRef, out: &mut TensorMut) -> Result<(), KernelError> {
     if x.numel() != out.numel() || x.data.len() != x.numel() * x.dtype.size() {
-        return Err(KernelError::invalid(format!(
-            "Cast of {} elements into {}",
-            x.numel(),
-            out.numel()
-        )));
+        return Err(KernelError::invalid(format!("Cast of {} elements into {}", x.numel(), out.numel())));
     }
     if x.dtype == out.dtype {
         out.data.copy_from_slice(x.data);
@@ -137,11 +118,7 @@ pub(crate) fn cast_into(x: TensorRef, out: &mut TensorMut) -> Result<(), KernelE
         }, _ => unreachable_dtype(x.dtype));
     }
     // Bools are 0 or 1, so reading them as u8 converts them exactly.
-    let src = if x.dtype == DType::Bool {
-        DType::U8
-    } else {
-        x.dtype
-    };
+    let src = if x.dtype == DType::Bool { DType::U8 } else { x.dtype };
     let x = TensorRef { dtype: src, ..x };
     with_num!(out.dtype, D => {
         let o = out.typed::<D>()?;
@@ -385,9 +362,7 @@ mod tests {
     fn cast_like_takes_the_second_dtype() {
         let x = Tensor::from_vec(&[2], vec![1.5f64, -2.5]);
         let like = Tensor::from_vec(&[0], Vec::<i16>::new());
-        let y = run_op("CastLike", 21, &[], &[Some(&x), Some(&like)])
-            .unwrap()
-            .remove(0);
+        let y = run_op("CastLike", 21, &[], &[Some(&x), Some(&like)]).unwrap().remove(0);
         assert_eq!(y.dtype, DType::I16);
         assert_eq!(values(&y), [1.0, -2.0]);
     }
@@ -420,17 +395,10 @@ mod tests {
         let dtypes = DType::ALL;
         for &from in &dtypes {
             let src = Tensor::from_vec(&[3], vec![0.0f64, 1.0, 2.0]);
-            let src = if from == DType::F64 {
-                src
-            } else {
-                cast(&src, from)
-            };
+            let src = if from == DType::F64 { src } else { cast(&src, from) };
             for &to in &dtypes {
-                let want: Vec<f64> = if to == DType::Bool || from == DType::Bool {
-                    vec![0.0, 1.0, 1.0]
-                } else {
-                    vec![0.0, 1.0, 2.0]
-                };
+                let want: Vec<f64> =
+                    if to == DType::Bool || from == DType::Bool { vec![0.0, 1.0, 1.0] } else { vec![0.0, 1.0, 2.0] };
                 assert_eq!(values(&cast(&src, to)), want, "{from} -> {to}");
             }
         }

@@ -75,10 +75,7 @@ pub fn build(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
         "Exp" => Op::Exp,
         "Floor" => Op::Floor,
         "Gelu" => Op::Gelu { tanh: false },
-        "IsInf" => Op::IsInf {
-            negative: true,
-            positive: true,
-        },
+        "IsInf" => Op::IsInf { negative: true, positive: true },
         "IsNaN" => Op::IsNaN,
         "Log" => Op::Log,
         "Neg" => Op::Neg,
@@ -102,10 +99,7 @@ fn configure(op: Op, spec: &OpSpec) -> Result<Op, KernelError> {
             "none" => Op::Gelu { tanh: false },
             "tanh" => Op::Gelu { tanh: true },
             other => {
-                return Err(KernelError::attr(
-                    "approximate",
-                    format!("must be \"none\" or \"tanh\", got \"{other}\""),
-                ))
+                return Err(KernelError::attr("approximate", format!("must be \"none\" or \"tanh\", got \"{other}\"")))
             }
         },
         Op::IsInf { .. } => Op::IsInf {
@@ -156,33 +150,17 @@ struct Unary {
 }
 
 impl Kernel for Unary {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
-        Ok(vec![OutputInfo::new(
-            self.op.out_dtype(x.dtype)?,
-            x.shape.to_vec(),
-        )])
+        Ok(vec![OutputInfo::new(self.op.out_dtype(x.dtype)?, x.shape.to_vec())])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let dtype = self.op.out_dtype(x.dtype)?;
-        let out = outputs
-            .first_mut()
-            .ok_or_else(|| KernelError::invalid("missing output"))?;
+        let out = outputs.first_mut().ok_or_else(|| KernelError::invalid("missing output"))?;
         if out.dtype != dtype {
-            return Err(KernelError::invalid(format!(
-                "output is {}, expected {dtype}",
-                out.dtype
-            )));
+            return Err(KernelError::invalid(format!("output is {}, expected {dtype}", out.dtype)));
         }
         match self.op {
             Op::Not => map(x.typed::<u8>()?, out.typed::<u8>()?, |v| u8::from(v == 0)),
@@ -319,9 +297,7 @@ fn int_op<T: IntUnary>(op: Op, x: &[T], o: &mut [T]) -> Result<(), KernelError> 
         Op::Neg => map(x, o, T::neg_w),
         Op::Relu => map(x, o, |v: T| if v < T::ZERO { T::ZERO } else { v }),
         Op::Sign => map(x, o, T::sign),
-        op => Err(KernelError::invalid(format!(
-            "{op:?} does not take integers"
-        ))),
+        op => Err(KernelError::invalid(format!("{op:?} does not take integers"))),
     }
 }
 
@@ -357,20 +333,13 @@ struct Clip {
 
 impl Clip {
     fn new(spec: &OpSpec) -> Result<Self, KernelError> {
-        let attrs = if spec.opset < 11 {
-            Some((spec.attrs.float_opt("min")?, spec.attrs.float_opt("max")?))
-        } else {
-            None
-        };
+        let attrs =
+            if spec.opset < 11 { Some((spec.attrs.float_opt("min")?, spec.attrs.float_opt("max")?)) } else { None };
         Ok(Clip { attrs })
     }
 
     /// Checks the input dtype and that the bound inputs match it and hold one element.
-    fn check(
-        &self,
-        x: DType,
-        bounds: [Option<(DType, Option<usize>)>; 2],
-    ) -> Result<(), KernelError> {
+    fn check(&self, x: DType, bounds: [Option<(DType, Option<usize>)>; 2]) -> Result<(), KernelError> {
         let ok = match self.attrs {
             Some(_) => x.is_float(),
             None => x.is_float() || x.is_int(),
@@ -381,19 +350,13 @@ impl Clip {
         for (i, b) in bounds.into_iter().enumerate() {
             let Some((d, n)) = b else { continue };
             if self.attrs.is_some() {
-                return Err(KernelError::input(
-                    i + 1,
-                    "bounds are attributes before opset 11",
-                ));
+                return Err(KernelError::input(i + 1, "bounds are attributes before opset 11"));
             }
             if d != x {
                 return Err(KernelError::input(i + 1, format!("is {d}, expected {x}")));
             }
             if let Some(n) = n.filter(|&n| n != 1) {
-                return Err(KernelError::input(
-                    i + 1,
-                    format!("must hold one value, has {n}"),
-                ));
+                return Err(KernelError::input(i + 1, format!("must hold one value, has {n}")));
             }
         }
         Ok(())
@@ -402,43 +365,24 @@ impl Clip {
 
 /// Element count of a shape when every dim is known.
 fn known_count(shape: &[Dim]) -> Option<usize> {
-    shape
-        .iter()
-        .map(|d| d.known().and_then(|v| usize::try_from(v).ok()))
-        .product()
+    shape.iter().map(|d| d.known().and_then(|v| usize::try_from(v).ok())).product()
 }
 
 impl Kernel for Clip {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
-        let bound = |i: usize| {
-            inputs
-                .get(i)
-                .copied()
-                .flatten()
-                .map(|t| (t.dtype, known_count(t.shape)))
-        };
+        let bound = |i: usize| inputs.get(i).copied().flatten().map(|t| (t.dtype, known_count(t.shape)));
         self.check(x.dtype, [bound(1), bound(2)])?;
         Ok(vec![OutputInfo::new(x.dtype, x.shape.to_vec())])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let bound = |i: usize| inputs.get(i).copied().flatten();
         let (lo, hi) = (bound(1), bound(2));
         let shape_of = |t: Option<TensorRef>| t.map(|t| (t.dtype, Some(t.numel())));
         self.check(x.dtype, [shape_of(lo), shape_of(hi)])?;
-        let out = outputs
-            .first_mut()
-            .ok_or_else(|| KernelError::invalid("missing output"))?;
+        let out = outputs.first_mut().ok_or_else(|| KernelError::invalid("missing output"))?;
         with_num!(x.dtype, T => {
             let read = |t: Option<TensorRef>, attr: Option<f32>| -> Result<Option<T>, KernelError> {
                 Ok(match t {
@@ -505,11 +449,7 @@ mod tests {
         close(&values(&run1("Sin", &x)), &xs.map(f64::sin), tol);
         close(&values(&run1("Cos", &x)), &xs.map(f64::cos), tol);
         close(&values(&run1("Tanh", &x)), &xs.map(f64::tanh), tol);
-        close(
-            &values(&run1("Sigmoid", &x)),
-            &xs.map(|v| 1.0 / (1.0 + (-v).exp())),
-            tol,
-        );
+        close(&values(&run1("Sigmoid", &x)), &xs.map(|v| 1.0 / (1.0 + (-v).exp())), tol);
         let p = Tensor::from_vec(&[3], vec![4.0f64, 1.0, -1.0]);
         let s = values(&run1("Sqrt", &p));
         assert_eq!(&s[..2], [2.0, 1.0]);
@@ -528,23 +468,13 @@ mod tests {
     #[test]
     fn erf_and_gelu() {
         let x = Tensor::from_vec(&[3], vec![-1.0f32, 0.0, 0.5]);
-        close(
-            &values(&run1("Erf", &x)),
-            &[-0.8427007929497149, 0.0, 0.5204998778130465],
-            1e-7,
-        );
+        close(&values(&run1("Erf", &x)), &[-0.8427007929497149, 0.0, 0.5204998778130465], 1e-7);
         let phi = |v: f64| 0.5 * v * (1.0 + erf::erf64(v / 2f64.sqrt()));
-        close(
-            &values(&run1("Gelu", &x)),
-            &[phi(-1.0), 0.0, phi(0.5)],
-            1e-7,
-        );
+        close(&values(&run1("Gelu", &x)), &[phi(-1.0), 0.0, phi(0.5)], 1e-7);
         let tanh = [Attribute::string("approximate", "tanh")];
         let y = run_op("Gelu", 20, &tanh, &[Some(&x)]).unwrap().remove(0);
-        let approx = |v: f64| {
-            0.5 * v
-                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
-        };
+        let approx =
+            |v: f64| 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh());
         close(&values(&y), &[approx(-1.0), 0.0, approx(0.5)], 1e-7);
         let bad = [Attribute::string("approximate", "fast")];
         assert!(run_op("Gelu", 20, &bad, &[Some(&x)]).is_err());
@@ -563,14 +493,8 @@ mod tests {
     #[test]
     fn integer_ops() {
         let x = Tensor::from_vec(&[4], vec![-3i32, 0, 5, i32::MIN]);
-        assert_eq!(
-            run1("Abs", &x).as_slice::<i32>().unwrap(),
-            [3, 0, 5, i32::MIN]
-        );
-        assert_eq!(
-            run1("Neg", &x).as_slice::<i32>().unwrap(),
-            [3, 0, -5, i32::MIN]
-        );
+        assert_eq!(run1("Abs", &x).as_slice::<i32>().unwrap(), [3, 0, 5, i32::MIN]);
+        assert_eq!(run1("Neg", &x).as_slice::<i32>().unwrap(), [3, 0, -5, i32::MIN]);
         assert_eq!(values(&run1("Relu", &x)), [0.0, 0.0, 5.0, 0.0]);
         assert_eq!(values(&run1("Sign", &x)), [-1.0, 0.0, 1.0, -1.0]);
         let u = Tensor::from_vec(&[2], vec![0u8, 7]);
@@ -585,9 +509,7 @@ mod tests {
         assert_eq!(y.dtype, DType::Bool);
         assert_eq!(values(&y), [1.0, 1.0, 0.0, 0.0]);
         let neg_only = [Attribute::int("detect_positive", 0)];
-        let y = run_op("IsInf", 20, &neg_only, &[Some(&x)])
-            .unwrap()
-            .remove(0);
+        let y = run_op("IsInf", 20, &neg_only, &[Some(&x)]).unwrap().remove(0);
         assert_eq!(values(&y), [0.0, 1.0, 0.0, 0.0]);
         assert_eq!(values(&run1("IsNaN", &x)), [0.0, 0.0, 1.0, 0.0]);
         let b = Tensor::from_bools(&[2], &[true, false]);
@@ -600,22 +522,16 @@ mod tests {
         let x = Tensor::from_vec(&[4], vec![-2.0f32, 0.5, 3.0, f32::NAN]);
         let lo = Tensor::from_vec(&[], vec![-1.0f32]);
         let hi = Tensor::from_vec(&[1], vec![1.0f32]);
-        let y = run_op("Clip", 13, &[], &[Some(&x), Some(&lo), Some(&hi)])
-            .unwrap()
-            .remove(0);
+        let y = run_op("Clip", 13, &[], &[Some(&x), Some(&lo), Some(&hi)]).unwrap().remove(0);
         let v = values(&y);
         assert_eq!(&v[..3], [-1.0, 0.5, 1.0]);
         assert!(v[3].is_nan());
-        let y = run_op("Clip", 13, &[], &[Some(&x), None, Some(&hi)])
-            .unwrap()
-            .remove(0);
+        let y = run_op("Clip", 13, &[], &[Some(&x), None, Some(&hi)]).unwrap().remove(0);
         assert_eq!(&values(&y)[..3], [-2.0, 0.5, 1.0]);
         let y = run_op("Clip", 13, &[], &[Some(&x)]).unwrap().remove(0);
         assert_eq!(&values(&y)[..3], [-2.0, 0.5, 3.0]);
         // min > max: everything becomes max, as numpy.
-        let y = run_op("Clip", 13, &[], &[Some(&x), Some(&hi), Some(&lo)])
-            .unwrap()
-            .remove(0);
+        let y = run_op("Clip", 13, &[], &[Some(&x), Some(&hi), Some(&lo)]).unwrap().remove(0);
         assert_eq!(&values(&y)[..3], [-1.0, -1.0, -1.0]);
         // Opset 6 attributes.
         let attrs = [Attribute::float("min", 0.0), Attribute::float("max", 2.0)];
@@ -625,9 +541,7 @@ mod tests {
         let i = Tensor::from_vec(&[3], vec![-5i64, 3, 10]);
         let l = Tensor::from_vec(&[], vec![0i64]);
         let h = Tensor::from_vec(&[], vec![5i64]);
-        let y = run_op("Clip", 13, &[], &[Some(&i), Some(&l), Some(&h)])
-            .unwrap()
-            .remove(0);
+        let y = run_op("Clip", 13, &[], &[Some(&i), Some(&l), Some(&h)]).unwrap().remove(0);
         assert_eq!(y.as_slice::<i64>().unwrap(), [0, 3, 5]);
         // Bad bounds.
         let two = Tensor::from_vec(&[2], vec![0i64, 1]);
@@ -642,27 +556,13 @@ mod tests {
         assert_eq!(out, vec![OutputInfo::new(DType::F32, s.clone())]);
         let out = infer_op("IsNaN", 20, &[], &[Some((DType::F16, s.clone()))]).unwrap();
         assert_eq!(out[0].dtype, DType::Bool);
-        let out = infer_op(
-            "Clip",
-            13,
-            &[],
-            &[
-                Some((DType::F32, s.clone())),
-                Some((DType::F32, vec![Dim::sym("n")])),
-                None,
-            ],
-        )
-        .unwrap();
+        let out =
+            infer_op("Clip", 13, &[], &[Some((DType::F32, s.clone())), Some((DType::F32, vec![Dim::sym("n")])), None])
+                .unwrap();
         assert_eq!(out[0].shape, s);
         assert!(infer_op("Sqrt", 13, &[], &[Some((DType::I64, s.clone()))]).is_err());
         assert!(infer_op("Sqrt", 13, &[], &[None]).is_err());
-        assert!(infer_op(
-            "Clip",
-            13,
-            &[],
-            &[Some((DType::F32, s.clone())), Some((DType::F64, vec![]))]
-        )
-        .is_err());
+        assert!(infer_op("Clip", 13, &[], &[Some((DType::F32, s.clone())), Some((DType::F64, vec![]))]).is_err());
         assert!(infer_op("Clip", 6, &[], &[Some((DType::I32, s))]).is_err());
     }
 
@@ -672,9 +572,6 @@ mod tests {
         let x = Tensor::from_vec(&[n], (0..n).map(|i| i as f32 - 50_000.0).collect());
         let y = run1("Relu", &x);
         let y = y.as_slice::<f32>().unwrap();
-        assert!(y
-            .iter()
-            .enumerate()
-            .all(|(i, &v)| v == (i as f32 - 50_000.0).max(0.0)));
+        assert!(y.iter().enumerate().all(|(i, &v)| v == (i as f32 - 50_000.0).max(0.0)));
     }
 }

@@ -21,9 +21,7 @@ fn chunk_len(total: usize) -> usize {
 fn split<O: Send>(out: &mut [O], body: impl Fn(usize, &mut [O]) + Sync) {
     if out.len() >= PAR_MIN {
         let c = chunk_len(out.len());
-        out.par_chunks_mut(c)
-            .enumerate()
-            .for_each(|(i, o)| body(i * c, o));
+        out.par_chunks_mut(c).enumerate().for_each(|(i, o)| body(i * c, o));
     } else {
         body(0, out);
     }
@@ -36,11 +34,7 @@ pub(crate) fn map<A: Copy + Sync, O: Send>(
     f: impl Fn(A) -> O + Sync,
 ) -> Result<(), KernelError> {
     if x.len() != out.len() {
-        return Err(KernelError::invalid(format!(
-            "elementwise input has {} elements, output {}",
-            x.len(),
-            out.len()
-        )));
+        return Err(KernelError::invalid(format!("elementwise input has {} elements, output {}", x.len(), out.len())));
     }
     split(out, |start, o| {
         let x = &x[start..start + o.len()];
@@ -76,28 +70,17 @@ impl<const N: usize> Layout<N> {
     /// The walk of an output of shape `out` holding `out_len` elements over inputs given as
     /// (shape, element count). An error when an input does not broadcast to `out` or a buffer
     /// length does not match its shape, so the loops never index outside a slice.
-    pub(crate) fn new(
-        out: &[usize],
-        out_len: usize,
-        inputs: [(&[usize], usize); N],
-    ) -> Result<Self, KernelError> {
+    pub(crate) fn new(out: &[usize], out_len: usize, inputs: [(&[usize], usize); N]) -> Result<Self, KernelError> {
         let total: usize = out.iter().product();
         if total != out_len {
-            return Err(KernelError::invalid(format!(
-                "output of shape {out:?} has {out_len} elements"
-            )));
+            return Err(KernelError::invalid(format!("output of shape {out:?} has {out_len} elements")));
         }
         let mut strides: Vec<Vec<usize>> = Vec::with_capacity(N);
         for (k, (shape, len)) in inputs.iter().enumerate() {
             if shape.iter().product::<usize>() != *len {
-                return Err(KernelError::input(
-                    k,
-                    format!("shape {shape:?} does not match its {len} elements"),
-                ));
+                return Err(KernelError::input(k, format!("shape {shape:?} does not match its {len} elements")));
             }
-            strides.push(
-                broadcast_strides(shape, out).map_err(|e| KernelError::input(k, e.to_string()))?,
-            );
+            strides.push(broadcast_strides(shape, out).map_err(|e| KernelError::input(k, e.to_string()))?);
         }
         // Merge neighbouring axes wherever every input walks them as one (both contiguous, or
         // both broadcast); size-1 axes drop out.
@@ -120,13 +103,7 @@ impl<const N: usize> Layout<N> {
         }
         let inner = dims.pop().unwrap_or(1);
         let inner_strides = dim_strides.pop().unwrap_or([0; N]);
-        Ok(Layout {
-            outer: dims,
-            outer_strides: dim_strides,
-            inner,
-            inner_strides,
-            total,
-        })
+        Ok(Layout { outer: dims, outer_strides: dim_strides, inner, inner_strides, total })
     }
 
     /// Calls `f(output position, [input offsets], run length)` for each run of output positions
@@ -259,12 +236,7 @@ pub(crate) fn zip3<A: Copy + Sync, B: Copy + Sync, C: Copy + Sync, O: Send>(
         l.segments(start, start + out.len(), |pos, [oa, ob, oc], n| {
             let o = &mut out[pos - start..pos - start + n];
             if sa == 1 && sb == 1 && sc == 1 {
-                for (((o, &x), &y), &z) in o
-                    .iter_mut()
-                    .zip(&a[oa..oa + n])
-                    .zip(&b[ob..ob + n])
-                    .zip(&c[oc..oc + n])
-                {
+                for (((o, &x), &y), &z) in o.iter_mut().zip(&a[oa..oa + n]).zip(&b[ob..ob + n]).zip(&c[oc..oc + n]) {
                     *o = f(x, y, z);
                 }
             } else {
@@ -291,28 +263,16 @@ mod tests {
     #[test]
     fn collapses_and_broadcasts() {
         // Bias add: [2,3] + [3].
-        assert_eq!(
-            add(&[0, 10, 20, 30, 40, 50], &[2, 3], &[1, 2, 3], &[3], &[2, 3]),
-            [1, 12, 23, 31, 42, 53]
-        );
+        assert_eq!(add(&[0, 10, 20, 30, 40, 50], &[2, 3], &[1, 2, 3], &[3], &[2, 3]), [1, 12, 23, 31, 42, 53]);
         // Column broadcast: [2,1] + [1,3].
-        assert_eq!(
-            add(&[100, 200], &[2, 1], &[1, 2, 3], &[1, 3], &[2, 3]),
-            [101, 102, 103, 201, 202, 203]
-        );
+        assert_eq!(add(&[100, 200], &[2, 1], &[1, 2, 3], &[1, 3], &[2, 3]), [101, 102, 103, 201, 202, 203]);
         // Scalar operand and rank-0 output.
         assert_eq!(add(&[5], &[], &[1, 2], &[2], &[2]), [6, 7]);
         assert_eq!(add(&[5], &[], &[1], &[1], &[1]), [6]);
         // Middle-axis broadcast: [2,1,2] + [2,3,2] keeps three axes apart.
         let b: Vec<i64> = (0..12).collect();
         assert_eq!(
-            add(
-                &[100, 200, 300, 400],
-                &[2, 1, 2],
-                &b,
-                &[2, 3, 2],
-                &[2, 3, 2]
-            ),
+            add(&[100, 200, 300, 400], &[2, 1, 2], &b, &[2, 3, 2], &[2, 3, 2]),
             [100, 201, 102, 203, 104, 205, 306, 407, 308, 409, 310, 411]
         );
         // Empty output.
@@ -326,10 +286,7 @@ mod tests {
         let a: Vec<i64> = (0..rows as i64 * 7).collect();
         let b: Vec<i64> = (0..7).map(|v| v * 1000).collect();
         let o = add(&a, &[rows, 7], &b, &[7], &[rows, 7]);
-        assert!(o
-            .iter()
-            .enumerate()
-            .all(|(i, &v)| v == i as i64 + (i as i64 % 7) * 1000));
+        assert!(o.iter().enumerate().all(|(i, &v)| v == i as i64 + (i as i64 % 7) * 1000));
     }
 
     #[test]

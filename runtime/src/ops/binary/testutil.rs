@@ -9,12 +9,7 @@ use kiln_formats::tensor::read_i64;
 use kiln_formats::{DType, Dim, Tensor};
 
 fn spec<'a>(op: &'a str, opset: i64, attrs: &'a [Attribute]) -> OpSpec<'a> {
-    OpSpec {
-        op,
-        domain: "",
-        opset,
-        attrs: Attrs(attrs),
-    }
+    OpSpec { op, domain: "", opset, attrs: Attrs(attrs) }
 }
 
 /// Shape inference alone, on (dtype, dims) inputs.
@@ -27,14 +22,7 @@ pub(crate) fn infer_op(
     let k = crate::ops::build(&spec(op, opset, attrs))?;
     let si: Vec<Option<ShapeInput>> = inputs
         .iter()
-        .map(|i| {
-            i.as_ref().map(|(dtype, shape)| ShapeInput {
-                dtype: *dtype,
-                shape,
-                value: None,
-                data: None,
-            })
-        })
+        .map(|i| i.as_ref().map(|(dtype, shape)| ShapeInput { dtype: *dtype, shape, value: None, data: None }))
         .collect();
     k.infer(&si, &mut RunCx)
 }
@@ -49,10 +37,7 @@ pub(crate) fn run_op(
     let k = crate::ops::build(&spec(op, opset, attrs))?;
     let dims: Vec<Vec<Dim>> = inputs
         .iter()
-        .map(|t| {
-            t.map(|t| t.shape.iter().map(|&d| Dim::Known(d as i64)).collect())
-                .unwrap_or_default()
-        })
+        .map(|t| t.map(|t| t.shape.iter().map(|&d| Dim::Known(d as i64)).collect()).unwrap_or_default())
         .collect();
     let values: Vec<Option<Vec<Dim>>> = inputs
         .iter()
@@ -62,9 +47,7 @@ pub(crate) fn run_op(
             if !k.value_inputs().contains(&i) {
                 return None;
             }
-            (0..t.numel())
-                .map(|j| read_i64(t.dtype, t.bytes(), j).map(Dim::Known))
-                .collect()
+            (0..t.numel()).map(|j| read_i64(t.dtype, t.bytes(), j).map(Dim::Known)).collect()
         })
         .collect();
     let si: Vec<Option<ShapeInput>> = inputs
@@ -83,23 +66,14 @@ pub(crate) fn run_op(
     let mut outs = Vec::new();
     for info in &infos {
         let shape = concrete(&info.shape)?;
-        outs.push(
-            Tensor::zeros(info.dtype, &shape).map_err(|e| KernelError::invalid(e.to_string()))?,
-        );
+        outs.push(Tensor::zeros(info.dtype, &shape).map_err(|e| KernelError::invalid(e.to_string()))?);
     }
-    let refs: Vec<Option<TensorRef>> = inputs
-        .iter()
-        .map(|t| t.map(TensorRef::from_tensor))
-        .collect();
+    let refs: Vec<Option<TensorRef>> = inputs.iter().map(|t| t.map(TensorRef::from_tensor)).collect();
     let shapes: Vec<Vec<usize>> = outs.iter().map(|t| t.shape.clone()).collect();
     let mut views: Vec<TensorMut> = outs
         .iter_mut()
         .zip(&shapes)
-        .map(|(t, s)| TensorMut {
-            dtype: t.dtype,
-            shape: s,
-            data: t.bytes_mut(),
-        })
+        .map(|(t, s)| TensorMut { dtype: t.dtype, shape: s, data: t.bytes_mut() })
         .collect();
     k.run(&refs, &mut views)?;
     drop(views);

@@ -309,10 +309,7 @@ mod tests {
         for (x, want) in table {
             let got = erf64(x);
             // Within about one ulp, relative to the value.
-            assert!(
-                (got - want).abs() <= 2.5e-16 * want,
-                "erf({x}) = {got}, want {want}"
-            );
+            assert!((got - want).abs() <= 2.5e-16 * want, "erf({x}) = {got}, want {want}");
             assert_eq!(erf64(-x), -got);
         }
     }
