@@ -1,6 +1,6 @@
 //! Concat along one axis (negative counts from the end).
 
-use super::common::agree;
+use super::common::{agree, out0};
 use crate::error::KernelError;
 use crate::kernel::{normalize_axis, required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
 use crate::view::{TensorMut, TensorRef};
@@ -63,7 +63,7 @@ impl Kernel for Concat {
         inputs: &[Option<TensorRef>],
         outputs: &mut [TensorMut],
     ) -> Result<(), KernelError> {
-        let out = &mut outputs[0];
+        let out = out0(outputs)?;
         let axis = normalize_axis(self.axis, out.shape.len())?;
         let es = out.dtype.size();
         let outer: usize = out.shape[..axis].iter().product();

@@ -1,6 +1,6 @@
 //! Constant (a tensor from its attributes) and ConstantOfShape (a shape filled with one value).
 
-use super::common::{check_int, copy_all, elems_mut, fresh_dims, vector_len};
+use super::common::{check_int, copy_all, elems_mut, fresh_dims, out0, vector_len};
 use crate::error::KernelError;
 use crate::kernel::{known_shape, required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
 use crate::view::{TensorMut, TensorRef};
@@ -91,7 +91,7 @@ impl Kernel for Constant {
         _inputs: &[Option<TensorRef>],
         outputs: &mut [TensorMut],
     ) -> Result<(), KernelError> {
-        copy_all(&self.bytes, outputs[0].data)
+        copy_all(&self.bytes, out0(outputs)?.data)
     }
 }
 
@@ -148,7 +148,7 @@ impl Kernel for ConstantOfShape {
         _inputs: &[Option<TensorRef>],
         outputs: &mut [TensorMut],
     ) -> Result<(), KernelError> {
-        let out = &mut outputs[0];
+        let out = out0(outputs)?;
         with_any!(self.dtype, T => {
             let v: T = bytemuck::pod_read_unaligned(&self.value);
             elems_mut::<T>(out.data)?.fill(v);

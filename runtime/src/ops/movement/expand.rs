@@ -1,7 +1,7 @@
 //! Expand (bidirectional broadcast to a shape input) and Tile (repeat along each axis), both as
 //! strided views of the input: zero strides repeat elements.
 
-use super::common::{check_int, fresh_dims, strides_of, vector_len};
+use super::common::{check_int, fresh_dims, out0, strides_of, vector_len};
 use super::strided::strided_copy;
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OutputInfo, ShapeInput};
@@ -58,7 +58,7 @@ impl Kernel for Expand {
         outputs: &mut [TensorMut],
     ) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
-        let out = &mut outputs[0];
+        let out = out0(outputs)?;
         let strides: Vec<isize> = broadcast_strides(x.shape, out.shape)?
             .into_iter()
             .map(|s| s as isize)
@@ -114,7 +114,7 @@ impl Kernel for Tile {
     ) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let reps = required(inputs, 1)?.to_i64_vec()?;
-        let out = &mut outputs[0];
+        let out = out0(outputs)?;
         if reps.len() != x.shape.len() || out.shape.len() != x.shape.len() {
             return Err(KernelError::input(1, "repeats do not match the input rank"));
         }

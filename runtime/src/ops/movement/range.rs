@@ -1,7 +1,7 @@
 //! Range: `start, start + delta, ...` up to (not including) `limit`, with
 //! `max(ceil((limit - start) / delta), 0)` elements, for integer and float scalars.
 
-use super::common::elems_mut;
+use super::common::{check_data, elems_mut, out0};
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OutputInfo, ShapeInput};
 use crate::ops::num::num_like::AccFloat;
@@ -125,10 +125,12 @@ impl Kernel for Range {
             required(inputs, 1)?,
             required(inputs, 2)?,
         );
+        check_data(&s, 0)?;
+        check_data(&d, 2)?;
         if s.numel() != 1 || d.numel() != 1 {
             return Err(KernelError::invalid("start and delta must be scalars"));
         }
-        let out = &mut outputs[0];
+        let out = out0(outputs)?;
         let dt = out.dtype;
         with_float!(dt, T => {
             let (s0, d0) = (

@@ -1,6 +1,6 @@
 //! Shape and Size: int64 tensors describing the input's shape.
 
-use super::common::elems_mut;
+use super::common::{elems_mut, out0};
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
 use crate::view::{TensorMut, TensorRef};
@@ -48,7 +48,7 @@ impl Kernel for Shape {
     ) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let (s, e) = self.window(x.shape.len());
-        let out = elems_mut::<i64>(outputs[0].data)?;
+        let out = elems_mut::<i64>(out0(outputs)?.data)?;
         if out.len() != e - s {
             return Err(KernelError::invalid("output is not sized for the shape"));
         }
@@ -78,7 +78,7 @@ impl Kernel for Size {
         outputs: &mut [TensorMut],
     ) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
-        let out = elems_mut::<i64>(outputs[0].data)?;
+        let out = elems_mut::<i64>(out0(outputs)?.data)?;
         let o = out
             .first_mut()
             .ok_or_else(|| KernelError::invalid("output is not sized for a scalar"))?;

@@ -3,7 +3,7 @@
 //! "to the end" / "from the start"), negative values count from the end, negative steps walk
 //! backwards.
 
-use super::common::{check_int, normalize_axes, strides_of, vector_len};
+use super::common::{check_int, normalize_axes, out0, strides_of, vector_len};
 use super::strided::strided_copy;
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
@@ -285,20 +285,14 @@ impl Kernel for Slice {
             };
             base += start as usize * st[a];
         }
-        if shape != outputs[0].shape {
+        let out = out0(outputs)?;
+        if shape != out.shape {
             return Err(KernelError::invalid(format!(
                 "slice gives {shape:?} but the output is {:?}",
-                outputs[0].shape
+                out.shape
             )));
         }
-        strided_copy(
-            x.dtype.size(),
-            x.data,
-            base,
-            &shape,
-            &strides,
-            outputs[0].data,
-        )
+        strided_copy(x.dtype.size(), x.data, base, &shape, &strides, out.data)
     }
 }
 
