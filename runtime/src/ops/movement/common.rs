@@ -3,7 +3,7 @@
 
 use crate::error::KernelError;
 use crate::kernel::{InferCx, ShapeInput};
-use crate::view::TensorRef;
+use crate::view::{TensorMut, TensorRef};
 use kiln_formats::{DType, Dim};
 
 /// `data` as elements of `T`; an error (not a panic) when the bytes are misaligned or ragged.
@@ -14,6 +14,27 @@ pub(super) fn elems<T: bytemuck::Pod>(data: &[u8]) -> Result<&[T], KernelError> 
 /// Mutable form of [`elems`].
 pub(super) fn elems_mut<T: bytemuck::Pod>(data: &mut [u8]) -> Result<&mut [T], KernelError> {
     bytemuck::try_cast_slice_mut(data).map_err(|e| KernelError::invalid(format!("output data is misaligned: {e:?}")))
+}
+
+/// The first output, or an error when the step has none.
+pub(super) fn out0<'a, 'b>(
+    outputs: &'b mut [TensorMut<'a>],
+) -> Result<&'b mut TensorMut<'a>, KernelError> {
+    outputs
+        .first_mut()
+        .ok_or_else(|| KernelError::invalid("missing output"))
+}
+
+/// Checks that input `index` has exactly the bytes its shape needs, so that indexing by shape
+/// cannot run past its data.
+pub(super) fn check_data(t: &TensorRef, index: usize) -> Result<(), KernelError> {
+    if t.data.len() != t.numel() * t.dtype.size() {
+        return Err(KernelError::input(
+            index,
+            format!("{} bytes do not hold shape {:?}", t.data.len(), t.shape),
+        ));
+    }
+    Ok(())
 }
 
 /// Copies all of `src` into `dst`, which must be the same size.
@@ -93,6 +114,7 @@ pub(super) enum Indices<'a> {
 impl<'a> Indices<'a> {
     /// The indices of input `index`.
     pub(super) fn new(t: &TensorRef<'a>, index: usize) -> Result<Self, KernelError> {
+        check_data(t, index)?;
         match t.dtype {
             DType::I32 => Ok(Indices::I32(elems(t.data)?)),
             DType::I64 => Ok(Indices::I64(elems(t.data)?)),

@@ -3,7 +3,9 @@
 //! Indices are int32 or int64, negative ones count from the end, and an out-of-range index is an
 //! error naming it.
 
-use super::common::{agree, check_index_dtype, elems, elems_mut, strides_of, Indices};
+use super::common::{
+    agree, check_data, check_index_dtype, elems, elems_mut, out0, strides_of, Indices,
+};
 use crate::error::KernelError;
 use crate::kernel::{normalize_axis, required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
 use crate::view::{TensorMut, TensorRef};
@@ -77,7 +79,7 @@ impl Kernel for Gather {
         let axis_len = x.shape[axis];
         let outer: usize = x.shape[..axis].iter().product();
         let inner: usize = x.shape[axis + 1..].iter().product();
-        let out = &mut outputs[0];
+        let out = out0(outputs)?;
         check_out_len(out, outer * idx.len() * inner)?;
         if x.data.len() != outer * axis_len * inner * x.dtype.size() {
             return Err(KernelError::input(0, "data does not match its shape"));
@@ -130,10 +132,11 @@ impl Kernel for GatherElements {
         let x = required(inputs, 0)?;
         let it = required(inputs, 1)?;
         let idx = Indices::new(&it, 1)?;
+        check_data(&x, 0)?;
         let axis = normalize_axis(self.axis, x.shape.len())?;
         let dims = |s: &[usize]| -> Vec<Dim> { s.iter().map(|&d| Dim::from(d)).collect() };
         check_fits(&dims(x.shape), &dims(it.shape), axis)?;
-        let out = &mut outputs[0];
+        let out = out0(outputs)?;
         check_out_len(out, idx.len())?;
         if out.shape != it.shape {
             return Err(KernelError::invalid("output shape differs from the indices'"));
@@ -231,7 +234,7 @@ impl Kernel for GatherNd {
         let inner: usize = x.shape[b + m..].iter().product();
         let batch_len: usize = x.shape[b..].iter().product();
         let st = strides_of(&x.shape[b..]);
-        let out = &mut outputs[0];
+        let out = out0(outputs)?;
         check_out_len(out, batches * tuples * inner)?;
         with_any!(x.dtype, T => {
             let src = elems::<T>(x.data)?;
@@ -268,6 +271,25 @@ mod tests {
         let err = run("Gather", 13, &[], &[Some(&table), Some(&bad)]).unwrap_err();
         assert!(err.to_string().contains("index 4"), "{err}");
         assert!(run("Gather", 13, &[], &[Some(&table), Some(&f32s(&[1], &[0.]))]).is_err());
+    }
+
+    #[test]
+    fn large_and_empty_gathers() {
+        let table = iota(&[1000, 512]);
+        let ids: Vec<i64> = (0..600).map(|i| (i * 37) % 1000).collect();
+        let out = run(
+            "Gather",
+            13,
+            &[],
+            &[Some(&table), Some(&i64s(&[600], &ids))],
+        )
+        .unwrap();
+        let v = vals_f32(&out[0]);
+        for (r, &id) in ids.iter().enumerate().step_by(13) {
+            assert_eq!(v[r * 512 + 3], (id * 512 + 3) as f32);
+        }
+        let out = run("Gather", 13, &[], &[Some(&table), Some(&i64s(&[0], &[]))]).unwrap();
+        assert_eq!(out[0].shape, vec![0, 512]);
     }
 
     #[test]

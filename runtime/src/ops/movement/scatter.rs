@@ -1,7 +1,9 @@
 //! ScatterND: a copy of the data with the slices addressed by index tuples replaced by (or,
 //! with `reduction`, combined with) the updates, applied in order.
 
-use super::common::{agree, check_index_dtype, copy_all, elems, elems_mut, strides_of, Indices};
+use super::common::{
+    agree, check_data, check_index_dtype, copy_all, elems, elems_mut, out0, strides_of, Indices,
+};
 use super::gather::tuple_len;
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
@@ -91,6 +93,8 @@ impl Kernel for ScatterNd {
         let it = required(inputs, 1)?;
         let u = required(inputs, 2)?;
         let idx = Indices::new(&it, 1)?;
+        check_data(&x, 0)?;
+        check_data(&u, 2)?;
         let dims = |s: &[usize]| -> Vec<Dim> { s.iter().map(|&d| Dim::from(d)).collect() };
         let m = tuple_len(&dims(x.shape), &dims(it.shape), 0)?;
         let tuples = idx.len() / m;
@@ -102,7 +106,7 @@ impl Kernel for ScatterNd {
         let starts = (0..tuples)
             .map(|t| (0..m).try_fold(0usize, |off, k| Ok(off + idx.resolve(t * m + k, x.shape[k])? * st[k])))
             .collect::<Result<Vec<usize>, KernelError>>()?;
-        let out = &mut outputs[0];
+        let out = out0(outputs)?;
         copy_all(x.data, out.data)?;
         let r = self.reduction;
         if r == Reduction::None {

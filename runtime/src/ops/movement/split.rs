@@ -1,7 +1,7 @@
 //! Split along one axis: sizes from the `split` attribute (before opset 13) or optional input 1
 //! (from 13), else equal chunks over `num_outputs` (opset 18; the last chunk may be smaller).
 
-use super::common::{check_int, fresh_dims, vector_len};
+use super::common::{check_data, check_int, fresh_dims, vector_len};
 use crate::error::KernelError;
 use crate::kernel::{normalize_axis, required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
 use crate::view::{TensorMut, TensorRef};
@@ -107,6 +107,7 @@ impl Kernel for Split {
         let outer: usize = x.shape[..axis].iter().product();
         let inner: usize = x.shape[axis + 1..].iter().product::<usize>() * es;
         let row = x.shape[axis] * inner;
+        check_data(&x, 0)?;
         let mut off = 0;
         for (i, out) in outputs.iter_mut().enumerate() {
             if out.shape.len() != x.shape.len() {

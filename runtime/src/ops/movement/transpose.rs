@@ -1,6 +1,6 @@
 //! Transpose: output axis `i` is input axis `perm[i]` (reversed axes by default).
 
-use super::common::strides_of;
+use super::common::{out0, strides_of};
 use super::strided::strided_copy;
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
@@ -53,7 +53,14 @@ impl Kernel for Transpose {
         let st = strides_of(x.shape);
         let shape: Vec<usize> = perm.iter().map(|&a| x.shape[a]).collect();
         let strides: Vec<isize> = perm.iter().map(|&a| st[a] as isize).collect();
-        strided_copy(x.dtype.size(), x.data, 0, &shape, &strides, outputs[0].data)
+        strided_copy(
+            x.dtype.size(),
+            x.data,
+            0,
+            &shape,
+            &strides,
+            out0(outputs)?.data,
+        )
     }
 }
 
@@ -90,6 +97,26 @@ mod tests {
         assert!(run("Transpose", 13, &bad, &[Some(&x)]).is_err());
         let bad = [Attribute::ints("perm", vec![0, 1])];
         assert!(run("Transpose", 13, &bad, &[Some(&x)]).is_err());
+    }
+
+    #[test]
+    fn large_threaded_transpose_and_empty() {
+        let (a, b, c) = (3, 300, 400);
+        let x = iota(&[a, b, c]);
+        let p = [Attribute::ints("perm", vec![2, 0, 1])];
+        let out = run("Transpose", 13, &p, &[Some(&x)]).unwrap();
+        assert_eq!(out[0].shape, vec![c, a, b]);
+        let (xv, ov) = (vals_f32(&x), vals_f32(&out[0]));
+        for k in (0..c).step_by(7) {
+            for i in 0..a {
+                for j in (0..b).step_by(5) {
+                    assert_eq!(ov[(k * a + i) * b + j], xv[(i * b + j) * c + k]);
+                }
+            }
+        }
+        let e = iota(&[0, 3]);
+        let out = run("Transpose", 13, &[], &[Some(&e)]).unwrap();
+        assert_eq!(out[0].shape, vec![3, 0]);
     }
 
     #[test]

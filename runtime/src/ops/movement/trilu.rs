@@ -1,7 +1,7 @@
 //! Trilu: keeps the upper (or lower) triangle of the last two dims, from diagonal `k`, and zeroes
 //! the rest. Zero is all-zero bytes in every dtype, so this is pure byte movement.
 
-use super::common::check_int;
+use super::common::{check_int, out0};
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
 use crate::view::{TensorMut, TensorRef};
@@ -46,7 +46,7 @@ impl Kernel for Trilu {
         }
         let (n, m) = (x.shape[r - 2], x.shape[r - 1]);
         let es = x.dtype.size();
-        let out = &mut outputs[0];
+        let out = out0(outputs)?;
         if out.data.len() != x.data.len() || x.data.len() != x.numel() * es {
             return Err(KernelError::invalid("output is not sized like the input"));
         }
