@@ -43,12 +43,26 @@ pub fn plan(p: &mut Program, target: &TargetLimits) -> Result<PlanReport, Compil
             p.values[big.slot].name, big.size, target.name
         )));
     }
+    let lower = lower_bound(&ivs, align);
+    let mut orders = vec![Order::Size, Order::Breadth, Order::Duration, Order::Area, Order::FirstUse];
+    // Jittered restarts while the program is small enough for them to be cheap (placement is
+    // quadratic in the number of values).
+    let restarts = (4_000_000 / (ivs.len() * ivs.len()).max(1)).min(192) as u64;
+    orders.extend((1..=restarts).map(Order::Jittered));
     let mut best: Option<(place::Placement, String)> = None;
-    for order in [Order::Size, Order::Breadth, Order::Duration, Order::Area] {
+    'search: for order in orders {
         for fit in [Fit::First, Fit::Best] {
             let candidate = place(&ivs, align, limit, order, fit);
             if best.as_ref().is_none_or(|(b, _)| candidate.total() < b.total()) {
-                best = Some((candidate, format!("{order:?}/{fit:?}").to_lowercase()));
+                let name = match order {
+                    Order::Jittered(seed) => format!("jittered #{seed}/{fit:?}").to_lowercase(),
+                    _ => format!("{order:?}/{fit:?}").to_lowercase(),
+                };
+                let optimal = candidate.total() <= lower && candidate.buffers.len() <= 1;
+                best = Some((candidate, name));
+                if optimal {
+                    break 'search;
+                }
             }
         }
     }
@@ -61,7 +75,6 @@ pub fn plan(p: &mut Program, target: &TargetLimits) -> Result<PlanReport, Compil
     p.max_buffer = if limit >= i64::MAX as u64 { 0 } else { limit };
     verify(p).map_err(|e| CompileError::Model(format!("the planner produced an invalid plan (a kiln bug): {e}")))?;
 
-    let lower = lower_bound(&ivs, align);
     let arena = placement.total();
     let mut largest: Vec<(String, u64)> = ivs.iter().map(|iv| (p.values[iv.slot].name.clone(), iv.size)).collect();
     largest.sort_by_key(|(_, s)| std::cmp::Reverse(*s));

@@ -14,6 +14,11 @@ pub enum Order {
     Duration,
     /// Largest size × duration first.
     Area,
+    /// Earliest first (a linear scan), larger first on ties.
+    FirstUse,
+    /// A base order (by size, breadth or area) with deterministic jitter of up to ±25%: explores
+    /// orders near the greedy ones when near-ties decide the result.
+    Jittered(u64),
 }
 
 /// Which gap a value goes into.
@@ -44,6 +49,7 @@ pub fn place(ivs: &[Interval], align: u64, limit: u64, order: Order, fit: Fit) -
     let mut idx: Vec<usize> = (0..ivs.len()).collect();
     match order {
         Order::Size => idx.sort_by_key(|&i| (std::cmp::Reverse(ivs[i].size), ivs[i].first)),
+        Order::FirstUse => idx.sort_by_key(|&i| (ivs[i].first, std::cmp::Reverse(ivs[i].size))),
         Order::Duration => {
             idx.sort_by_key(|&i| (std::cmp::Reverse(ivs[i].last - ivs[i].first), std::cmp::Reverse(ivs[i].size)))
         }
@@ -51,16 +57,28 @@ pub fn place(ivs: &[Interval], align: u64, limit: u64, order: Order, fit: Fit) -
             idx.sort_by_key(|&i| std::cmp::Reverse(ivs[i].size as u128 * (ivs[i].last - ivs[i].first + 1) as u128))
         }
         Order::Breadth => {
-            let steps = ivs.iter().map(|i| i.last + 1).max().unwrap_or(0);
-            let mut live = vec![0u64; steps];
-            for iv in ivs {
-                for s in &mut live[iv.first..=iv.last] {
-                    *s += aligned(iv.size);
-                }
-            }
-            let breadth: Vec<u64> =
-                ivs.iter().map(|iv| live[iv.first..=iv.last].iter().copied().max().unwrap_or(0)).collect();
+            let breadth = breadths(ivs, align);
             idx.sort_by_key(|&i| (std::cmp::Reverse(breadth[i]), std::cmp::Reverse(ivs[i].size)));
+        }
+        Order::Jittered(seed) => {
+            // Base key by seed: size, breadth or size×duration, each scaled by a reproducible
+            // pseudo-random factor in [0.75, 1.25] (splitmix64 of seed and index).
+            let breadth = breadths(ivs, align);
+            let noise = |i: usize| {
+                let mut z = seed
+                    .wrapping_mul(0xD1B5_4A32_D192_ED03)
+                    .wrapping_add((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                0.75 + 0.5 * ((z ^ (z >> 31)) as f64 / u64::MAX as f64)
+            };
+            let base = |i: usize| match seed % 3 {
+                0 => ivs[i].size as f64,
+                1 => breadth[i] as f64 + ivs[i].size as f64 / 1e6,
+                _ => ivs[i].size as f64 * (ivs[i].last - ivs[i].first + 1) as f64,
+            };
+            let keys: Vec<f64> = (0..ivs.len()).map(|i| base(i) * noise(i)).collect();
+            idx.sort_by(|&a, &b| keys[b].total_cmp(&keys[a]));
         }
     }
     let mut slots = vec![(0usize, 0u64); ivs.len()];
@@ -86,6 +104,18 @@ pub fn place(ivs: &[Interval], align: u64, limit: u64, order: Order, fit: Fit) -
     // Exactly what the values need: no padding after the last one.
     let sizes = buffers.iter().map(|p| p.iter().map(|&(o, _, i)| o + ivs[i].size).max().unwrap_or(0)).collect();
     Placement { slots, buffers: sizes }
+}
+
+/// For each value, the most bytes live at any step of its lifetime.
+fn breadths(ivs: &[Interval], align: u64) -> Vec<u64> {
+    let steps = ivs.iter().map(|i| i.last + 1).max().unwrap_or(0);
+    let mut live = vec![0u64; steps];
+    for iv in ivs {
+        for s in &mut live[iv.first..=iv.last] {
+            *s += iv.size.next_multiple_of(align);
+        }
+    }
+    ivs.iter().map(|iv| live[iv.first..=iv.last].iter().copied().max().unwrap_or(0)).collect()
 }
 
 fn find_gap(
