@@ -57,7 +57,7 @@ pub fn import(mut model: OnnxModel, fixed: &HashMap<String, i64>) -> Result<Grap
     let mut nodes = std::mem::take(&mut gp.node);
     for i in order {
         let np = &mut nodes[i];
-        let name = if np.name.is_empty() { format!("{}_{i}", np.op_type) } else { np.name.clone() };
+        let name = node_name(np, i);
         let domain = if np.domain == "ai.onnx" { String::new() } else { np.domain.clone() };
         let opset = *g.opsets.get(&domain).unwrap_or(&1);
         let node_err = |reason: String| CompileError::Node { node: name.clone(), op: np.op_type.clone(), reason };
@@ -106,6 +106,15 @@ pub fn import(mut model: OnnxModel, fixed: &HashMap<String, i64>) -> Result<Grap
         return Err(CompileError::Model("the graph has no outputs".into()));
     }
     Ok(g)
+}
+
+/// A node's name, or `<op>_<index>` for the unnamed nodes some exporters write.
+fn node_name(n: &NodeProto, index: usize) -> String {
+    if n.name.is_empty() {
+        format!("{}_{index}", n.op_type)
+    } else {
+        n.name.clone()
+    }
 }
 
 fn define(by_name: &mut HashMap<String, ValueId>, name: String, id: ValueId, node: &str) -> Result<(), CompileError> {
@@ -164,7 +173,7 @@ fn topo_order(nodes: &[NodeProto], known: &HashMap<String, ValueId>) -> Result<V
                 }
                 None => {
                     return Err(CompileError::Node {
-                        node: n.name.clone(),
+                        node: node_name(n, i),
                         op: n.op_type.clone(),
                         reason: format!("input '{inp}' is not a graph input, an initializer or any node's output"),
                     })
@@ -186,7 +195,7 @@ fn topo_order(nodes: &[NodeProto], known: &HashMap<String, ValueId>) -> Result<V
     if order.len() != nodes.len() {
         let stuck = (0..nodes.len()).find(|&i| pending[i] > 0).unwrap_or(0);
         return Err(CompileError::Node {
-            node: nodes[stuck].name.clone(),
+            node: node_name(&nodes[stuck], stuck),
             op: nodes[stuck].op_type.clone(),
             reason: "is part of a cycle: its inputs depend on its own outputs".into(),
         });

@@ -93,7 +93,7 @@ def build(layers, out_dir):
         shape_kv = const_i64(nodes, f"{p}_shape_kv", [0, 0, KV_HEADS, hd])
         for t, s in ((q, shape_q), (f"{p}_k", shape_kv), (f"{p}_v", shape_kv)):
             nodes.append(helper.make_node("Reshape", [t, s], [f"{t}_r"]))
-            nodes.append(helper.make_node("Transpose", [f"{t}_r"], [f"{t}_t"], perm=[0, 2, 1, 3]))
+            nodes.append(helper.make_node("Transpose", [f"{t}_r"], [f"{t}_r_t"], perm=[0, 2, 1, 3]))
         # Rotary embedding from position ids: cos/sin of positions × inverse frequencies.
         inv = f"{p}_inv_freq"
         inits.append(helper.make_tensor(inv, TensorProto.FLOAT, [hd // 2], [10000.0 ** (-2 * j / hd) for j in range(hd // 2)]))
