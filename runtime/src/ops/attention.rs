@@ -44,10 +44,7 @@ impl Attention {
     fn new(spec: &OpSpec) -> Result<Attention, KernelError> {
         let qk_mode = spec.attrs.int("qk_matmul_output_mode", 0)?;
         if !(0..=3).contains(&qk_mode) {
-            return Err(KernelError::attr(
-                "qk_matmul_output_mode",
-                format!("{qk_mode} is not 0..3"),
-            ));
+            return Err(KernelError::attr("qk_matmul_output_mode", format!("{qk_mode} is not 0..3")));
         }
         let heads = |n: &str| -> Result<Option<i64>, KernelError> {
             match spec.attrs.int_opt(n)? {
@@ -81,9 +78,7 @@ struct Geo<D> {
 
 fn eq(a: &Dim, b: &Dim, what: &str) -> Result<(), KernelError> {
     match (a, b) {
-        (Dim::Known(x), Dim::Known(y)) if x != y => {
-            Err(KernelError::invalid(format!("{what}: {x} vs {y}")))
-        }
+        (Dim::Known(x), Dim::Known(y)) if x != y => Err(KernelError::invalid(format!("{what}: {x} vs {y}"))),
         _ => Ok(()),
     }
 }
@@ -92,14 +87,10 @@ fn eq(a: &Dim, b: &Dim, what: &str) -> Result<(), KernelError> {
 fn per_head(hidden: &Dim, heads: i64, what: &str) -> Result<Dim, KernelError> {
     if let Dim::Known(h) = hidden {
         if h % heads != 0 {
-            return Err(KernelError::invalid(format!(
-                "{what} {h} is not divisible by {heads} heads"
-            )));
+            return Err(KernelError::invalid(format!("{what} {h} is not divisible by {heads} heads")));
         }
     }
-    hidden
-        .floor_div(&Dim::Known(heads))
-        .ok_or_else(|| KernelError::invalid("zero heads"))
+    hidden.floor_div(&Dim::Known(heads)).ok_or_else(|| KernelError::invalid("zero heads"))
 }
 
 impl Attention {
@@ -109,24 +100,16 @@ impl Attention {
         let v = required(inputs, 2)?;
         for (i, t) in [&q, &k, &v].iter().enumerate() {
             if !t.dtype.is_float() || t.dtype != q.dtype {
-                return Err(KernelError::input(
-                    i,
-                    format!("{} (Q is {})", t.dtype, q.dtype),
-                ));
+                return Err(KernelError::input(i, format!("{} (Q is {})", t.dtype, q.dtype)));
             }
         }
         let rank = q.shape.len();
         if k.shape.len() != rank || v.shape.len() != rank || !(rank == 3 || rank == 4) {
-            return Err(KernelError::invalid(
-                "Q, K and V must all be 3-D or all 4-D",
-            ));
+            return Err(KernelError::invalid("Q, K and V must all be 3-D or all 4-D"));
         }
         let mut g = if rank == 3 {
             let (Some(hq), Some(hkv)) = (self.q_heads, self.kv_heads) else {
-                return Err(KernelError::attr(
-                    "q_num_heads",
-                    "3-D inputs need q_num_heads and kv_num_heads",
-                ));
+                return Err(KernelError::attr("q_num_heads", "3-D inputs need q_num_heads and kv_num_heads"));
             };
             Geo {
                 b: q.shape[0].clone(),
@@ -151,11 +134,7 @@ impl Attention {
             }
         };
         if rank == 3 {
-            eq(
-                &per_head(&k.shape[2], self.kv_heads.unwrap_or(1), "K hidden size")?,
-                &g.d,
-                "K head size",
-            )?;
+            eq(&per_head(&k.shape[2], self.kv_heads.unwrap_or(1), "K hidden size")?, &g.d, "K head size")?;
         } else {
             eq(&k.shape[3], &g.d, "K head size")?;
             eq(&v.shape[1], &g.hkv, "V heads")?;
@@ -165,24 +144,15 @@ impl Attention {
         eq(&v.shape[rank - 2], &g.skv, "V sequence")?;
         if let (Dim::Known(a), Dim::Known(b)) = (&g.hq, &g.hkv) {
             if *b <= 0 || a % b != 0 {
-                return Err(KernelError::invalid(format!(
-                    "{a} query heads cannot share {b} kv heads"
-                )));
+                return Err(KernelError::invalid(format!("{a} query heads cannot share {b} kv heads")));
             }
         }
         let pk = inputs.get(4).copied().flatten();
         let pv = inputs.get(5).copied().flatten();
         match (pk, pv) {
             (Some(pk), Some(pv)) => {
-                if pk.shape.len() != 4
-                    || pv.shape.len() != 4
-                    || pk.dtype != q.dtype
-                    || pv.dtype != q.dtype
-                {
-                    return Err(KernelError::input(
-                        4,
-                        "past_key/past_value must be 4-D of Q's dtype",
-                    ));
+                if pk.shape.len() != 4 || pv.shape.len() != 4 || pk.dtype != q.dtype || pv.dtype != q.dtype {
+                    return Err(KernelError::input(4, "past_key/past_value must be 4-D of Q's dtype"));
                 }
                 for (t, hd) in [(pk, &g.d), (pv, &g.dv)] {
                     eq(&t.shape[0], &g.b, "past batch")?;
@@ -197,10 +167,7 @@ impl Attention {
         }
         if let Some(m) = inputs.get(3).copied().flatten() {
             if !(m.dtype == DType::Bool || m.dtype == q.dtype) {
-                return Err(KernelError::input(
-                    3,
-                    format!("mask of {} with {} inputs", m.dtype, q.dtype),
-                ));
+                return Err(KernelError::input(3, format!("mask of {} with {} inputs", m.dtype, q.dtype)));
             }
             if m.shape.is_empty() || m.shape.len() > 4 {
                 return Err(KernelError::input(3, "mask must have 1 to 4 dims"));
@@ -217,11 +184,7 @@ impl Attention {
 }
 
 impl Kernel for Attention {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let g = self.geometry(inputs)?;
         let dt = required(inputs, 0)?.dtype;
         let total = g.past.add(&g.skv);
@@ -232,49 +195,25 @@ impl Kernel for Attention {
         };
         Ok(vec![
             OutputInfo::new(dt, y),
-            OutputInfo::new(
-                dt,
-                vec![g.b.clone(), g.hkv.clone(), total.clone(), g.d.clone()],
-            ),
-            OutputInfo::new(
-                dt,
-                vec![g.b.clone(), g.hkv.clone(), total.clone(), g.dv.clone()],
-            ),
+            OutputInfo::new(dt, vec![g.b.clone(), g.hkv.clone(), total.clone(), g.d.clone()]),
+            OutputInfo::new(dt, vec![g.b.clone(), g.hkv.clone(), total.clone(), g.dv.clone()]),
             OutputInfo::new(dt, vec![g.b, g.hq, g.sq, total]),
         ])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         // Re-derive and check the geometry from the real shapes, so indexing below is in bounds.
         let dims: Vec<Vec<Dim>> = inputs
             .iter()
-            .map(|t| {
-                t.map(|t| t.shape.iter().map(|&d| Dim::Known(d as i64)).collect())
-                    .unwrap_or_default()
-            })
+            .map(|t| t.map(|t| t.shape.iter().map(|&d| Dim::Known(d as i64)).collect()).unwrap_or_default())
             .collect();
         let si: Vec<Option<ShapeInput>> = inputs
             .iter()
             .zip(&dims)
-            .map(|(t, d)| {
-                t.map(|t| ShapeInput {
-                    dtype: t.dtype,
-                    shape: d,
-                    value: None,
-                    data: None,
-                })
-            })
+            .map(|(t, d)| t.map(|t| ShapeInput { dtype: t.dtype, shape: d, value: None, data: None }))
             .collect();
         let gd = self.geometry(&si)?;
-        let k = |d: &Dim| {
-            d.known()
-                .map(|v| v as usize)
-                .ok_or_else(|| KernelError::invalid("unknown dim"))
-        };
+        let k = |d: &Dim| d.known().map(|v| v as usize).ok_or_else(|| KernelError::invalid("unknown dim"));
         let g = Geo {
             b: k(&gd.b)?,
             hq: k(&gd.hq)?,
@@ -304,19 +243,14 @@ impl Kernel for Attention {
         ];
         for (o, w) in outputs.iter().zip(want) {
             if o.dtype != q.dtype || o.numel() != w || o.data.len() != w * q.dtype.size() {
-                return Err(KernelError::invalid(
-                    "an output does not match the attention sizes",
-                ));
+                return Err(KernelError::invalid("an output does not match the attention sizes"));
             }
         }
         let mask = match inputs.get(3).copied().flatten() {
             Some(m) => {
                 let tm = *m.shape.last().expect("mask rank checked");
                 if tm > total {
-                    return Err(KernelError::input(
-                        3,
-                        format!("mask is {tm} long, total sequence {total}"),
-                    ));
+                    return Err(KernelError::input(3, format!("mask is {tm} long, total sequence {total}")));
                 }
                 let st = broadcast_strides(m.shape, &[g.b, g.hq, g.sq, tm])?;
                 Some((m, st, tm))
@@ -343,10 +277,7 @@ impl Kernel for Attention {
             mode: self.qk_mode,
             nonpad,
         };
-        let past = (
-            inputs.get(4).copied().flatten(),
-            inputs.get(5).copied().flatten(),
-        );
+        let past = (inputs.get(4).copied().flatten(), inputs.get(5).copied().flatten());
         crate::with_float!(q.dtype, T => cfg.run::<T>(inputs, past, mask, outputs),
             _ => Err(KernelError::unsupported(format!("Attention on {}", q.dtype))))
     }
@@ -395,9 +326,7 @@ impl Cfg {
         let v = required(inputs, 2)?.typed::<T>()?;
         let pk = pk.map(|t| t.typed::<T>()).transpose()?;
         let pv = pv.map(|t| t.typed::<T>()).transpose()?;
-        let (y, rest) = outputs
-            .split_first_mut()
-            .ok_or_else(|| KernelError::invalid("missing output"))?;
+        let (y, rest) = outputs.split_first_mut().ok_or_else(|| KernelError::invalid("missing output"))?;
         let y = y.typed::<T>()?;
         let mut rest = rest.iter_mut();
         // Present caches: [past; new] per (batch, kv head).
@@ -434,22 +363,14 @@ impl Cfg {
         // The mask's elements: bytes for bool masks, T otherwise.
         let mask_t = match &mask {
             Some((m, st, tm)) => {
-                let data = if m.dtype == DType::Bool {
-                    MaskData::Bool(m.data)
-                } else {
-                    MaskData::Float(m.typed::<T>()?)
-                };
+                let data =
+                    if m.dtype == DType::Bool { MaskData::Bool(m.data) } else { MaskData::Float(m.typed::<T>()?) };
                 Some((data, st.as_slice(), *tm))
             }
             None => None,
         };
         // One query row (b, h, i): scores into `sc`, then Y row and optional qk row.
-        let one = |b: usize,
-                   h: usize,
-                   i: usize,
-                   sc: &mut [T::Acc],
-                   yrow: &mut [T],
-                   qkrow: Option<&mut [T]>| {
+        let one = |b: usize, h: usize, i: usize, sc: &mut [T::Acc], yrow: &mut [T], qkrow: Option<&mut [T]>| {
             let kh = h / group;
             let qo = self.row(b, h, i, g.hq, g.sq, g.d);
             let qr = &q[qo..qo + g.d];
@@ -467,21 +388,13 @@ impl Cfg {
             let mut qk = qkrow;
             for (t, s) in sc.iter_mut().enumerate() {
                 let ko = kv_row(g.d, b, kh, t);
-                let kr = if t < g.past {
-                    &pk.unwrap_or(&[])[ko..ko + g.d]
-                } else {
-                    &k[ko..ko + g.d]
-                };
+                let kr = if t < g.past { &pk.unwrap_or(&[])[ko..ko + g.d] } else { &k[ko..ko + g.d] };
                 let mut dot = T::Acc::ZERO;
                 for (a, c) in qr.iter().zip(kr) {
                     dot += a.to_acc() * c.to_acc();
                 }
                 let raw = dot * sc_t;
-                let capped = if self.softcap > 0.0 {
-                    cap * (raw / cap).tanh()
-                } else {
-                    raw
-                };
+                let capped = if self.softcap > 0.0 { cap * (raw / cap).tanh() } else { raw };
                 let mut bias = T::Acc::ZERO;
                 if let Some((m, st, tm)) = mask_t {
                     if t < tm {
@@ -534,11 +447,7 @@ impl Cfg {
             };
             for (t, &p) in sc.iter().enumerate() {
                 let vo = kv_row(g.dv, b, kh, t);
-                let vr = if t < g.past {
-                    &pv.unwrap_or(&[])[vo..vo + g.dv]
-                } else {
-                    &v[vo..vo + g.dv]
-                };
+                let vr = if t < g.past { &pv.unwrap_or(&[])[vo..vo + g.dv] } else { &v[vo..vo + g.dv] };
                 let w = p * inv;
                 for (a, x) in acc.iter_mut().zip(vr) {
                     *a += w * x.to_acc();
@@ -573,16 +482,13 @@ impl Cfg {
             None if g.dv > 0 => {
                 let work = rows * total * (g.d + g.dv);
                 let min_rows = if work > 1 << 16 { 1 } else { rows };
-                y.par_chunks_mut(g.dv)
-                    .enumerate()
-                    .with_min_len(min_rows)
-                    .for_each_init(
-                        || vec![T::Acc::ZERO; total],
-                        |sc, (r, yr)| {
-                            let (b, h, i) = decode(r);
-                            one(b, h, i, sc, yr, None);
-                        },
-                    );
+                y.par_chunks_mut(g.dv).enumerate().with_min_len(min_rows).for_each_init(
+                    || vec![T::Acc::ZERO; total],
+                    |sc, (r, yr)| {
+                        let (b, h, i) = decode(r);
+                        one(b, h, i, sc, yr, None);
+                    },
+                );
             }
             None => {}
         }
@@ -597,9 +503,7 @@ mod tests {
     use kiln_formats::{DType, Dim, Tensor};
 
     fn seq(n: usize, s: f32, o: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i + o) * 7 % 13) as f32 - 6.) * s)
-            .collect()
+        (0..n).map(|i| (((i + o) * 7 % 13) as f32 - 6.) * s).collect()
     }
 
     /// Plain reference on 4-D [B, H, S, D] data with an additive bias [Sq, T] per (b, h).
@@ -620,10 +524,7 @@ mod tests {
                     let mut s: Vec<f32> = (0..t)
                         .map(|j| {
                             let dot: f32 = (0..d)
-                                .map(|x| {
-                                    q[((bi * hq + h) * sq + i) * d + x]
-                                        * k[((bi * hkv + kh) * t + j) * d + x]
-                                })
+                                .map(|x| q[((bi * hq + h) * sq + i) * d + x] * k[((bi * hkv + kh) * t + j) * d + x])
                                 .sum();
                             dot * scale + bias(bi, h, i, j)
                         })
@@ -632,9 +533,8 @@ mod tests {
                     s.iter_mut().for_each(|x| *x = (*x - m).exp());
                     let z: f32 = s.iter().sum();
                     for x in 0..dv {
-                        y[((bi * hq + h) * sq + i) * dv + x] = (0..t)
-                            .map(|j| s[j] / z * v[((bi * hkv + kh) * t + j) * dv + x])
-                            .sum();
+                        y[((bi * hq + h) * sq + i) * dv + x] =
+                            (0..t).map(|j| s[j] / z * v[((bi * hkv + kh) * t + j) * dv + x]).sum();
                     }
                 }
             }
@@ -661,14 +561,7 @@ mod tests {
             ],
         );
         assert_eq!(out[0].shape, vec![b, hq, sq, dv]);
-        let want = reference(
-            &q,
-            &k,
-            &v,
-            (b, hq, hkv, sq, t, d, dv),
-            0.5,
-            &|_, _, _, _| 0.,
-        );
+        let want = reference(&q, &k, &v, (b, hq, hkv, sq, t, d, dv), 0.5, &|_, _, _, _| 0.);
         assert_close(&f32s(&out[0]), &want, 1e-5);
         let out = run_att(
             &[float("scale", 0.1), int("is_causal", 1)],
@@ -678,8 +571,7 @@ mod tests {
                 Some(Tensor::from_vec(&[b, hkv, t, dv], v.clone())),
             ],
         );
-        let causal =
-            |_: usize, _: usize, i: usize, j: usize| if j > i { f32::NEG_INFINITY } else { 0. };
+        let causal = |_: usize, _: usize, i: usize, j: usize| if j > i { f32::NEG_INFINITY } else { 0. };
         let want = reference(&q, &k, &v, (b, hq, hkv, sq, t, d, dv), 0.1, &causal);
         assert_close(&f32s(&out[0]), &want, 1e-5);
     }
@@ -695,11 +587,7 @@ mod tests {
         let pv = seq(hkv * p * d, 0.5, 8);
         let mask = vec![true, true, false, true, true, true, true, false];
         let out = run_att(
-            &[
-                int("q_num_heads", 2),
-                int("kv_num_heads", 1),
-                int("qk_matmul_output_mode", 1),
-            ],
+            &[int("q_num_heads", 2), int("kv_num_heads", 1), int("qk_matmul_output_mode", 1)],
             vec![
                 Some(Tensor::from_vec(&[1, sq, hq * d], q3.clone())),
                 Some(Tensor::from_vec(&[1, skv, hkv * d], k3.clone())),
@@ -729,14 +617,7 @@ mod tests {
                 f32::NEG_INFINITY
             }
         };
-        let y4 = reference(
-            &q4,
-            &kt,
-            &vt,
-            (1, hq, hkv, sq, p + skv, d, d),
-            1. / 2f32.sqrt(),
-            &bias,
-        );
+        let y4 = reference(&q4, &kt, &vt, (1, hq, hkv, sq, p + skv, d, d), 1. / 2f32.sqrt(), &bias);
         let y3: Vec<f32> = (0..sq * hq * d)
             .map(|x| {
                 let (i, h, e) = (x / (hq * d), (x / d) % hq, x % d);
@@ -760,17 +641,9 @@ mod tests {
         let kvs: &'static [Dim] = Box::leak(Box::new(kv));
         let o = infer1("Attention", 23, &attrs, &[i(qs), i(kvs), i(kvs)]).unwrap();
         assert_eq!(o[0].shape, q.to_vec());
-        assert_eq!(
-            o[1].shape,
-            vec![Dim::sym("b"), Dim::Known(2), Dim::sym("s"), Dim::Known(16)]
-        );
-        assert!(infer1(
-            "Attention",
-            23,
-            &[int("q_num_heads", 3), int("kv_num_heads", 2)],
-            &[i(qs), i(kvs), i(kvs)]
-        )
-        .is_err());
+        assert_eq!(o[1].shape, vec![Dim::sym("b"), Dim::Known(2), Dim::sym("s"), Dim::Known(16)]);
+        assert!(infer1("Attention", 23, &[int("q_num_heads", 3), int("kv_num_heads", 2)], &[i(qs), i(kvs), i(kvs)])
+            .is_err());
         assert!(infer1("Attention", 23, &[], &[i(qs), i(kvs), i(kvs)]).is_err());
         let bad = try_run(
             "Attention",

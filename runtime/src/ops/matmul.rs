@@ -37,9 +37,7 @@ fn check_dtype(dt: DType, index: usize) -> Result<(), KernelError> {
 /// Two dims that must agree: an error when both are known and differ.
 fn same(a: &Dim, b: &Dim, what: &str) -> Result<(), KernelError> {
     match (a, b) {
-        (Dim::Known(x), Dim::Known(y)) if x != y => {
-            Err(KernelError::invalid(format!("{what} differ: {x} vs {y}")))
-        }
+        (Dim::Known(x), Dim::Known(y)) if x != y => Err(KernelError::invalid(format!("{what} differ: {x} vs {y}"))),
         _ => Ok(()),
     }
 }
@@ -48,25 +46,16 @@ fn same(a: &Dim, b: &Dim, what: &str) -> Result<(), KernelError> {
 struct MatMul;
 
 impl Kernel for MatMul {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let a = required(inputs, 0)?;
         let b = required(inputs, 1)?;
         check_dtype(a.dtype, 0)?;
         if b.dtype != a.dtype {
-            return Err(KernelError::input(
-                1,
-                format!("is {}, A is {}", b.dtype, a.dtype),
-            ));
+            return Err(KernelError::input(1, format!("is {}, A is {}", b.dtype, a.dtype)));
         }
         let (ra, rb) = (a.shape.len(), b.shape.len());
         if ra == 0 || rb == 0 {
-            return Err(KernelError::invalid(
-                "MatMul operands need at least one dim",
-            ));
+            return Err(KernelError::invalid("MatMul operands need at least one dim"));
         }
         let ka = &a.shape[ra - 1];
         let kb = &b.shape[if rb == 1 { 0 } else { rb - 2 }];
@@ -83,11 +72,7 @@ impl Kernel for MatMul {
         Ok(vec![OutputInfo::new(a.dtype, shape)])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let a = required(inputs, 0)?;
         let b = required(inputs, 1)?;
         if a.dtype != b.dtype {
@@ -95,24 +80,12 @@ impl Kernel for MatMul {
         }
         let (ra, rb) = (a.shape.len(), b.shape.len());
         if ra == 0 || rb == 0 {
-            return Err(KernelError::invalid(
-                "MatMul operands need at least one dim",
-            ));
+            return Err(KernelError::invalid("MatMul operands need at least one dim"));
         }
-        let (m, k) = if ra == 1 {
-            (1, a.shape[0])
-        } else {
-            (a.shape[ra - 2], a.shape[ra - 1])
-        };
-        let (kb, n) = if rb == 1 {
-            (b.shape[0], 1)
-        } else {
-            (b.shape[rb - 2], b.shape[rb - 1])
-        };
+        let (m, k) = if ra == 1 { (1, a.shape[0]) } else { (a.shape[ra - 2], a.shape[ra - 1]) };
+        let (kb, n) = if rb == 1 { (b.shape[0], 1) } else { (b.shape[rb - 2], b.shape[rb - 1]) };
         if k != kb {
-            return Err(KernelError::invalid(format!(
-                "inner dims differ: {k} vs {kb}"
-            )));
+            return Err(KernelError::invalid(format!("inner dims differ: {k} vs {kb}")));
         }
         let ab = &a.shape[..ra.saturating_sub(2)];
         let bb = &b.shape[..rb.saturating_sub(2)];
@@ -131,23 +104,11 @@ impl Kernel for MatMul {
         let sa = broadcast_strides(ab, &batch)?;
         let sb = broadcast_strides(bb, &batch)?;
         let nb: usize = batch.iter().product();
-        let out = outputs
-            .get_mut(0)
-            .ok_or_else(|| KernelError::invalid("missing output"))?;
-        if out.dtype != a.dtype
-            || out.numel() != nb * m * n
-            || out.data.len() != out.numel() * a.dtype.size()
-        {
+        let out = outputs.get_mut(0).ok_or_else(|| KernelError::invalid("missing output"))?;
+        if out.dtype != a.dtype || out.numel() != nb * m * n || out.data.len() != out.numel() * a.dtype.size() {
             return Err(KernelError::invalid("output does not match the product"));
         }
-        let p = Batched {
-            m,
-            n,
-            k,
-            batch: &batch,
-            sa: &sa,
-            sb: &sb,
-        };
+        let p = Batched { m, n, k, batch: &batch, sa: &sa, sb: &sb };
         crate::with_float!(a.dtype, T => p.run_float(a.typed::<T>()?, b.typed::<T>()?, out.typed::<T>()?), _ => {
             crate::with_int!(a.dtype, T => p.run_int::<T>(bytemuck::cast_slice(a.data), bytemuck::cast_slice(b.data),
                 bytemuck::cast_slice_mut(out.data)),
@@ -172,9 +133,7 @@ impl Batched<'_> {
     fn offsets(&self) -> Vec<(usize, usize)> {
         let mut v = Vec::with_capacity(self.batch.iter().product());
         let (ma, mb) = (self.m * self.k, self.k * self.n);
-        for_each_offsets(self.batch, [self.sa, self.sb], |_, [x, y]| {
-            v.push((x * ma, y * mb))
-        });
+        for_each_offsets(self.batch, [self.sa, self.sb], |_, [x, y]| v.push((x * ma, y * mb)));
         v
     }
 
@@ -187,11 +146,7 @@ impl Batched<'_> {
         if nb == 0 || m == 0 || n == 0 {
             return;
         }
-        let a_contig = self
-            .sa
-            .iter()
-            .zip(self.batch)
-            .all(|(&s, &d)| s != 0 || d == 1)
+        let a_contig = self.sa.iter().zip(self.batch).all(|(&s, &d)| s != 0 || d == 1)
             && self
                 .sa
                 .iter()
@@ -205,46 +160,18 @@ impl Batched<'_> {
                 .all(|x| x);
         if nb > 1 && self.sb.iter().all(|&s| s == 0) && a_contig {
             // One shared B (a linear layer): fold the batch into the rows of one product.
-            let bm = Mat {
-                data: b,
-                rs: n,
-                cs: 1,
-            };
-            gemm(
-                nb * m,
-                n,
-                k,
-                1.0,
-                Mat {
-                    data: a,
-                    rs: k,
-                    cs: 1,
-                },
-                bm,
-                c,
-                false,
-                true,
-            );
+            let bm = Mat { data: b, rs: n, cs: 1 };
+            gemm(nb * m, n, k, 1.0, Mat { data: a, rs: k, cs: 1 }, bm, c, false, true);
             return;
         }
         let offs = self.offsets();
         let one = |(oa, ob): (usize, usize), cm: &mut [T], par: bool| {
-            let am = Mat {
-                data: &a[oa..],
-                rs: k,
-                cs: 1,
-            };
-            let bm = Mat {
-                data: &b[ob..],
-                rs: n,
-                cs: 1,
-            };
+            let am = Mat { data: &a[oa..], rs: k, cs: 1 };
+            let bm = Mat { data: &b[ob..], rs: n, cs: 1 };
             gemm(m, n, k, 1.0, am, bm, cm, false, par);
         };
         if nb > 1 && m * n * k < (1 << 20) {
-            c.par_chunks_mut(m * n)
-                .zip(offs.par_iter())
-                .for_each(|(cm, &o)| one(o, cm, false));
+            c.par_chunks_mut(m * n).zip(offs.par_iter()).for_each(|(cm, &o)| one(o, cm, false));
         } else {
             for (cm, &o) in c.chunks_mut(m * n).zip(&offs) {
                 one(o, cm, true);
@@ -299,27 +226,17 @@ impl GemmOp {
     fn dims<D: Clone>(&self, a: &[D], b: &[D]) -> ((D, D), (D, D)) {
         let (a0, a1) = (a[0].clone(), a[1].clone());
         let (b0, b1) = (b[0].clone(), b[1].clone());
-        (
-            if self.trans_a { (a1, a0) } else { (a0, a1) },
-            if self.trans_b { (b1, b0) } else { (b0, b1) },
-        )
+        (if self.trans_a { (a1, a0) } else { (a0, a1) }, if self.trans_b { (b1, b0) } else { (b0, b1) })
     }
 }
 
 impl Kernel for GemmOp {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let a = required(inputs, 0)?;
         let b = required(inputs, 1)?;
         check_dtype(a.dtype, 0)?;
         if b.dtype != a.dtype {
-            return Err(KernelError::input(
-                1,
-                format!("is {}, A is {}", b.dtype, a.dtype),
-            ));
+            return Err(KernelError::input(1, format!("is {}, A is {}", b.dtype, a.dtype)));
         }
         if a.shape.len() != 2 || b.shape.len() != 2 {
             return Err(KernelError::invalid("Gemm operands must be 2-D"));
@@ -329,10 +246,7 @@ impl Kernel for GemmOp {
         let out = vec![m, n];
         if let Some(c) = inputs.get(2).copied().flatten() {
             if c.dtype != a.dtype {
-                return Err(KernelError::input(
-                    2,
-                    format!("is {}, A is {}", c.dtype, a.dtype),
-                ));
+                return Err(KernelError::input(2, format!("is {}, A is {}", c.dtype, a.dtype)));
             }
             let bc = broadcast_shapes(&[&out, c.shape])?;
             if c.shape.len() > 2 {
@@ -345,24 +259,16 @@ impl Kernel for GemmOp {
         Ok(vec![OutputInfo::new(a.dtype, out)])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let a = required(inputs, 0)?;
         let b = required(inputs, 1)?;
         let c = inputs.get(2).copied().flatten();
         if a.shape.len() != 2 || b.shape.len() != 2 || a.dtype != b.dtype {
-            return Err(KernelError::invalid(
-                "Gemm operands must be 2-D of one dtype",
-            ));
+            return Err(KernelError::invalid("Gemm operands must be 2-D of one dtype"));
         }
         let ((m, k), (kb, n)) = self.dims(a.shape, b.shape);
         if k != kb {
-            return Err(KernelError::invalid(format!(
-                "inner dims differ: {k} vs {kb}"
-            )));
+            return Err(KernelError::invalid(format!("inner dims differ: {k} vs {kb}")));
         }
         let cst = match c {
             Some(c) if self.beta != 0.0 => {
@@ -373,9 +279,7 @@ impl Kernel for GemmOp {
             }
             _ => None,
         };
-        let y = outputs
-            .get_mut(0)
-            .ok_or_else(|| KernelError::invalid("missing output"))?;
+        let y = outputs.get_mut(0).ok_or_else(|| KernelError::invalid("missing output"))?;
         if y.dtype != a.dtype || y.numel() != m * n || y.data.len() != m * n * a.dtype.size() {
             return Err(KernelError::invalid("output does not match [M, N]"));
         }
@@ -451,10 +355,7 @@ mod tests {
             "MatMul",
             13,
             &[],
-            vec![
-                Some(Tensor::from_vec(&[2, 3], a.clone())),
-                Some(Tensor::from_vec(&[3, 4], b.clone())),
-            ],
+            vec![Some(Tensor::from_vec(&[2, 3], a.clone())), Some(Tensor::from_vec(&[3, 4], b.clone()))],
         );
         assert_eq!(y.shape, vec![2, 4]);
         assert_close(&f32s(&y), &mm(&a, &b, 2, 3, 4), 1e-6);
@@ -464,10 +365,7 @@ mod tests {
             "MatMul",
             13,
             &[],
-            vec![
-                Some(Tensor::from_vec(&[3], v.clone())),
-                Some(Tensor::from_vec(&[3, 4], b.clone())),
-            ],
+            vec![Some(Tensor::from_vec(&[3], v.clone())), Some(Tensor::from_vec(&[3, 4], b.clone()))],
         );
         assert_eq!(y.shape, vec![4]);
         assert_close(&f32s(&y), &mm(&v, &b, 1, 3, 4), 1e-6);
@@ -475,10 +373,7 @@ mod tests {
             "MatMul",
             13,
             &[],
-            vec![
-                Some(Tensor::from_vec(&[2, 3], a.clone())),
-                Some(Tensor::from_vec(&[3], v.clone())),
-            ],
+            vec![Some(Tensor::from_vec(&[2, 3], a.clone())), Some(Tensor::from_vec(&[3], v.clone()))],
         );
         assert_eq!(y.shape, vec![2]);
         assert_close(&f32s(&y), &mm(&a, &v, 2, 3, 1), 1e-6);
@@ -486,10 +381,7 @@ mod tests {
             "MatMul",
             13,
             &[],
-            vec![
-                Some(Tensor::from_vec(&[3], v.clone())),
-                Some(Tensor::from_vec(&[3], v.clone())),
-            ],
+            vec![Some(Tensor::from_vec(&[3], v.clone())), Some(Tensor::from_vec(&[3], v.clone()))],
         );
         assert_eq!((y.shape.clone(), f32s(&y)), (vec![], vec![14.]));
         // Broadcast batches: [2, 1, 2, 3] x [3, 3, 4] -> [2, 3, 2, 4].
@@ -499,10 +391,7 @@ mod tests {
             "MatMul",
             13,
             &[],
-            vec![
-                Some(Tensor::from_vec(&[2, 1, 2, 3], a4.clone())),
-                Some(Tensor::from_vec(&[3, 3, 4], b3.clone())),
-            ],
+            vec![Some(Tensor::from_vec(&[2, 1, 2, 3], a4.clone())), Some(Tensor::from_vec(&[3, 3, 4], b3.clone()))],
         );
         assert_eq!(y.shape, vec![2, 3, 2, 4]);
         let got = f32s(&y);
@@ -517,10 +406,7 @@ mod tests {
             "MatMul",
             13,
             &[],
-            vec![
-                Some(Tensor::from_vec(&[2, 2, 3], a4.clone())),
-                Some(Tensor::from_vec(&[3, 4], b.clone())),
-            ],
+            vec![Some(Tensor::from_vec(&[2, 2, 3], a4.clone())), Some(Tensor::from_vec(&[3, 4], b.clone()))],
         );
         assert_close(&f32s(&y), &mm(&a4, &b, 4, 3, 4), 1e-5);
     }
@@ -535,31 +421,13 @@ mod tests {
         assert!(try_run("MatMul", 13, &[], vec![Some(a), Some(bad)]).is_err());
         let s = [Dim::sym("b"), Dim::sym("s"), Dim::Known(64)];
         let w = [Dim::Known(64), Dim::Known(10)];
-        let o = infer1(
-            "MatMul",
-            13,
-            &[],
-            &[
-                Some((DType::F32, &s[..], None)),
-                Some((DType::F32, &w[..], None)),
-            ],
-        )
-        .unwrap();
-        assert_eq!(
-            o[0].shape,
-            vec![Dim::sym("b"), Dim::sym("s"), Dim::Known(10)]
-        );
+        let o =
+            infer1("MatMul", 13, &[], &[Some((DType::F32, &s[..], None)), Some((DType::F32, &w[..], None))]).unwrap();
+        assert_eq!(o[0].shape, vec![Dim::sym("b"), Dim::sym("s"), Dim::Known(10)]);
         let w = [Dim::Known(63), Dim::Known(10)];
-        assert!(infer1(
-            "MatMul",
-            13,
-            &[],
-            &[
-                Some((DType::F32, &s[..], None)),
-                Some((DType::F32, &w[..], None))
-            ]
-        )
-        .is_err());
+        assert!(
+            infer1("MatMul", 13, &[], &[Some((DType::F32, &s[..], None)), Some((DType::F32, &w[..], None))]).is_err()
+        );
     }
 
     #[test]
@@ -572,12 +440,7 @@ mod tests {
         let y = run1(
             "Gemm",
             13,
-            &[
-                int("transA", 1),
-                int("transB", 1),
-                float("alpha", 2.),
-                float("beta", 0.5),
-            ],
+            &[int("transA", 1), int("transB", 1), float("alpha", 2.), float("beta", 0.5)],
             vec![
                 Some(Tensor::from_vec(&[3, 2], a)),
                 Some(Tensor::from_vec(&[4, 3], b)),
@@ -585,21 +448,14 @@ mod tests {
             ],
         );
         let p = mm(&at, &bt, 2, 3, 4);
-        let want: Vec<f32> = p
-            .iter()
-            .enumerate()
-            .map(|(i, v)| 2. * v + 0.5 * c[i % 4])
-            .collect();
+        let want: Vec<f32> = p.iter().enumerate().map(|(i, v)| 2. * v + 0.5 * c[i % 4]).collect();
         assert_close(&f32s(&y), &want, 1e-5);
         // Without C.
         let y = run1(
             "Gemm",
             13,
             &[],
-            vec![
-                Some(Tensor::from_vec(&[2, 3], at.clone())),
-                Some(Tensor::from_vec(&[3, 4], bt.clone())),
-            ],
+            vec![Some(Tensor::from_vec(&[2, 3], at.clone())), Some(Tensor::from_vec(&[3, 4], bt.clone()))],
         );
         assert_close(&f32s(&y), &p, 1e-5);
         let yi = run1(
@@ -620,23 +476,10 @@ mod tests {
             "Gemm",
             13,
             &[],
-            &[
-                Some((DType::F32, &m[..], None)),
-                Some((DType::F32, &w[..], None)),
-                Some((DType::F32, &cbad[..], None))
-            ]
+            &[Some((DType::F32, &m[..], None)), Some((DType::F32, &w[..], None)), Some((DType::F32, &cbad[..], None))]
         )
         .is_err());
-        let o = infer1(
-            "Gemm",
-            13,
-            &[],
-            &[
-                Some((DType::F32, &m[..], None)),
-                Some((DType::F32, &w[..], None)),
-            ],
-        )
-        .unwrap();
+        let o = infer1("Gemm", 13, &[], &[Some((DType::F32, &m[..], None)), Some((DType::F32, &w[..], None))]).unwrap();
         assert_eq!(o[0].shape, vec![Dim::sym("m"), Dim::Known(4)]);
     }
 }

@@ -33,9 +33,7 @@ struct Geo<D> {
 
 fn eq(a: &Dim, b: &Dim, what: &str) -> Result<(), KernelError> {
     match (a, b) {
-        (Dim::Known(x), Dim::Known(y)) if x != y => {
-            Err(KernelError::invalid(format!("{what}: {x} vs {y}")))
-        }
+        (Dim::Known(x), Dim::Known(y)) if x != y => Err(KernelError::invalid(format!("{what}: {x} vs {y}"))),
         _ => Ok(()),
     }
 }
@@ -46,17 +44,10 @@ impl Rotary {
         let cos = required(inputs, 1)?;
         let sin = required(inputs, 2)?;
         if !x.dtype.is_float() || cos.dtype != x.dtype || sin.dtype != x.dtype {
-            return Err(KernelError::invalid(
-                "X, cos_cache and sin_cache must be one float dtype",
-            ));
+            return Err(KernelError::invalid("X, cos_cache and sin_cache must be one float dtype"));
         }
         let g = match x.shape.len() {
-            4 => Geo {
-                b: x.shape[0].clone(),
-                h: x.shape[1].clone(),
-                s: x.shape[2].clone(),
-                d: x.shape[3].clone(),
-            },
+            4 => Geo { b: x.shape[0].clone(), h: x.shape[1].clone(), s: x.shape[2].clone(), d: x.shape[3].clone() },
             3 => {
                 if self.num_heads <= 0 {
                     return Err(KernelError::attr("num_heads", "is required for 3-D input"));
@@ -64,32 +55,19 @@ impl Rotary {
                 let nh = self.num_heads;
                 if let Dim::Known(hd) = &x.shape[2] {
                     if hd % nh != 0 {
-                        return Err(KernelError::invalid(format!(
-                            "hidden size {hd} is not divisible by {nh} heads"
-                        )));
+                        return Err(KernelError::invalid(format!("hidden size {hd} is not divisible by {nh} heads")));
                     }
                 }
                 Geo {
                     b: x.shape[0].clone(),
                     h: Dim::Known(nh),
                     s: x.shape[1].clone(),
-                    d: x.shape[2]
-                        .floor_div(&Dim::Known(nh))
-                        .expect("positive heads"),
+                    d: x.shape[2].floor_div(&Dim::Known(nh)).expect("positive heads"),
                 }
             }
-            r => {
-                return Err(KernelError::input(
-                    0,
-                    format!("rank {r}: X must be 3-D or 4-D"),
-                ))
-            }
+            r => return Err(KernelError::input(0, format!("rank {r}: X must be 3-D or 4-D"))),
         };
-        let rot = if self.rot_dim > 0 {
-            Dim::Known(self.rot_dim)
-        } else {
-            g.d.clone()
-        };
+        let rot = if self.rot_dim > 0 { Dim::Known(self.rot_dim) } else { g.d.clone() };
         if let (Dim::Known(r), d) = (&rot, &g.d) {
             if r % 2 != 0 || d.known().is_some_and(|d| *r > d) {
                 return Err(KernelError::attr(
@@ -100,10 +78,7 @@ impl Rotary {
         }
         let half = rot.floor_div(&Dim::Known(2)).expect("nonzero");
         if cos.shape != sin.shape {
-            return Err(KernelError::input(
-                2,
-                "sin_cache and cos_cache differ in shape",
-            ));
+            return Err(KernelError::input(2, "sin_cache and cos_cache differ in shape"));
         }
         match inputs.get(3).copied().flatten() {
             Some(p) => {
@@ -113,79 +88,42 @@ impl Rotary {
                 eq(&p.shape[0], &g.b, "position_ids batch")?;
                 eq(&p.shape[1], &g.s, "position_ids sequence")?;
                 if cos.shape.len() != 2 {
-                    return Err(KernelError::input(
-                        1,
-                        "caches must be [max_position, rot/2] with position_ids",
-                    ));
+                    return Err(KernelError::input(1, "caches must be [max_position, rot/2] with position_ids"));
                 }
             }
             None => {
                 if cos.shape.len() != 3 {
-                    return Err(KernelError::input(
-                        1,
-                        "caches must be [batch, seq, rot/2] without position_ids",
-                    ));
+                    return Err(KernelError::input(1, "caches must be [batch, seq, rot/2] without position_ids"));
                 }
                 eq(&cos.shape[0], &g.b, "cache batch")?;
                 eq(&cos.shape[1], &g.s, "cache sequence")?;
             }
         }
-        eq(
-            cos.shape.last().expect("rank checked"),
-            &half,
-            "cache width and rotary_embedding_dim/2",
-        )?;
+        eq(cos.shape.last().expect("rank checked"), &half, "cache width and rotary_embedding_dim/2")?;
         Ok((g, rot))
     }
 }
 
 impl Kernel for Rotary {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         self.geometry(inputs)?;
         let x = required(inputs, 0)?;
         Ok(vec![OutputInfo::new(x.dtype, x.shape.to_vec())])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let dims: Vec<Vec<Dim>> = inputs
             .iter()
-            .map(|t| {
-                t.map(|t| t.shape.iter().map(|&d| Dim::Known(d as i64)).collect())
-                    .unwrap_or_default()
-            })
+            .map(|t| t.map(|t| t.shape.iter().map(|&d| Dim::Known(d as i64)).collect()).unwrap_or_default())
             .collect();
         let si: Vec<Option<ShapeInput>> = inputs
             .iter()
             .zip(&dims)
-            .map(|(t, d)| {
-                t.map(|t| ShapeInput {
-                    dtype: t.dtype,
-                    shape: d,
-                    value: None,
-                    data: None,
-                })
-            })
+            .map(|(t, d)| t.map(|t| ShapeInput { dtype: t.dtype, shape: d, value: None, data: None }))
             .collect();
         let (gd, rot) = self.geometry(&si)?;
-        let u = |d: &Dim| {
-            d.known()
-                .map(|v| v as usize)
-                .ok_or_else(|| KernelError::invalid("unknown dim"))
-        };
-        let g = Geo {
-            b: u(&gd.b)?,
-            h: u(&gd.h)?,
-            s: u(&gd.s)?,
-            d: u(&gd.d)?,
-        };
+        let u = |d: &Dim| d.known().map(|v| v as usize).ok_or_else(|| KernelError::invalid("unknown dim"));
+        let g = Geo { b: u(&gd.b)?, h: u(&gd.h)?, s: u(&gd.s)?, d: u(&gd.d)? };
         let rot = u(&rot)?;
         let x = required(inputs, 0)?;
         let cos = required(inputs, 1)?;
@@ -200,27 +138,20 @@ impl Kernel for Rotary {
                 p.to_i64_vec()?
                     .into_iter()
                     .map(|v| {
-                        usize::try_from(v).ok().filter(|&v| v < max).ok_or_else(|| {
-                            KernelError::input(3, format!("position {v} is outside 0..{max}"))
-                        })
+                        usize::try_from(v)
+                            .ok()
+                            .filter(|&v| v < max)
+                            .ok_or_else(|| KernelError::input(3, format!("position {v} is outside 0..{max}")))
                     })
                     .collect::<Result<_, _>>()?
             }
             None => (0..g.b * g.s).collect(),
         };
-        let out = outputs
-            .get_mut(0)
-            .ok_or_else(|| KernelError::invalid("missing output"))?;
+        let out = outputs.get_mut(0).ok_or_else(|| KernelError::invalid("missing output"))?;
         if out.dtype != x.dtype || out.data.len() != x.data.len() {
             return Err(KernelError::invalid("output does not match X"));
         }
-        let job = Job {
-            g,
-            half,
-            rot,
-            x3: x.shape.len() == 3,
-            interleaved: self.interleaved,
-        };
+        let job = Job { g, half, rot, x3: x.shape.len() == 3, interleaved: self.interleaved };
         let sin = required(inputs, 2)?;
         crate::with_float!(x.dtype, T => job.run(x.typed::<T>()?, cos.typed::<T>()?, sin.typed::<T>()?, &rows, out.typed::<T>()?),
             _ => return Err(KernelError::unsupported(format!("RotaryEmbedding on {}", x.dtype))));
@@ -243,21 +174,13 @@ impl Job {
         for b in 0..g.b {
             for h in 0..g.h {
                 for s in 0..g.s {
-                    let o = if self.x3 {
-                        (b * g.s + s) * g.h * g.d + h * g.d
-                    } else {
-                        ((b * g.h + h) * g.s + s) * g.d
-                    };
+                    let o = if self.x3 { (b * g.s + s) * g.h * g.d + h * g.d } else { ((b * g.h + h) * g.s + s) * g.d };
                     let xr = &x[o..o + g.d];
                     let yr = &mut y[o..o + g.d];
                     let cr = rows[b * g.s + s] * half;
                     let (c, sn) = (&cos[cr..cr + half], &sin[cr..cr + half]);
                     for j in 0..half {
-                        let (i1, i2) = if self.interleaved {
-                            (2 * j, 2 * j + 1)
-                        } else {
-                            (j, j + half)
-                        };
+                        let (i1, i2) = if self.interleaved { (2 * j, 2 * j + 1) } else { (j, j + half) };
                         let (x1, x2) = (xr[i1].to_acc(), xr[i2].to_acc());
                         let (cv, sv) = (c[j].to_acc(), sn[j].to_acc());
                         yr[i1] = T::from_acc(cv * x1 - sv * x2);
@@ -332,16 +255,7 @@ mod tests {
                 Some(Tensor::from_vec(&[1, 1, 1], vec![s])),
             ],
         );
-        let want = vec![
-            c - s * 2.,
-            s + c * 2.,
-            3.,
-            4.,
-            c * 5. - s * 6.,
-            s * 5. + c * 6.,
-            7.,
-            8.,
-        ];
+        let want = vec![c - s * 2., s + c * 2., 3., 4., c * 5. - s * 6., s * 5. + c * 6., 7., 8.];
         assert_close(&f32s(&y), &want, 1e-6);
     }
 
@@ -351,26 +265,12 @@ mod tests {
         let c = [Dim::Known(128), Dim::Known(8)];
         let p = [Dim::sym("b"), Dim::sym("s")];
         let i = |s: &[Dim], dt: DType| Some((dt, s.to_vec()));
-        let ins = [
-            i(&x, DType::F32),
-            i(&c, DType::F32),
-            i(&c, DType::F32),
-            i(&p, DType::I64),
-        ];
-        let refs: Vec<_> = ins
-            .iter()
-            .map(|o| o.as_ref().map(|(d, s)| (*d, &s[..], None)))
-            .collect();
+        let ins = [i(&x, DType::F32), i(&c, DType::F32), i(&c, DType::F32), i(&p, DType::I64)];
+        let refs: Vec<_> = ins.iter().map(|o| o.as_ref().map(|(d, s)| (*d, &s[..], None))).collect();
         let o = infer1("RotaryEmbedding", 23, &[int("num_heads", 4)], &refs).unwrap();
         assert_eq!(o[0].shape, x.to_vec());
         // Head size 16 needs caches of width 8; rot 8 needs width 4.
-        assert!(infer1(
-            "RotaryEmbedding",
-            23,
-            &[int("num_heads", 4), int("rotary_embedding_dim", 8)],
-            &refs
-        )
-        .is_err());
+        assert!(infer1("RotaryEmbedding", 23, &[int("num_heads", 4), int("rotary_embedding_dim", 8)], &refs).is_err());
         assert!(infer1("RotaryEmbedding", 23, &[], &refs).is_err());
         let bad = try_run(
             "RotaryEmbedding",

@@ -103,16 +103,8 @@ fn put<T: Float>(dst: &mut T, v: T::Acc, accumulate: bool) {
 
 /// Row-at-a-time product for small sizes: k-outer over contiguous rows of B.
 #[allow(clippy::too_many_arguments)]
-fn small<T: Float>(
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: T::Acc,
-    a: Mat<T>,
-    b: Mat<T>,
-    c: &mut [T],
-    accumulate: bool,
-) where
+fn small<T: Float>(m: usize, n: usize, k: usize, alpha: T::Acc, a: Mat<T>, b: Mat<T>, c: &mut [T], accumulate: bool)
+where
     T::Acc: GAcc,
 {
     let mut acc = vec![T::Acc::ZERO; n];
@@ -152,11 +144,7 @@ fn gemv<T: Float>(
 ) where
     T::Acc: GAcc,
 {
-    let chunk = if parallel {
-        n.div_ceil(rayon::current_num_threads() * 4).max(64)
-    } else {
-        n
-    };
+    let chunk = if parallel { n.div_ceil(rayon::current_num_threads() * 4).max(64) } else { n };
     let body = |ci: usize, cs: &mut [T]| {
         let j0 = ci * chunk;
         let w = cs.len();
@@ -204,9 +192,7 @@ fn gemv<T: Float>(
         }
     };
     if parallel {
-        c.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(ci, cs)| body(ci, cs));
+        c.par_chunks_mut(chunk).enumerate().for_each(|(ci, cs)| body(ci, cs));
     } else {
         body(0, c);
     }
@@ -230,17 +216,8 @@ fn blocked<T: Float, const MR: usize, const NR: usize>(
     let exact_store = std::mem::size_of::<T>() == std::mem::size_of::<T::Acc>();
     let kc_max = if exact_store { KC.min(k) } else { k };
     let nc_max = ((B_PACK / kc_max).max(NR) / NR * NR).min(n.div_ceil(NR) * NR);
-    let threads = if parallel {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
-    let mc = if threads > 1 {
-        m.div_ceil(threads).div_ceil(MR) * MR
-    } else {
-        MC
-    }
-    .clamp(MR, MC);
+    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    let mc = if threads > 1 { m.div_ceil(threads).div_ceil(MR) * MR } else { MC }.clamp(MR, MC);
     let mut bpack = vec![T::Acc::ZERO; kc_max * nc_max];
     let fma = has_fma();
     for jc in (0..n).step_by(nc_max) {
@@ -254,21 +231,11 @@ fn blocked<T: Float, const MR: usize, const NR: usize>(
                 let rows = cblk.len() / n;
                 let mut apack = vec![T::Acc::ZERO; rows.div_ceil(MR) * MR * kc];
                 pack_a::<T, MR>(a, bi * mc, rows, pc, kc, &mut apack);
-                let blk = Block {
-                    rows,
-                    nc,
-                    kc,
-                    ldc: n,
-                    jc,
-                    alpha,
-                    keep,
-                };
+                let blk = Block { rows, nc, kc, ldc: n, jc, alpha, keep };
                 macro_kernel::<T, MR, NR>(&blk, &apack, bp, cblk, fma);
             };
             if threads > 1 && m > mc {
-                c.par_chunks_mut(mc * n)
-                    .enumerate()
-                    .for_each(|(bi, cb)| task(bi, cb));
+                c.par_chunks_mut(mc * n).enumerate().for_each(|(bi, cb)| task(bi, cb));
             } else {
                 for (bi, cb) in c.chunks_mut(mc * n).enumerate() {
                     task(bi, cb);
@@ -279,14 +246,7 @@ fn blocked<T: Float, const MR: usize, const NR: usize>(
 }
 
 /// Packs B[pc..pc+kc, jc..jc+nc] into NR-wide panels, each kc rows of NR (zero padded).
-fn pack_b<T: Float, const NR: usize>(
-    b: Mat<T>,
-    pc: usize,
-    kc: usize,
-    jc: usize,
-    nc: usize,
-    out: &mut [T::Acc],
-) {
+fn pack_b<T: Float, const NR: usize>(b: Mat<T>, pc: usize, kc: usize, jc: usize, nc: usize, out: &mut [T::Acc]) {
     for p in 0..nc.div_ceil(NR) {
         let j0 = jc + p * NR;
         let w = NR.min(jc + nc - j0);
@@ -309,14 +269,7 @@ fn pack_b<T: Float, const NR: usize>(
 }
 
 /// Packs A[i0..i0+rows, pc..pc+kc] into MR-tall panels, each kc columns of MR (zero padded).
-fn pack_a<T: Float, const MR: usize>(
-    a: Mat<T>,
-    i0: usize,
-    rows: usize,
-    pc: usize,
-    kc: usize,
-    out: &mut [T::Acc],
-) {
+fn pack_a<T: Float, const MR: usize>(a: Mat<T>, i0: usize, rows: usize, pc: usize, kc: usize, out: &mut [T::Acc]) {
     for q in 0..rows.div_ceil(MR) {
         let r0 = i0 + q * MR;
         let h = MR.min(i0 + rows - r0);
@@ -419,11 +372,7 @@ fn macro_body<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
                 let bv: &[T::Acc; NR] = bv.try_into().expect("NR-wide");
                 for i in 0..MR {
                     for j in 0..NR {
-                        acc[i][j] = if FMA {
-                            T::Acc::fma(av[i], bv[j], acc[i][j])
-                        } else {
-                            acc[i][j] + av[i] * bv[j]
-                        };
+                        acc[i][j] = if FMA { T::Acc::fma(av[i], bv[j], acc[i][j]) } else { acc[i][j] + av[i] * bv[j] };
                     }
                 }
             }
@@ -454,39 +403,16 @@ mod tests {
     }
 
     fn check(m: usize, n: usize, k: usize, trans_b: bool, parallel: bool) {
-        let a: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7 % 13) as f32 - 6.) * 0.1)
-            .collect();
-        let b: Vec<f32> = (0..k * n)
-            .map(|i| ((i * 5 % 11) as f32 - 5.) * 0.1)
-            .collect();
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.) * 0.1).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.) * 0.1).collect();
         let want = reference(m, n, k, &a, &b);
         let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
-        let bm = if trans_b {
-            Mat {
-                data: &bt[..],
-                rs: 1,
-                cs: k,
-            }
-        } else {
-            Mat {
-                data: &b[..],
-                rs: n,
-                cs: 1,
-            }
-        };
+        let bm = if trans_b { Mat { data: &bt[..], rs: 1, cs: k } } else { Mat { data: &b[..], rs: n, cs: 1 } };
         let mut c = vec![1f32; m * n];
-        let am = Mat {
-            data: &a[..],
-            rs: k,
-            cs: 1,
-        };
+        let am = Mat { data: &a[..], rs: k, cs: 1 };
         gemm(m, n, k, 1.0, am, bm, &mut c, false, parallel);
         for (i, (x, y)) in c.iter().zip(&want).enumerate() {
-            assert!(
-                (*x as f64 - y).abs() < 1e-3 * (1. + y.abs()),
-                "{m}x{n}x{k} [{i}]: {x} vs {y}"
-            );
+            assert!((*x as f64 - y).abs() < 1e-3 * (1. + y.abs()), "{m}x{n}x{k} [{i}]: {x} vs {y}");
         }
         // Accumulate with alpha: C = 1 + 0.5 * AB.
         let mut c = vec![1f32; m * n];
@@ -530,16 +456,8 @@ mod tests {
             n,
             k,
             1.0,
-            Mat {
-                data: &ah[..],
-                rs: k,
-                cs: 1,
-            },
-            Mat {
-                data: &bh[..],
-                rs: n,
-                cs: 1,
-            },
+            Mat { data: &ah[..], rs: k, cs: 1 },
+            Mat { data: &bh[..], rs: n, cs: 1 },
             &mut c,
             false,
             true,
@@ -555,16 +473,8 @@ mod tests {
             n,
             k,
             1.0,
-            Mat {
-                data: &ad[..],
-                rs: k,
-                cs: 1,
-            },
-            Mat {
-                data: &bd[..],
-                rs: n,
-                cs: 1,
-            },
+            Mat { data: &ad[..], rs: k, cs: 1 },
+            Mat { data: &bd[..], rs: n, cs: 1 },
             &mut c,
             false,
             false,
@@ -578,12 +488,7 @@ mod tests {
     #[test]
     #[ignore]
     fn gemm_speed() {
-        for &(m, n, k) in &[
-            (512, 512, 512),
-            (1024, 1024, 1024),
-            (1, 4096, 4096),
-            (64, 4096, 1024),
-        ] {
+        for &(m, n, k) in &[(512, 512, 512), (1024, 1024, 1024), (1, 4096, 4096), (64, 4096, 1024)] {
             let a = vec![0.5f32; m * k];
             let b = vec![0.25f32; k * n];
             let mut c = vec![0f32; m * n];
@@ -595,27 +500,15 @@ mod tests {
                     n,
                     k,
                     1.0,
-                    Mat {
-                        data: &a[..],
-                        rs: k,
-                        cs: 1,
-                    },
-                    Mat {
-                        data: &b[..],
-                        rs: n,
-                        cs: 1,
-                    },
+                    Mat { data: &a[..], rs: k, cs: 1 },
+                    Mat { data: &b[..], rs: n, cs: 1 },
                     &mut c,
                     false,
                     true,
                 );
             }
             let s = t.elapsed().as_secs_f64() / reps as f64;
-            println!(
-                "{m}x{n}x{k}: {:.2} ms, {:.1} GFLOP/s",
-                s * 1e3,
-                2. * (m * n * k) as f64 / s / 1e9
-            );
+            println!("{m}x{n}x{k}: {:.2} ms, {:.1} GFLOP/s", s * 1e3, 2. * (m * n * k) as f64 / s / 1e9);
         }
     }
 }

@@ -17,22 +17,15 @@ pub(super) fn elems_mut<T: bytemuck::Pod>(data: &mut [u8]) -> Result<&mut [T], K
 }
 
 /// The first output, or an error when the step has none.
-pub(super) fn out0<'a, 'b>(
-    outputs: &'b mut [TensorMut<'a>],
-) -> Result<&'b mut TensorMut<'a>, KernelError> {
-    outputs
-        .first_mut()
-        .ok_or_else(|| KernelError::invalid("missing output"))
+pub(super) fn out0<'a, 'b>(outputs: &'b mut [TensorMut<'a>]) -> Result<&'b mut TensorMut<'a>, KernelError> {
+    outputs.first_mut().ok_or_else(|| KernelError::invalid("missing output"))
 }
 
 /// Checks that input `index` has exactly the bytes its shape needs, so that indexing by shape
 /// cannot run past its data.
 pub(super) fn check_data(t: &TensorRef, index: usize) -> Result<(), KernelError> {
     if t.data.len() != t.numel() * t.dtype.size() {
-        return Err(KernelError::input(
-            index,
-            format!("{} bytes do not hold shape {:?}", t.data.len(), t.shape),
-        ));
+        return Err(KernelError::input(index, format!("{} bytes do not hold shape {:?}", t.data.len(), t.shape)));
     }
     Ok(())
 }

@@ -12,21 +12,13 @@ pub struct Concat {
 impl Concat {
     pub fn new(spec: &OpSpec) -> Result<Self, KernelError> {
         // Concat-1 defaulted the axis to 1; it is required from opset 4.
-        let axis = if spec.opset < 4 {
-            spec.attrs.int("axis", 1)?
-        } else {
-            spec.attrs.req_int("axis")?
-        };
+        let axis = if spec.opset < 4 { spec.attrs.int("axis", 1)? } else { spec.attrs.req_int("axis")? };
         Ok(Concat { axis })
     }
 }
 
 impl Kernel for Concat {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let first = required(inputs, 0)?;
         let rank = first.shape.len();
         let axis = normalize_axis(self.axis, rank)?;
@@ -34,35 +26,23 @@ impl Kernel for Concat {
         for i in 1..inputs.len() {
             let x = required(inputs, i)?;
             if x.dtype != first.dtype {
-                return Err(KernelError::input(
-                    i,
-                    format!("is {} but input 0 is {}", x.dtype, first.dtype),
-                ));
+                return Err(KernelError::input(i, format!("is {} but input 0 is {}", x.dtype, first.dtype)));
             }
             if x.shape.len() != rank {
-                return Err(KernelError::input(
-                    i,
-                    format!("has rank {} but input 0 has rank {rank}", x.shape.len()),
-                ));
+                return Err(KernelError::input(i, format!("has rank {} but input 0 has rank {rank}", x.shape.len())));
             }
             for (a, d) in x.shape.iter().enumerate() {
                 shape[a] = if a == axis {
                     shape[a].add(d)
                 } else {
-                    agree(&shape[a], d, || {
-                        format!("input {i} differs from input 0 in dim {a} of {:?}", x.shape)
-                    })?
+                    agree(&shape[a], d, || format!("input {i} differs from input 0 in dim {a} of {:?}", x.shape))?
                 };
             }
         }
         Ok(vec![OutputInfo::new(first.dtype, shape)])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let out = out0(outputs)?;
         let axis = normalize_axis(self.axis, out.shape.len())?;
         let es = out.dtype.size();
@@ -78,15 +58,11 @@ impl Kernel for Concat {
             if off + block > row || x.data.len() != outer * block {
                 return Err(KernelError::input(
                     i,
-                    format!(
-                        "shape {:?} does not fit the output {:?}",
-                        x.shape, out.shape
-                    ),
+                    format!("shape {:?} does not fit the output {:?}", x.shape, out.shape),
                 ));
             }
             for o in 0..outer {
-                out.data[o * row + off..o * row + off + block]
-                    .copy_from_slice(&x.data[o * block..(o + 1) * block]);
+                out.data[o * row + off..o * row + off + block].copy_from_slice(&x.data[o * block..(o + 1) * block]);
             }
             off += block;
         }
@@ -127,10 +103,7 @@ mod tests {
         let past = sym_in(DType::F32, vec![s("b"), k(12), s("past"), k(64)]);
         let new = sym_in(DType::F32, vec![s("b"), k(12), s("seq"), k(64)]);
         let out = infer("Concat", 13, &ax, &[past, new]).unwrap();
-        assert_eq!(
-            out[0].shape,
-            vec![s("b"), k(12), s("past").add(&s("seq")), k(64)]
-        );
+        assert_eq!(out[0].shape, vec![s("b"), k(12), s("past").add(&s("seq")), k(64)]);
         let x = sym_in(DType::F32, vec![k(1), k(2)]);
         let y = sym_in(DType::F32, vec![k(1), k(3)]);
         assert!(infer("Concat", 13, &[Attribute::int("axis", 0)], &[x, y]).is_err());

@@ -11,12 +11,8 @@ use kiln_formats::{DType, Dim};
 
 /// A tensor attribute's dtype, shape and bytes, checked to agree.
 fn tensor_attr(name: &str, t: &TensorValue) -> Result<(DType, Vec<usize>, Vec<u8>), KernelError> {
-    let dtype = DType::from_onnx_code(t.dtype).ok_or_else(|| {
-        KernelError::unsupported(format!(
-            "attribute '{name}' of type {}",
-            DType::onnx_name(t.dtype)
-        ))
-    })?;
+    let dtype = DType::from_onnx_code(t.dtype)
+        .ok_or_else(|| KernelError::unsupported(format!("attribute '{name}' of type {}", DType::onnx_name(t.dtype))))?;
     let shape = t
         .dims
         .iter()
@@ -26,10 +22,7 @@ fn tensor_attr(name: &str, t: &TensorValue) -> Result<(DType, Vec<usize>, Vec<u8
     if byte_size(dtype, &shape) != Some(t.data.len()) {
         return Err(KernelError::attr(
             name,
-            format!(
-                "{} bytes do not hold a {dtype} tensor of shape {shape:?}",
-                t.data.len()
-            ),
+            format!("{} bytes do not hold a {dtype} tensor of shape {shape:?}", t.data.len()),
         ));
     }
     Ok((dtype, shape, t.data.clone()))
@@ -64,33 +57,18 @@ impl Constant {
             let b: Vec<u8> = is.iter().flat_map(|i| i.to_le_bytes()).collect();
             (DType::I64, vec![is.len()], b)
         } else {
-            return Err(KernelError::attr(
-                "value",
-                "Constant needs a value attribute",
-            ));
+            return Err(KernelError::attr("value", "Constant needs a value attribute"));
         };
-        Ok(Constant {
-            dtype,
-            shape,
-            bytes,
-        })
+        Ok(Constant { dtype, shape, bytes })
     }
 }
 
 impl Kernel for Constant {
-    fn infer(
-        &self,
-        _inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, _inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         Ok(vec![OutputInfo::new(self.dtype, known_shape(&self.shape))])
     }
 
-    fn run(
-        &self,
-        _inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, _inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         copy_all(&self.bytes, out0(outputs)?.data)
     }
 }
@@ -123,11 +101,7 @@ impl Kernel for ConstantOfShape {
         &[0]
     }
 
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let s = required(inputs, 0)?;
         check_int(&s, 0)?;
         let n = vector_len(&s, 0)?;
@@ -143,11 +117,7 @@ impl Kernel for ConstantOfShape {
         Ok(vec![OutputInfo::new(self.dtype, shape)])
     }
 
-    fn run(
-        &self,
-        _inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, _inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let out = out0(outputs)?;
         with_any!(self.dtype, T => {
             let v: T = bytemuck::pod_read_unaligned(&self.value);
@@ -175,30 +145,14 @@ mod tests {
         let out = run("Constant", 13, &[Attribute::float("value_float", 2.5)], &[]).unwrap();
         assert_eq!(out[0].shape, Vec::<usize>::new());
         assert_eq!(vals_f32(&out[0]), vec![2.5]);
-        let out = run(
-            "Constant",
-            13,
-            &[Attribute::ints("value_ints", vec![1, 2])],
-            &[],
-        )
-        .unwrap();
+        let out = run("Constant", 13, &[Attribute::ints("value_ints", vec![1, 2])], &[]).unwrap();
         assert_eq!(vals_i64(&out[0]), vec![1, 2]);
         let out = run("Constant", 13, &[Attribute::int("value_int", 7)], &[]).unwrap();
         assert_eq!(vals_i64(&out[0]), vec![7]);
-        let out = run(
-            "Constant",
-            13,
-            &[Attribute::floats("value_floats", vec![1., 2.])],
-            &[],
-        )
-        .unwrap();
+        let out = run("Constant", 13, &[Attribute::floats("value_floats", vec![1., 2.])], &[]).unwrap();
         assert_eq!(vals_f32(&out[0]), vec![1., 2.]);
         assert!(kernel("Constant", 13, &[]).is_err());
-        let bad = TensorValue {
-            dtype: DType::F32.onnx_code(),
-            dims: vec![3],
-            data: vec![0; 4],
-        };
+        let bad = TensorValue { dtype: DType::F32.onnx_code(), dims: vec![3], data: vec![0; 4] };
         assert!(kernel("Constant", 13, &[Attribute::tensor("value", bad)]).is_err());
     }
 
@@ -207,11 +161,7 @@ mod tests {
         let out = run("ConstantOfShape", 9, &[], &[Some(&i64s(&[2], &[2, 3]))]).unwrap();
         assert_eq!(out[0].shape, vec![2, 3]);
         assert_eq!(vals_f32(&out[0]), vec![0.; 6]);
-        let v = TensorValue {
-            dtype: DType::I64.onnx_code(),
-            dims: vec![1],
-            data: 5i64.to_le_bytes().to_vec(),
-        };
+        let v = TensorValue { dtype: DType::I64.onnx_code(), dims: vec![1], data: 5i64.to_le_bytes().to_vec() };
         let a = [Attribute::tensor("value", v)];
         let out = run("ConstantOfShape", 9, &a, &[Some(&i64s(&[1], &[3]))]).unwrap();
         assert_eq!(vals_i64(&out[0]), vec![5, 5, 5]);

@@ -17,11 +17,7 @@ impl Kernel for Expand {
         &[1]
     }
 
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let s = required(inputs, 1)?;
         check_int(&s, 1)?;
@@ -40,11 +36,7 @@ impl Kernel for Expand {
                 let pad = rank - x.shape.len();
                 let mut out = fresh_dims(cx, pad, "expand")?;
                 for d in x.shape {
-                    out.push(if *d == Dim::Known(1) {
-                        cx.fresh("expand")?
-                    } else {
-                        d.clone()
-                    });
+                    out.push(if *d == Dim::Known(1) { cx.fresh("expand")? } else { d.clone() });
                 }
                 out
             }
@@ -52,17 +44,10 @@ impl Kernel for Expand {
         Ok(vec![OutputInfo::new(x.dtype, shape)])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let out = out0(outputs)?;
-        let strides: Vec<isize> = broadcast_strides(x.shape, out.shape)?
-            .into_iter()
-            .map(|s| s as isize)
-            .collect();
+        let strides: Vec<isize> = broadcast_strides(x.shape, out.shape)?.into_iter().map(|s| s as isize).collect();
         strided_copy(x.dtype.size(), x.data, 0, out.shape, &strides, out.data)
     }
 }
@@ -75,20 +60,13 @@ impl Kernel for Tile {
         &[1]
     }
 
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let r = required(inputs, 1)?;
         check_int(&r, 1)?;
         let n = vector_len(&r, 1)?;
         if n != x.shape.len() {
-            return Err(KernelError::input(
-                1,
-                format!("{n} repeats for rank {}", x.shape.len()),
-            ));
+            return Err(KernelError::input(1, format!("{n} repeats for rank {}", x.shape.len())));
         }
         let shape = match r.value {
             Some(v) => x
@@ -96,9 +74,7 @@ impl Kernel for Tile {
                 .iter()
                 .zip(v)
                 .map(|(d, rep)| match rep {
-                    Dim::Known(k) if *k < 0 => {
-                        Err(KernelError::input(1, format!("repeat {k} is negative")))
-                    }
+                    Dim::Known(k) if *k < 0 => Err(KernelError::input(1, format!("repeat {k} is negative"))),
                     _ => Ok(d.mul(rep)),
                 })
                 .collect::<Result<_, _>>()?,
@@ -107,11 +83,7 @@ impl Kernel for Tile {
         Ok(vec![OutputInfo::new(x.dtype, shape)])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let reps = required(inputs, 1)?.to_i64_vec()?;
         let out = out0(outputs)?;
@@ -124,8 +96,7 @@ impl Kernel for Tile {
         let mut shape = Vec::with_capacity(2 * reps.len());
         let mut strides = Vec::with_capacity(2 * reps.len());
         for (i, &rep) in reps.iter().enumerate() {
-            let rep = usize::try_from(rep)
-                .map_err(|_| KernelError::input(1, format!("repeat {rep} is negative")))?;
+            let rep = usize::try_from(rep).map_err(|_| KernelError::input(1, format!("repeat {rep} is negative")))?;
             if out.shape[i] != rep * x.shape[i] {
                 return Err(KernelError::invalid("output is not sized for the repeats"));
             }
@@ -144,31 +115,16 @@ mod tests {
     #[test]
     fn expands_bidirectionally() {
         let x = f32s(&[3, 1], &[1., 2., 3.]);
-        let out = run(
-            "Expand",
-            13,
-            &[],
-            &[Some(&x), Some(&i64s(&[3], &[2, 1, 2]))],
-        )
-        .unwrap();
+        let out = run("Expand", 13, &[], &[Some(&x), Some(&i64s(&[3], &[2, 1, 2]))]).unwrap();
         assert_eq!(out[0].shape, vec![2, 3, 2]);
-        assert_eq!(
-            vals_f32(&out[0]),
-            vec![1., 1., 2., 2., 3., 3., 1., 1., 2., 2., 3., 3.]
-        );
+        assert_eq!(vals_f32(&out[0]), vec![1., 1., 2., 2., 3., 3., 1., 1., 2., 2., 3., 3.]);
         // The shape may be smaller than the input: the input's dims win.
         let out = run("Expand", 13, &[], &[Some(&x), Some(&i64s(&[1], &[1]))]).unwrap();
         assert_eq!(out[0].shape, vec![3, 1]);
         assert!(run("Expand", 13, &[], &[Some(&x), Some(&i64s(&[2], &[2, 2]))]).is_err());
 
         let x = sym_in(DType::F32, vec![k(1), k(1), s("t"), s("t")]);
-        let out = infer(
-            "Expand",
-            13,
-            &[],
-            &[x, val_in(vec![s("b"), k(1), k(1), k(1)])],
-        )
-        .unwrap();
+        let out = infer("Expand", 13, &[], &[x, val_in(vec![s("b"), k(1), k(1), k(1)])]).unwrap();
         assert_eq!(out[0].shape, vec![s("b"), k(1), s("t"), s("t")]);
         let x = sym_in(DType::F32, vec![k(1), k(8)]);
         let out = infer("Expand", 13, &[], &[x, sym_in(DType::I64, ks(&[3]))]).unwrap();
@@ -186,13 +142,7 @@ mod tests {
         assert_eq!(&v[12..18], &[1., 2., 1., 2., 1., 2.]);
         assert_eq!(&v[18..24], &[3., 4., 3., 4., 3., 4.]);
         assert!(run("Tile", 13, &[], &[Some(&x), Some(&i64s(&[1], &[2]))]).is_err());
-        let out = infer(
-            "Tile",
-            13,
-            &[],
-            &[sym_in(DType::F32, vec![s("b"), k(2)]), val_in(ks(&[1, 3]))],
-        )
-        .unwrap();
+        let out = infer("Tile", 13, &[], &[sym_in(DType::F32, vec![s("b"), k(2)]), val_in(ks(&[1, 3]))]).unwrap();
         assert_eq!(out[0].shape, vec![s("b"), k(6)]);
     }
 }

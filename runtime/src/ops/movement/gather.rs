@@ -3,9 +3,7 @@
 //! Indices are int32 or int64, negative ones count from the end, and an out-of-range index is an
 //! error naming it.
 
-use super::common::{
-    agree, check_data, check_index_dtype, elems, elems_mut, out0, strides_of, Indices,
-};
+use super::common::{agree, check_data, check_index_dtype, elems, elems_mut, out0, strides_of, Indices};
 use crate::error::KernelError;
 use crate::kernel::{normalize_axis, required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
 use crate::view::{TensorMut, TensorRef};
@@ -277,13 +275,7 @@ mod tests {
     fn large_and_empty_gathers() {
         let table = iota(&[1000, 512]);
         let ids: Vec<i64> = (0..600).map(|i| (i * 37) % 1000).collect();
-        let out = run(
-            "Gather",
-            13,
-            &[],
-            &[Some(&table), Some(&i64s(&[600], &ids))],
-        )
-        .unwrap();
+        let out = run("Gather", 13, &[], &[Some(&table), Some(&i64s(&[600], &ids))]).unwrap();
         let v = vals_f32(&out[0]);
         for (r, &id) in ids.iter().enumerate().step_by(13) {
             assert_eq!(v[r * 512 + 3], (id * 512 + 3) as f32);

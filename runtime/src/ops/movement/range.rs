@@ -38,9 +38,7 @@ fn float_len(dtype: DType, bytes: [&[u8]; 3]) -> Result<i64, KernelError> {
     }, _ => l - s);
     let n = (diff / d).ceil();
     if !n.is_finite() {
-        return Err(KernelError::invalid(format!(
-            "Range({s}, {l}, {d}) has no finite length"
-        )));
+        return Err(KernelError::invalid(format!("Range({s}, {l}, {d}) has no finite length")));
     }
     Ok(n.max(0.0) as i64)
 }
@@ -55,13 +53,8 @@ fn sym_len(s: &Dim, l: &Dim, d: i64) -> Result<Dim, KernelError> {
         return Err(KernelError::input(2, "delta must not be 0"));
     }
     let (span, by) = if d > 0 { (l.sub(s), d) } else { (s.sub(l), -d) };
-    let n = if by == 1 {
-        span
-    } else {
-        span.add(&Dim::Known(by - 1))
-            .floor_div(&Dim::Known(by))
-            .unwrap_or(Dim::Known(0))
-    };
+    let n =
+        if by == 1 { span } else { span.add(&Dim::Known(by - 1)).floor_div(&Dim::Known(by)).unwrap_or(Dim::Known(0)) };
     Ok(match n {
         Dim::Known(v) => Dim::Known(v.max(0)),
         n => n,
@@ -73,23 +66,12 @@ impl Kernel for Range {
         &[0, 1, 2]
     }
 
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
-        let ins = [
-            required(inputs, 0)?,
-            required(inputs, 1)?,
-            required(inputs, 2)?,
-        ];
+    fn infer(&self, inputs: &[Option<ShapeInput>], cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
+        let ins = [required(inputs, 0)?, required(inputs, 1)?, required(inputs, 2)?];
         let dt = ins[0].dtype;
         for (i, x) in ins.iter().enumerate() {
             if x.dtype != dt {
-                return Err(KernelError::input(
-                    i,
-                    format!("is {} but start is {dt}", x.dtype),
-                ));
+                return Err(KernelError::input(i, format!("is {} but start is {dt}", x.dtype)));
             }
             if Dim::product(x.shape).known().is_some_and(|n| n != 1) {
                 return Err(KernelError::input(i, "must be a scalar"));
@@ -100,9 +82,7 @@ impl Kernel for Range {
         }
         let n = if dt.is_float() {
             match (ins[0].data, ins[1].data, ins[2].data) {
-                (Some(s), Some(l), Some(d)) if s.len() >= dt.size() => {
-                    Dim::Known(float_len(dt, [s, l, d])?)
-                }
+                (Some(s), Some(l), Some(d)) if s.len() >= dt.size() => Dim::Known(float_len(dt, [s, l, d])?),
                 _ => cx.fresh("range")?,
             }
         } else {
@@ -115,16 +95,8 @@ impl Kernel for Range {
         Ok(vec![OutputInfo::new(dt, vec![n])])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
-        let (s, _l, d) = (
-            required(inputs, 0)?,
-            required(inputs, 1)?,
-            required(inputs, 2)?,
-        );
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
+        let (s, _l, d) = (required(inputs, 0)?, required(inputs, 1)?, required(inputs, 2)?);
         check_data(&s, 0)?;
         check_data(&d, 2)?;
         if s.numel() != 1 || d.numel() != 1 {
@@ -158,84 +130,32 @@ mod tests {
     #[test]
     fn int_and_float_ranges() {
         let sc = |v: i64| i64s(&[], &[v]);
-        let out = run(
-            "Range",
-            11,
-            &[],
-            &[Some(&sc(1)), Some(&sc(10)), Some(&sc(3))],
-        )
-        .unwrap();
+        let out = run("Range", 11, &[], &[Some(&sc(1)), Some(&sc(10)), Some(&sc(3))]).unwrap();
         assert_eq!(vals_i64(&out[0]), vec![1, 4, 7]);
-        let out = run(
-            "Range",
-            11,
-            &[],
-            &[Some(&sc(10)), Some(&sc(6)), Some(&sc(-3))],
-        )
-        .unwrap();
+        let out = run("Range", 11, &[], &[Some(&sc(10)), Some(&sc(6)), Some(&sc(-3))]).unwrap();
         assert_eq!(vals_i64(&out[0]), vec![10, 7]);
-        let out = run(
-            "Range",
-            11,
-            &[],
-            &[Some(&sc(5)), Some(&sc(1)), Some(&sc(2))],
-        )
-        .unwrap();
+        let out = run("Range", 11, &[], &[Some(&sc(5)), Some(&sc(1)), Some(&sc(2))]).unwrap();
         assert_eq!(out[0].shape, vec![0]);
-        assert!(run(
-            "Range",
-            11,
-            &[],
-            &[Some(&sc(0)), Some(&sc(1)), Some(&sc(0))]
-        )
-        .is_err());
+        assert!(run("Range", 11, &[], &[Some(&sc(0)), Some(&sc(1)), Some(&sc(0))]).is_err());
         let i32sc = |v: i32| i32s(&[], &[v]);
-        let out = run(
-            "Range",
-            11,
-            &[],
-            &[Some(&i32sc(0)), Some(&i32sc(4)), Some(&i32sc(1))],
-        )
-        .unwrap();
+        let out = run("Range", 11, &[], &[Some(&i32sc(0)), Some(&i32sc(4)), Some(&i32sc(1))]).unwrap();
         assert_eq!(out[0].as_slice::<i32>().unwrap(), &[0, 1, 2, 3]);
         let f = |v: f32| Tensor::from_vec(&[], vec![v]);
-        let out = run(
-            "Range",
-            11,
-            &[],
-            &[Some(&f(0.)), Some(&f(1.)), Some(&f(0.3))],
-        )
-        .unwrap();
+        let out = run("Range", 11, &[], &[Some(&f(0.)), Some(&f(1.)), Some(&f(0.3))]).unwrap();
         assert_eq!(out[0].shape, vec![4]);
         assert!((vals_f32(&out[0])[3] - 0.9).abs() < 1e-6);
     }
 
     #[test]
     fn symbolic_position_ids() {
-        let sc = |v: kiln_formats::Dim| {
-            Some(In {
-                dtype: DType::I64,
-                shape: vec![],
-                value: Some(vec![v]),
-            })
-        };
-        let out = infer(
-            "Range",
-            11,
-            &[],
-            &[sc(s("past")), sc(s("past").add(&s("seq"))), sc(k(1))],
-        )
-        .unwrap();
+        let sc = |v: kiln_formats::Dim| Some(In { dtype: DType::I64, shape: vec![], value: Some(vec![v]) });
+        let out = infer("Range", 11, &[], &[sc(s("past")), sc(s("past").add(&s("seq"))), sc(k(1))]).unwrap();
         assert_eq!(out[0].shape, vec![s("seq")]);
         let out = infer(
             "Range",
             11,
             &[],
-            &[
-                sym_in(DType::F32, vec![]),
-                sym_in(DType::F32, vec![]),
-                sym_in(DType::F32, vec![]),
-            ],
+            &[sym_in(DType::F32, vec![]), sym_in(DType::F32, vec![]), sym_in(DType::F32, vec![])],
         )
         .unwrap();
         assert!(!out[0].shape[0].is_known());

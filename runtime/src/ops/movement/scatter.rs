@@ -1,9 +1,7 @@
 //! ScatterND: a copy of the data with the slices addressed by index tuples replaced by (or,
 //! with `reduction`, combined with) the updates, applied in order.
 
-use super::common::{
-    agree, check_data, check_index_dtype, copy_all, elems, elems_mut, out0, strides_of, Indices,
-};
+use super::common::{agree, check_data, check_index_dtype, copy_all, elems, elems_mut, out0, strides_of, Indices};
 use super::gather::tuple_len;
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};

@@ -14,10 +14,7 @@ pub struct Shape {
 
 impl Shape {
     pub fn new(spec: &OpSpec) -> Result<Self, KernelError> {
-        Ok(Shape {
-            start: spec.attrs.int("start", 0)?,
-            end: spec.attrs.int_opt("end")?,
-        })
+        Ok(Shape { start: spec.attrs.int("start", 0)?, end: spec.attrs.int_opt("end")? })
     }
 
     /// The window of dims reported, clamped to `[0, rank]` as the spec says.
@@ -31,21 +28,13 @@ impl Shape {
 }
 
 impl Kernel for Shape {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let (s, e) = self.window(x.shape.len());
         Ok(vec![OutputInfo::new(DType::I64, vec![Dim::from(e - s)])])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let (s, e) = self.window(x.shape.len());
         let out = elems_mut::<i64>(out0(outputs)?.data)?;
@@ -63,25 +52,15 @@ impl Kernel for Shape {
 pub struct Size;
 
 impl Kernel for Size {
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        _cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         required(inputs, 0)?;
         Ok(vec![OutputInfo::new(DType::I64, vec![])])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let out = elems_mut::<i64>(out0(outputs)?.data)?;
-        let o = out
-            .first_mut()
-            .ok_or_else(|| KernelError::invalid("output is not sized for a scalar"))?;
+        let o = out.first_mut().ok_or_else(|| KernelError::invalid("output is not sized for a scalar"))?;
         *o = x.numel() as i64;
         Ok(())
     }

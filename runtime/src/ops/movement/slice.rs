@@ -32,23 +32,12 @@ impl Slice {
                 .map(<[i64]>::to_vec)
                 .ok_or_else(|| KernelError::attr(name, "is required before opset 10"))
         };
-        Ok(Slice {
-            attrs: Some((
-                req("starts")?,
-                req("ends")?,
-                spec.attrs.ints("axes")?.map(<[i64]>::to_vec),
-            )),
-        })
+        Ok(Slice { attrs: Some((req("starts")?, req("ends")?, spec.attrs.ints("axes")?.map(<[i64]>::to_vec))) })
     }
 }
 
 /// The first element and element count of slicing a dim of size `d`.
-pub(super) fn known_slice(
-    d: i64,
-    start: i64,
-    end: i64,
-    step: i64,
-) -> Result<(i64, i64), KernelError> {
+pub(super) fn known_slice(d: i64, start: i64, end: i64, step: i64) -> Result<(i64, i64), KernelError> {
     if step == 0 {
         return Err(KernelError::invalid("slice step must not be 0"));
     }
@@ -107,18 +96,9 @@ fn sym_len(d: &Dim, s: &Dim, e: &Dim, step: i64) -> Result<Dim, KernelError> {
     }
     let fwd = step > 0;
     let (s, e) = (sym_bound(s, d, fwd), sym_bound(e, d, fwd));
-    let (span, by) = if fwd {
-        (e.sub(&s), step)
-    } else {
-        (s.sub(&e), -step)
-    };
-    let len = if by == 1 {
-        span
-    } else {
-        span.add(&Dim::Known(by - 1))
-            .floor_div(&Dim::Known(by))
-            .unwrap_or(Dim::Known(0))
-    };
+    let (span, by) = if fwd { (e.sub(&s), step) } else { (s.sub(&e), -step) };
+    let len =
+        if by == 1 { span } else { span.add(&Dim::Known(by - 1)).floor_div(&Dim::Known(by)).unwrap_or(Dim::Known(0)) };
     Ok(match len {
         Dim::Known(v) => Dim::Known(v.max(0)),
         l => l,
@@ -167,35 +147,17 @@ impl Kernel for Slice {
         }
     }
 
-    fn infer(
-        &self,
-        inputs: &[Option<ShapeInput>],
-        cx: &mut dyn InferCx,
-    ) -> Result<Vec<OutputInfo>, KernelError> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
         let rank = x.shape.len();
         let (starts, ends, axes, steps) = match &self.attrs {
-            Some((s, e, a)) => (
-                dims(s),
-                dims(e),
-                a.as_deref().map_or(Val::Absent, dims),
-                Val::Absent,
-            ),
-            None => (
-                Val::of(inputs, 1)?,
-                Val::of(inputs, 2)?,
-                Val::of(inputs, 3)?,
-                Val::of(inputs, 4)?,
-            ),
+            Some((s, e, a)) => (dims(s), dims(e), a.as_deref().map_or(Val::Absent, dims), Val::Absent),
+            None => (Val::of(inputs, 1)?, Val::of(inputs, 2)?, Val::of(inputs, 3)?, Val::of(inputs, 4)?),
         };
-        let n = starts
-            .len()
-            .ok_or_else(|| KernelError::input(1, "starts are required"))?;
+        let n = starts.len().ok_or_else(|| KernelError::input(1, "starts are required"))?;
         for (v, what) in [(&ends, "ends"), (&axes, "axes"), (&steps, "steps")] {
             if v.len().is_some_and(|l| l != n) || (what == "ends" && v.len().is_none()) {
-                return Err(KernelError::invalid(format!(
-                    "{what} must have as many entries as starts ({n})"
-                )));
+                return Err(KernelError::invalid(format!("{what} must have as many entries as starts ({n})")));
             }
         }
         let mut shape = x.shape.to_vec();
@@ -235,20 +197,11 @@ impl Kernel for Slice {
         Ok(vec![OutputInfo::new(x.dtype, shape)])
     }
 
-    fn run(
-        &self,
-        inputs: &[Option<TensorRef>],
-        outputs: &mut [TensorMut],
-    ) -> Result<(), KernelError> {
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let x = required(inputs, 0)?;
         let rank = x.shape.len();
         let read = |i: usize| -> Result<Option<Vec<i64>>, KernelError> {
-            inputs
-                .get(i)
-                .copied()
-                .flatten()
-                .map(|t| t.to_i64_vec())
-                .transpose()
+            inputs.get(i).copied().flatten().map(|t| t.to_i64_vec()).transpose()
         };
         let (starts, ends, axes, steps) = match &self.attrs {
             Some((s, e, a)) => (s.clone(), e.clone(), a.clone(), None),
@@ -265,9 +218,7 @@ impl Kernel for Slice {
             None => (0..n.min(rank)).collect(),
         };
         if ends.len() != n || axes.len() != n || steps.as_ref().is_some_and(|s| s.len() != n) {
-            return Err(KernelError::invalid(
-                "starts, ends, axes and steps differ in length",
-            ));
+            return Err(KernelError::invalid("starts, ends, axes and steps differ in length"));
         }
         let st = strides_of(x.shape);
         let mut shape = x.shape.to_vec();
@@ -278,19 +229,12 @@ impl Kernel for Slice {
             let (start, len) = known_slice(x.shape[a] as i64, starts[i], ends[i], step)?;
             shape[a] = len as usize;
             // A huge step only ever takes one element; its stride is never used then.
-            strides[a] = if len > 1 {
-                st[a] as isize * step as isize
-            } else {
-                0
-            };
+            strides[a] = if len > 1 { st[a] as isize * step as isize } else { 0 };
             base += start as usize * st[a];
         }
         let out = out0(outputs)?;
         if shape != out.shape {
-            return Err(KernelError::invalid(format!(
-                "slice gives {shape:?} but the output is {:?}",
-                out.shape
-            )));
+            return Err(KernelError::invalid(format!("slice gives {shape:?} but the output is {:?}", out.shape)));
         }
         strided_copy(x.dtype.size(), x.data, base, &shape, &strides, out.data)
     }
@@ -323,13 +267,7 @@ mod tests {
             "Slice",
             13,
             &[],
-            &[
-                Some(&x),
-                Some(&i64s(&[2], &[1, 0])),
-                Some(&i64s(&[2], &[i64::MAX, 3])),
-                None,
-                None,
-            ],
+            &[Some(&x), Some(&i64s(&[2], &[1, 0])), Some(&i64s(&[2], &[i64::MAX, 3])), None, None],
         )
         .unwrap();
         assert_eq!(out[0].shape, vec![2, 3]);
@@ -350,77 +288,33 @@ mod tests {
         .unwrap();
         assert_eq!(vals_f32(&out[0]), vec![3., 1., 7., 5., 11., 9.]);
         // Opset 9 attributes.
-        let a = [
-            Attribute::ints("starts", vec![1]),
-            Attribute::ints("ends", vec![1000]),
-            Attribute::ints("axes", vec![0]),
-        ];
+        let a =
+            [Attribute::ints("starts", vec![1]), Attribute::ints("ends", vec![1000]), Attribute::ints("axes", vec![0])];
         let out = run("Slice", 9, &a, &[Some(&x)]).unwrap();
         assert_eq!(out[0].shape, vec![2, 4]);
         let zero = i64s(&[1], &[0]);
-        assert!(run(
-            "Slice",
-            13,
-            &[],
-            &[Some(&x), Some(&zero), Some(&zero), Some(&zero), Some(&zero)]
-        )
-        .is_err());
+        assert!(run("Slice", 13, &[], &[Some(&x), Some(&zero), Some(&zero), Some(&zero), Some(&zero)]).is_err());
         let ax = i64s(&[1], &[2]);
-        assert!(run(
-            "Slice",
-            13,
-            &[],
-            &[Some(&x), Some(&zero), Some(&zero), Some(&ax), None]
-        )
-        .is_err());
+        assert!(run("Slice", 13, &[], &[Some(&x), Some(&zero), Some(&zero), Some(&ax), None]).is_err());
     }
 
     #[test]
     fn symbolic_slices() {
         // x[:, -1:, :] on a symbolic sequence.
         let x = sym_in(DType::F32, vec![s("b"), s("t"), k(8)]);
-        let out = infer(
-            "Slice",
-            13,
-            &[],
-            &[
-                x,
-                val_in(ks(&[-1])),
-                val_in(ks(&[i64::MAX])),
-                val_in(ks(&[1])),
-                None,
-            ],
-        )
-        .unwrap();
+        let out =
+            infer("Slice", 13, &[], &[x, val_in(ks(&[-1])), val_in(ks(&[i64::MAX])), val_in(ks(&[1])), None]).unwrap();
         assert_eq!(out[0].shape, vec![s("b"), k(1), k(8)]);
         // Causal mask bias[:, :, past:past+seq] with symbolic bounds from Shape arithmetic.
         let m = sym_in(DType::F32, vec![k(1), k(1), k(1024), k(1024)]);
         let past = s("past");
         let end = past.add(&s("seq"));
-        let out = infer(
-            "Slice",
-            13,
-            &[],
-            &[
-                m,
-                val_in(vec![past]),
-                val_in(vec![end]),
-                val_in(ks(&[2])),
-                None,
-            ],
-        )
-        .unwrap();
+        let out = infer("Slice", 13, &[], &[m, val_in(vec![past]), val_in(vec![end]), val_in(ks(&[2])), None]).unwrap();
         assert_eq!(out[0].shape, vec![k(1), k(1), s("seq"), k(1024)]);
         // Unknown starts: the sliced axis gets a fresh dim, the others are kept.
         let x = sym_in(DType::F32, vec![s("b"), k(8)]);
         let st = sym_in(DType::I64, ks(&[1]));
-        let out = infer(
-            "Slice",
-            13,
-            &[],
-            &[x, st, val_in(ks(&[4])), val_in(ks(&[1])), None],
-        )
-        .unwrap();
+        let out = infer("Slice", 13, &[], &[x, st, val_in(ks(&[4])), val_in(ks(&[1])), None]).unwrap();
         assert_eq!(out[0].shape[0], s("b"));
         assert!(!out[0].shape[1].is_known());
     }

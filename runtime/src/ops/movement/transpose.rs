@@ -53,14 +53,7 @@ impl Kernel for Transpose {
         let st = strides_of(x.shape);
         let shape: Vec<usize> = perm.iter().map(|&a| x.shape[a]).collect();
         let strides: Vec<isize> = perm.iter().map(|&a| st[a] as isize).collect();
-        strided_copy(
-            x.dtype.size(),
-            x.data,
-            0,
-            &shape,
-            &strides,
-            out0(outputs)?.data,
-        )
+        strided_copy(x.dtype.size(), x.data, 0, &shape, &strides, out0(outputs)?.data)
     }
 }
 
