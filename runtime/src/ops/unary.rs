@@ -1,7 +1,7 @@
 //! Elementwise ops over one input: math functions, activations, predicates, and Clip.
 
 mod erf;
-mod expf;
+pub(crate) mod expf;
 
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
