@@ -1,6 +1,7 @@
 //! Elementwise ops over one input: math functions, activations, predicates, and Clip.
 
 mod erf;
+pub(crate) mod expf;
 
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
@@ -194,10 +195,14 @@ pub(crate) trait MathExt: AccFloat {
     fn ceil(self) -> Self;
     fn erf(self) -> Self;
     fn signum0(self) -> Self;
+    /// exp, tanh and logistic: vectorizable forms for f32, std for f64.
+    fn exp_v(self) -> Self;
+    fn tanh_v(self) -> Self;
+    fn sigmoid_v(self) -> Self;
 }
 
 macro_rules! math_ext {
-    ($t:ty, $erf:path) => {
+    ($t:ty, $erf:path, $exp:expr, $tanh:expr, $sigmoid:expr) => {
         impl MathExt for $t {
             #[inline(always)]
             fn sin(self) -> Self {
@@ -219,6 +224,18 @@ macro_rules! math_ext {
             fn erf(self) -> Self {
                 $erf(self)
             }
+            #[inline(always)]
+            fn exp_v(self) -> Self {
+                $exp(self)
+            }
+            #[inline(always)]
+            fn tanh_v(self) -> Self {
+                $tanh(self)
+            }
+            #[inline(always)]
+            fn sigmoid_v(self) -> Self {
+                $sigmoid(self)
+            }
             /// numpy's sign: 0 for zeros, NaN for NaN.
             #[inline(always)]
             fn signum0(self) -> Self {
@@ -233,17 +250,17 @@ macro_rules! math_ext {
         }
     };
 }
-math_ext!(f32, erf::erf32);
-math_ext!(f64, erf::erf64);
+math_ext!(f32, erf::erf32, expf::exp, expf::tanh, expf::sigmoid);
+math_ext!(f64, erf::erf64, f64::exp, f64::tanh, sigmoid);
 
-/// The logistic function without overflow: exp is only taken of non-positive arguments.
+/// The f64 logistic function without overflow: exp is only taken of non-positive arguments.
 #[inline(always)]
-fn sigmoid<A: AccFloat>(x: A) -> A {
-    if x >= A::ZERO {
-        A::ONE / (A::ONE + (-x).exp())
+fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
     } else {
         let e = x.exp();
-        e / (A::ONE + e)
+        e / (1.0 + e)
     }
 }
 
@@ -269,12 +286,12 @@ where
         Op::Cos => go!(|v| v.cos()),
         Op::Sin => go!(|v| v.sin()),
         Op::Erf => go!(|v| v.erf()),
-        Op::Exp => go!(|v| v.exp()),
+        Op::Exp => go!(|v| v.exp_v()),
         Op::Log => go!(|v| v.ln()),
         Op::Sqrt => go!(|v| v.sqrt()),
-        Op::Tanh => go!(|v| v.tanh()),
+        Op::Tanh => go!(|v| v.tanh_v()),
         Op::Reciprocal => go!(|v| one / v),
-        Op::Sigmoid => go!(|v| sigmoid(v)),
+        Op::Sigmoid => go!(|v| v.sigmoid_v()),
         Op::Sign => go!(|v| v.signum0()),
         // max(x, 0) that keeps NaN.
         Op::Relu => go!(|v| if v < T::Acc::ZERO { T::Acc::ZERO } else { v }),
@@ -284,7 +301,7 @@ where
         }
         Op::Gelu { tanh: true } => {
             let (k, a) = (c((2.0 / std::f64::consts::PI).sqrt()), c(0.044715));
-            go!(|v| half * v * (one + (k * (v + a * v * v * v)).tanh()))
+            go!(|v| half * v * (one + (k * (v + a * v * v * v)).tanh_v()))
         }
         op => Err(KernelError::invalid(format!("{op:?} is not a float map"))),
     }
