@@ -96,7 +96,7 @@ impl OnnxModel {
                     format!("raw_data holds {} bytes but {dtype} dims {:?} need {want}", raw.len(), t.dims),
                 ));
             }
-            if raw.as_ptr() as usize % BUFFER_ALIGN == 0 {
+            if (raw.as_ptr() as usize).is_multiple_of(BUFFER_ALIGN) {
                 SharedBytes::new(Arc::new(raw))
             } else {
                 SharedBytes::new(Arc::new(AlignedBuf::from_bytes(&raw)))
@@ -151,7 +151,7 @@ impl OnnxModel {
         })?;
         let range = offset as usize..end as usize;
         let bytes = file.slice(range).expect("range checked against the file length");
-        if bytes.as_slice().as_ptr() as usize % 16 == 0 {
+        if (bytes.as_slice().as_ptr() as usize).is_multiple_of(16) {
             Ok(bytes)
         } else {
             // Mapped data at an unaligned offset would fault in SIMD kernels; copy it once.

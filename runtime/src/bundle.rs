@@ -15,7 +15,7 @@ pub enum LoadError {
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error("entry point '{entry}' (target {target}): {source}")]
-    Program { entry: String, target: String, source: RuntimeError },
+    Program { entry: String, target: String, source: Box<RuntimeError> },
     #[error("entry point '{entry}' (target {target}): weight {index} at offset {offset} of weight entry {weight_entry} is not {TENSOR_ALIGN}-byte aligned")]
     Misaligned { entry: String, target: String, index: usize, offset: u64, weight_entry: u32 },
     #[error("manifest: {0}")]
@@ -62,7 +62,7 @@ impl LoadedBundle {
             let model = Model::new(prog, &weights).map_err(|source| LoadError::Program {
                 entry: ep.name.clone(),
                 target: ep.target.clone(),
-                source,
+                source: Box::new(source),
             })?;
             entries.push((ep.clone(), model));
         }

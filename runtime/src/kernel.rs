@@ -161,6 +161,6 @@ pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize, KernelError> {
 }
 
 /// The input at `index`, or an error when it is absent.
-pub fn required<'x, T: Copy>(inputs: &[Option<T>], index: usize) -> Result<T, KernelError> {
+pub fn required<T: Copy>(inputs: &[Option<T>], index: usize) -> Result<T, KernelError> {
     inputs.get(index).copied().flatten().ok_or_else(|| KernelError::input(index, "is required"))
 }

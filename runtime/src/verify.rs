@@ -38,17 +38,18 @@ pub fn verify(p: &Program) -> Result<(), VerifyError> {
         }
     }
     // Views read and extend the life of the value that owns their bytes.
-    let mut root: Vec<usize> = (0..n).collect();
-    for i in 0..n {
-        let mut r = i;
-        for _ in 0..n {
-            match &p.values[r].storage {
-                Some(s) if s.kind == StorageKind::Alias as i32 && (s.index as usize) < n => r = s.index as usize,
-                _ => break,
+    let root: Vec<usize> = (0..n)
+        .map(|i| {
+            let mut r = i;
+            for _ in 0..n {
+                match &p.values[r].storage {
+                    Some(s) if s.kind == StorageKind::Alias as i32 && (s.index as usize) < n => r = s.index as usize,
+                    _ => break,
+                }
             }
-        }
-        root[i] = r;
-    }
+            r
+        })
+        .collect();
     let end = p.steps.len();
     let mut first = vec![usize::MAX; n];
     let mut last = vec![0usize; n];

@@ -9,7 +9,7 @@ use kiln_formats::{npy, Dim, Tensor};
 use kiln_runtime::bundle::LoadedBundle;
 use kiln_runtime::{Model, TensorRef};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// `--dim`, `--target`, `--max-buffer`: how symbolic dims are bounded and what the plan must fit.
@@ -83,7 +83,7 @@ pub fn read_inputs(specs: &[String], npz: Option<&Path>) -> Result<HashMap<Strin
 
 /// The model to run: the bundle's CPU entry point, or the ONNX file compiled in memory with its
 /// symbolic dims fixed by the given inputs (so the plan is exact for this run).
-pub fn load_model(path: &PathBuf, given: &HashMap<String, Tensor>, opts: OpenOptions) -> Result<Arc<Model>> {
+pub fn load_model(path: &Path, given: &HashMap<String, Tensor>, opts: OpenOptions) -> Result<Arc<Model>> {
     if is_bundle(path) {
         if !opts.verify_checksums {
             eprintln!("warning: checksums not verified (--no-verify-checksums)");

@@ -1,6 +1,8 @@
 //! Constant folding: a node whose inputs are all constants is run once, now, by the same runtime
 //! kernel that would run it later; a node whose integer outputs shape arithmetic fully resolved
-//! becomes those numbers. Either way the node disappears and its outputs become constants.
+//! becomes those numbers. Either way its outputs become constants and the node disappears.
+//! Inference calls [`fold_node`] as it goes, so every later node sees the constants (a Reshape
+//! target computed by `Neg` of a constant, say); [`remove_folded`] then drops the folded nodes.
 
 use super::infer::kernel_for;
 use crate::error::CompileError;
@@ -11,18 +13,17 @@ use kiln_runtime::{TensorMut, TensorRef};
 /// Folded outputs larger than this stay computed at run time, to keep bundles small.
 const MAX_FOLDED_BYTES: usize = 64 << 20;
 
-/// Folds every foldable node, in order; returns how many were folded.
-pub fn fold(g: &mut Graph) -> Result<usize, CompileError> {
-    let mut folded = vec![false; g.nodes.len()];
-    for ni in 0..g.nodes.len() {
-        folded[ni] = fold_resolved(g, ni) || fold_constant_inputs(g, ni)?;
-    }
-    let mut i = 0;
-    g.nodes.retain(|_| {
-        i += 1;
-        !folded[i - 1]
-    });
-    Ok(folded.iter().filter(|&&f| f).count())
+/// Makes node `ni`'s outputs constants when it can be folded; returns whether it was.
+pub fn fold_node(g: &mut Graph, ni: usize) -> Result<bool, CompileError> {
+    Ok(fold_resolved(g, ni) || fold_constant_inputs(g, ni)?)
+}
+
+/// Drops the nodes all of whose outputs are constants; returns how many.
+pub fn remove_folded(g: &mut Graph) -> usize {
+    let before = g.nodes.len();
+    let values = &g.values;
+    g.nodes.retain(|n| !n.outputs.iter().all(|&o| values[o].constant.is_some()));
+    before - g.nodes.len()
 }
 
 /// Outputs whose every element shape arithmetic resolved to a number.

@@ -1,7 +1,7 @@
 //! Type and shape inference: asks each op's runtime kernel for its outputs' dtypes and (possibly
 //! symbolic) shapes, feeding it the constant and symbolic values shape arithmetic depends on.
 
-use super::sym_values;
+use super::{const_fold, sym_values};
 use crate::error::CompileError;
 use crate::ir::{Graph, Node, Value};
 use kiln_formats::tensor::read_i64;
@@ -61,12 +61,13 @@ pub fn value_dims(v: &Value) -> Option<Vec<Dim>> {
     (0..n).map(|i| read_i64(dt, c.as_slice(), i).map(Dim::Known)).collect()
 }
 
-/// Infers every node's outputs, in order.
+/// Infers every node's outputs, in order, folding constants as it goes so later nodes see them.
 pub fn infer(g: &mut Graph) -> Result<(), CompileError> {
     let mut cx = CompileCx::default();
     for ni in 0..g.nodes.len() {
         infer_node(g, ni, &mut cx)?;
         sym_values::propagate(g, ni);
+        const_fold::fold_node(g, ni)?;
     }
     Ok(())
 }

@@ -124,7 +124,7 @@ impl Bundle {
                 return Err(entry_err(&e.name, format!("holds {} bytes, the manifest says {}", r.len(), e.len)));
             }
             let align = if e.kind == "weights" { WEIGHT_ENTRY_ALIGN } else { 1 };
-            if r.start as u64 % align != 0 {
+            if !(r.start as u64).is_multiple_of(align) {
                 return Err(entry_err(&e.name, format!("data starts at byte {}, not a multiple of {align}", r.start)));
             }
             if manifest.checksum_algorithm != "sha256" {
