@@ -2,7 +2,7 @@
 //!
 //! Attention takes Q, K, V as 4-D `[B, H, S, D]` or 3-D `[B, S, H*D]` (with `q_num_heads` /
 //! `kv_num_heads`), appends K/V to optional past caches (outputs `present_*`, always 4-D),
-//! and computes `softmax(softcap(Q·Kᵀ·scale) + bias)·V` where the bias combines the optional
+//! and computes `softmax(softcap(Q·Kᵀ·scale + bias))·V` where the bias combines the optional
 //! mask (bool: false → -inf; float: added; a short last dim is padded with -inf), `is_causal`
 //! (query i sees keys `j <= i + past_len`) and `nonpad_kv_seqlen`. Grouped-query attention maps
 //! query head h to kv head `h / (Hq / Hkv)`. Rows are processed one query at a time with
@@ -394,7 +394,6 @@ impl Cfg {
                     dot += a.to_acc() * c.to_acc();
                 }
                 let raw = dot * sc_t;
-                let capped = if self.softcap > 0.0 { cap * (raw / cap).tanh() } else { raw };
                 let mut bias = T::Acc::ZERO;
                 if let Some((m, st, tm)) = mask_t {
                     if t < tm {
@@ -411,11 +410,15 @@ impl Cfg {
                 if (self.causal && t as i64 > i as i64 + offset) || t >= limit {
                     bias = ninf;
                 }
-                *s = capped + bias;
+                // The mask is added before the softcap, as the ONNX reference does (onnx 1.20's
+                // backend tests check it), so a masked score becomes -softcap, not -inf.
+                let masked = raw + bias;
+                let capped = if self.softcap > 0.0 { cap * (masked / cap).tanh() } else { masked };
+                *s = capped;
                 if let Some(qk) = qk.as_deref_mut() {
                     qk[t] = T::from_acc(match self.mode {
                         0 => raw,
-                        1 => raw + bias,
+                        1 => masked,
                         _ => capped,
                     });
                 }

@@ -164,10 +164,23 @@ impl Kernel for Reduce {
                         return Ok(vec![OutputInfo::new(x.dtype, shape)]);
                     }
                     None => {
-                        return Err(KernelError::input(
-                            1,
-                            "axes must be known to infer the output rank when keepdims=0",
-                        ))
+                        // Without the values, the count of axes still gives the output rank.
+                        let count = match a.shape.first().map(Dim::known) {
+                            None => 1,
+                            Some(Some(k)) if k >= 0 => k as usize,
+                            _ => return Err(KernelError::input(1, "axes must have a known length when keepdims=0")),
+                        };
+                        let out_rank = match count {
+                            0 if self.noop_with_empty_axes => rank,
+                            0 => 0,
+                            k if k <= rank => rank - k,
+                            k => return Err(KernelError::input(1, format!("{k} axes for a rank-{rank} input"))),
+                        };
+                        if out_rank == rank && count == 0 {
+                            return Ok(vec![OutputInfo::new(x.dtype, x.shape.to_vec())]);
+                        }
+                        let shape = (0..out_rank).map(|_| cx.fresh("reduced_dim")).collect::<Result<_, _>>()?;
+                        return Ok(vec![OutputInfo::new(x.dtype, shape)]);
                     }
                 }
             }
