@@ -6,14 +6,14 @@ mod common;
 use common::*;
 use std::path::PathBuf;
 
-/// The Python that has `onnx` (set up by `.ci/run`; override with KILN_PYTHON).
+/// The Python that has `onnx` (made by `scripts/setup-python.sh`; override with KILN_PYTHON).
 fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("KILN_PYTHON") {
         return p.into();
     }
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
     let cache = std::env::var_os("KILN_CACHE").map(PathBuf::from).unwrap_or_else(|| home.join(".cache/kiln"));
-    cache.join("venv/bin/python")
+    cache.join("py-onnx/bin/python")
 }
 
 #[test]
@@ -25,7 +25,10 @@ fn gemma_12b_like_plans_in_seconds_under_1gib_buffers() {
         .args([script.to_str().unwrap(), "--out", dir.path().to_str().unwrap()])
         .output()
         .unwrap_or_else(|e| {
-            panic!("cannot run {} ({e}); run .ci/run or set KILN_PYTHON to a Python with onnx", py.display())
+            panic!(
+                "cannot run {} ({e}); run scripts/setup-python.sh or set KILN_PYTHON to a Python with onnx",
+                py.display()
+            )
         });
     assert!(gen.status.success(), "generator failed: {}", String::from_utf8_lossy(&gen.stderr));
 

@@ -6,7 +6,7 @@
 use super::infer::value_dims;
 use crate::ir::{Graph, Node};
 use kiln_formats::program::AttrKind;
-use kiln_formats::Dim;
+use kiln_formats::{DType, Dim};
 
 /// Sets `sym_value` on the outputs of node `ni` when it can be derived.
 pub fn propagate(g: &mut Graph, ni: usize) {
@@ -14,7 +14,7 @@ pub fn propagate(g: &mut Graph, ni: usize) {
     let Some(&out) = node.outputs.first() else {
         return;
     };
-    if !g.values[out].dtype.is_some_and(|d| d.is_int()) {
+    if !g.values[out].dtype.is_some_and(|d| d.is_int() || d == DType::Bool) {
         return;
     }
     let input = |k: usize| node.inputs.get(k).copied().flatten().and_then(|id| value_dims(&g.values[id]));
@@ -53,33 +53,45 @@ pub fn propagate(g: &mut Graph, ni: usize) {
             }
             slice_1d(&data, starts[0].known()?, ends[0].known()?, steps.map_or(Some(1), |s| s.first()?.known())?)
         }),
-        "Add" | "Sub" | "Mul" | "Div" | "Max" | "Min" => {
-            input(0).zip(input(1)).and_then(|(a, b)| {
-                let n = a.len().max(b.len());
-                if (a.len() != n && a.len() != 1) || (b.len() != n && b.len() != 1) {
-                    return None;
-                }
-                (0..n)
-                    .map(|i| {
-                        let (x, y) = (&a[if a.len() == 1 { 0 } else { i }], &b[if b.len() == 1 { 0 } else { i }]);
-                        match node.op.as_str() {
-                            "Add" => Some(x.add(y)),
-                            "Sub" => Some(x.sub(y)),
-                            "Mul" => Some(x.mul(y)),
-                            // Truncating and floor division agree on the non-negative sizes seen here.
-                            "Div" => x.floor_div(y),
-                            "Max" => Some(x.maximum(y)),
-                            _ => Some(x.minimum(y)),
-                        }
-                    })
-                    .collect()
+        "Add" | "Sub" | "Mul" | "Div" | "Max" | "Min" => input(0).zip(input(1)).and_then(|(a, b)| {
+            broadcast_pair(&a, &b, |x, y| match node.op.as_str() {
+                "Add" => Some(x.add(y)),
+                "Sub" => Some(x.sub(y)),
+                "Mul" => Some(x.mul(y)),
+                // Truncating and floor division agree on the non-negative sizes seen here.
+                "Div" => x.floor_div(y),
+                "Max" => Some(x.maximum(y)),
+                _ => Some(x.minimum(y)),
             })
-        }
+        }),
+        "Equal" => input(0).zip(input(1)).and_then(|(a, b)| {
+            broadcast_pair(&a, &b, |x, y| match (x.known(), y.known()) {
+                _ if x == y => Some(Dim::Known(1)),
+                (Some(p), Some(q)) => Some(Dim::Known(i64::from(p == q))),
+                // A symbolic size is never negative: it differs from the -1 Reshape uses for "infer".
+                (None, Some(q)) | (Some(q), None) if q < 0 => Some(Dim::Known(0)),
+                _ => None,
+            })
+        }),
+        "Where" => input(0).zip(input(1)).zip(input(2)).and_then(|((c, x), y)| {
+            let n = c.len().max(x.len()).max(y.len());
+            let at = |v: &[Dim], i: usize| if v.len() == 1 { v.first().cloned() } else { v.get(i).cloned() };
+            (0..n).map(|i| if at(&c, i)?.known()? != 0 { at(&x, i) } else { at(&y, i) }).collect()
+        }),
         _ => None,
     };
     if let Some(v) = result {
         g.values[out].sym_value = Some(v);
     }
+}
+
+/// Elementwise `f` over two value lists of equal length or one of length 1.
+fn broadcast_pair(a: &[Dim], b: &[Dim], f: impl Fn(&Dim, &Dim) -> Option<Dim>) -> Option<Vec<Dim>> {
+    let n = a.len().max(b.len());
+    if (a.len() != n && a.len() != 1) || (b.len() != n && b.len() != 1) {
+        return None;
+    }
+    (0..n).map(|i| f(&a[if a.len() == 1 { 0 } else { i }], &b[if b.len() == 1 { 0 } else { i }])).collect()
 }
 
 fn int_attr(node: &Node, name: &str) -> Option<i64> {
