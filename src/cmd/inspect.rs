@@ -164,8 +164,14 @@ fn sig_line(v: &Value) -> String {
 fn print_text(r: &Value) {
     println!("{}: {}", r["kind"].as_str().unwrap_or(""), r["model"].as_str().unwrap_or(""));
     if r["kind"] == "bundle" {
-        println!("format {} by {} {}", r["format_version"], r["producer"]["name"], r["producer"]["version"]);
-        println!("source {} (sha256 {})", r["source"]["name"], r["source"]["sha256"]);
+        let text = |v: &Value| v.as_str().unwrap_or("?").to_string();
+        println!(
+            "format {} by {} {}",
+            text(&r["format_version"]),
+            text(&r["producer"]["name"]),
+            text(&r["producer"]["version"])
+        );
+        println!("source {} (sha256 {})", text(&r["source"]["name"]), text(&r["source"]["sha256"]));
         println!("entries:");
         for e in r["entries"].as_array().into_iter().flatten() {
             println!(
