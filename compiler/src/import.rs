@@ -61,6 +61,15 @@ pub fn import(mut model: OnnxModel, fixed: &HashMap<String, i64>) -> Result<Grap
         let domain = if np.domain == "ai.onnx" { String::new() } else { np.domain.clone() };
         let opset = *g.opsets.get(&domain).unwrap_or(&1);
         let node_err = |reason: String| CompileError::Node { node: name.clone(), op: np.op_type.clone(), reason };
+        let subgraph = |a: &AttributeProto| {
+            matches!(a.type_.enum_value(), Ok(AttributeType::GRAPH | AttributeType::GRAPHS)) || a.g.is_some()
+        };
+        if np.attribute.iter().any(subgraph) {
+            return Err(CompileError::Unsupported(vec![format!(
+                "op {} with subgraphs (control flow is not supported) (node '{name}')",
+                np.op_type
+            )]));
+        }
         let mut attrs = Vec::with_capacity(np.attribute.len());
         for a in np.attribute.iter_mut() {
             attrs.push(convert_attr(&model, a).map_err(&node_err)?);
@@ -92,6 +101,14 @@ pub fn import(mut model: OnnxModel, fixed: &HashMap<String, i64>) -> Result<Grap
                 define(&mut by_name, out.clone(), id, &name)?;
             }
             outputs.push(id);
+        }
+        if np.op_type == "Split" && domain.is_empty() && opset < 18 {
+            // Before opset 18, a Split without sizes makes one equal part per output; the kernel
+            // reads the count from `num_outputs`, as opset 18 spells it.
+            let sizes_given = attrs.iter().any(|a| a.name == "split") || inputs.get(1).is_some_and(Option::is_some);
+            if !sizes_given && !attrs.iter().any(|a| a.name == "num_outputs") {
+                attrs.push(Attribute::int("num_outputs", outputs.len() as i64));
+            }
         }
         g.nodes.push(Node { name, op: np.op_type.clone(), domain, opset, attrs, inputs, outputs });
     }
