@@ -65,6 +65,16 @@ fn round_trip_and_alignment() {
     assert_eq!(b.entry("tokenizer.json").unwrap().as_slice(), b"{}");
 }
 
+#[cfg(unix)]
+#[test]
+fn bundles_are_readable_by_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("b.kiln");
+    write_bundle(&p, sample_parts()).unwrap();
+    assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
+}
+
 #[test]
 fn every_truncation_is_refused_without_panic() {
     let bytes = sample_bytes();

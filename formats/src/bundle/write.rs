@@ -105,6 +105,12 @@ pub fn write_bundle(path: &Path, mut parts: BundleParts) -> Result<Manifest, For
     start(&mut zip, MANIFEST, manifest.len() as u64, ENTRY_ALIGN)?;
     zip.write_all(&manifest).map_err(io)?;
     let file = zip.finish().map_err(ze)?;
+    // Temporary files are created private (0600); a bundle is an ordinary, shareable file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(io)?;
+    }
     file.sync_all().map_err(io)?;
     drop(file);
     tmp.persist(path).map_err(|e| FormatError::io(path, e.error))?;
