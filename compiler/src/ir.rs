@@ -55,6 +55,9 @@ pub struct Graph {
     pub outputs: Vec<ValueId>,
     /// Opset version per domain ("" is the default ONNX domain).
     pub opsets: BTreeMap<String, i64>,
+    /// Graph outputs computed as pieces concatenated along an axis only when handed to the
+    /// caller (outputs larger than the target's largest buffer): (output, pieces, axis).
+    pub assembled: Vec<(ValueId, Vec<ValueId>, usize)>,
 }
 
 impl Graph {

@@ -70,7 +70,19 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     }
     let ops_before = g.op_counts();
     passes::optimize(&mut g)?;
-    let splits = passes::split::split_oversized(&mut g, opts.target.largest_buffer())?;
+    let limit = opts.target.largest_buffer();
+    let mut splits = passes::split::split_oversized(&mut g, limit)?;
+    let bound = |s: &str| opts.dim_bounds.get(s).map(|&b| (0, b as i64));
+    let bytes = |v: &ir::Value| -> Option<u64> {
+        let dims = v
+            .shape
+            .as_ref()?
+            .iter()
+            .map(|d| d.bounds(&bound).map(|(_, hi)| hi.max(0) as u64))
+            .collect::<Option<Vec<_>>>()?;
+        dims.iter().try_fold(v.dtype?.size() as u64, |acc, &d| acc.checked_mul(d))
+    };
+    splits.extend(passes::split::split_outputs(&mut g, limit, &bytes)?);
     let ops_after = g.op_counts();
     let Lowered { mut program, weights } = lower::lower(&g, &opts.dim_bounds)?;
     let mut plan = plan::plan(&mut program, &opts.target)?;

@@ -4,7 +4,9 @@
 
 use crate::error::CompileError;
 use crate::ir::{Graph, ValueId};
-use kiln_formats::program::{DimInfo, Program, Step, Storage, SymbolBound, ValueInfo, WeightRef, NO_VALUE};
+use kiln_formats::program::{
+    AssembledOutput, DimInfo, Program, Step, Storage, SymbolBound, ValueInfo, WeightRef, NO_VALUE,
+};
 use kiln_formats::SharedBytes;
 use std::collections::{BTreeMap, HashMap};
 
@@ -90,6 +92,15 @@ pub fn lower(g: &Graph, bounds: &BTreeMap<String, u64>) -> Result<Lowered, Compi
     for &o in &g.outputs {
         let s = slot_of(o, &mut program, &mut weights)?;
         program.outputs.push(s);
+    }
+    for (out, pieces, axis) in &g.assembled {
+        let index = g
+            .outputs
+            .iter()
+            .position(|o| o == out)
+            .ok_or_else(|| CompileError::Model("assembled value is not an output".into()))?;
+        let pieces = pieces.iter().map(|&p| slot_of(p, &mut program, &mut weights)).collect::<Result<_, _>>()?;
+        program.assembled.push(AssembledOutput { output: index as u32, pieces, axis: *axis as u32 });
     }
     program.symbols = bounds.iter().map(|(name, &max)| SymbolBound { name: name.clone(), max }).collect();
     Ok(Lowered { program, weights })

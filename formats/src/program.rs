@@ -38,6 +38,33 @@ pub struct Program {
     /// Largest arena buffer (and binding) the plan's target allows; 0 = no limit recorded.
     #[prost(uint64, tag = "9")]
     pub max_buffer: u64,
+    /// Outputs too large for one buffer, returned as the concatenation of pieces.
+    #[prost(message, repeated, tag = "10")]
+    pub assembled: Vec<AssembledOutput>,
+}
+
+/// An output computed as separate pieces (each within the buffer limit) and concatenated along
+/// `axis` when it is handed to the caller. Its slot in [`Program::outputs`] describes the whole
+/// output and is never written by a step.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AssembledOutput {
+    /// Index into [`Program::outputs`].
+    #[prost(uint32, tag = "1")]
+    pub output: u32,
+    #[prost(uint32, repeated, tag = "2")]
+    pub pieces: Vec<u32>,
+    #[prost(uint32, tag = "3")]
+    pub axis: u32,
+}
+
+impl Program {
+    /// The slots whose bytes make up output `i`: its pieces, or its own slot.
+    pub fn output_slots(&self, i: usize) -> Vec<u32> {
+        match self.assembled.iter().find(|a| a.output as usize == i) {
+            Some(a) => a.pieces.clone(),
+            None => self.outputs.get(i).map(|&o| vec![o]).unwrap_or_default(),
+        }
+    }
 }
 
 /// Every entry point's program, as stored in a bundle's `program.bin`.

@@ -170,9 +170,24 @@ impl Model {
             })?;
             kernels.push(kernel);
         }
-        for &o in &program.outputs {
-            if o as usize >= n || !written[o as usize] {
-                return Err(bad(format!("output slot {o} is never written")));
+        for a in &program.assembled {
+            let whole = program
+                .outputs
+                .get(a.output as usize)
+                .ok_or_else(|| bad(format!("assembled output {} does not exist", a.output)))?;
+            let rank = program.values.get(*whole as usize).map_or(0, |v| v.dims.len());
+            if a.pieces.is_empty() || a.axis as usize >= rank {
+                return Err(bad(format!(
+                    "assembled output {} has no pieces or axis {} outside rank {rank}",
+                    a.output, a.axis
+                )));
+            }
+        }
+        for i in 0..program.outputs.len() {
+            for o in program.output_slots(i) {
+                if o as usize >= n || !written[o as usize] {
+                    return Err(bad(format!("output slot {o} is never written")));
+                }
             }
         }
         Ok(Arc::new(Model { program, kernels, weights, dtypes, roots, places }))

@@ -61,17 +61,53 @@ impl Session {
                 RuntimeError::Step { step: si, op: step.op.clone(), node: step.name.clone(), source }
             })?;
         }
-        prog.outputs
-            .iter()
-            .map(|&o| {
-                let o = o as usize;
-                let (ptr, len) = self.bytes(&model, o);
-                // SAFETY: `bytes` returns a range inside storage this session or the model owns.
-                let data = unsafe { std::slice::from_raw_parts(ptr, len) };
-                Tensor::from_bytes(model.dtypes[o], &self.shapes[o], data)
-                    .map_err(|e| RuntimeError::Value { name: prog.values[o].name.clone(), reason: e.to_string() })
-            })
-            .collect()
+        (0..prog.outputs.len()).map(|i| self.output(&model, i)).collect()
+    }
+
+    /// Output `i` as an owned tensor: one slot's bytes, or its pieces concatenated.
+    fn output(&self, model: &Model, i: usize) -> Result<Tensor, RuntimeError> {
+        let prog = &model.program;
+        let whole = prog.outputs[i] as usize;
+        let err = |reason: String| RuntimeError::Value { name: prog.values[whole].name.clone(), reason };
+        let pieces = prog.output_slots(i);
+        let axis = prog.assembled.iter().find(|a| a.output as usize == i).map_or(0, |a| a.axis as usize);
+        let first = pieces[0] as usize;
+        let mut shape = self.shapes[first].clone();
+        if pieces.len() > 1 {
+            shape[axis] = pieces.iter().map(|&p| self.shapes[p as usize].get(axis).copied().unwrap_or(0)).sum();
+        }
+        let mut out = Tensor::zeros(model.dtypes[first], &shape).map_err(|e| err(e.to_string()))?;
+        // Rows of the pieces interleave along `axis`: copy each piece's inner blocks in turn.
+        let outer: usize = shape[..axis].iter().product();
+        let es = model.dtypes[first].size();
+        let row = shape[axis..].iter().product::<usize>() * es;
+        let mut col = 0;
+        for &p in &pieces {
+            let p = p as usize;
+            if self.shapes[p].len() != shape.len() || model.dtypes[p] != model.dtypes[first] {
+                return Err(err(format!("piece '{}' does not match the other pieces", prog.values[p].name)));
+            }
+            let (ptr, len) = self.bytes(model, p);
+            // SAFETY: `bytes` returns a range inside storage this session or the model owns.
+            let data = unsafe { std::slice::from_raw_parts(ptr, len) };
+            let block = self.shapes[p][axis..].iter().product::<usize>() * es;
+            if block * outer != len {
+                return Err(err(format!(
+                    "piece '{}' holds {len} bytes, expected {}",
+                    prog.values[p].name,
+                    block * outer
+                )));
+            }
+            for r in 0..outer {
+                out.bytes_mut()[r * row + col..r * row + col + block]
+                    .copy_from_slice(&data[r * block..(r + 1) * block]);
+            }
+            col += block;
+        }
+        if col != row {
+            return Err(err(format!("pieces cover {col} of {row} bytes per row")));
+        }
+        Ok(out)
     }
 
     fn set_input(&mut self, slot: usize, t: &TensorRef) -> Result<(), RuntimeError> {

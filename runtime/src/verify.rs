@@ -70,9 +70,11 @@ pub fn verify(p: &Program) -> Result<(), VerifyError> {
             }
         }
     }
-    for &o in &p.outputs {
-        if (o as usize) < n {
-            touch(o as usize, end);
+    for i in 0..p.outputs.len() {
+        for o in p.output_slots(i) {
+            if (o as usize) < n {
+                touch(o as usize, end);
+            }
         }
     }
 

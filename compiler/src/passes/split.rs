@@ -3,6 +3,10 @@
 //! becomes column blocks, each consumer runs once per block, and a `Concat` along the last axis
 //! reassembles its output. Every output element is computed exactly as before, so results are
 //! bit-identical. The blocks are copied out of the weight only when the bundle is written.
+//!
+//! A graph output over the limit that such a split produces (an output head's logits, say) is
+//! not reassembled in one buffer: its pieces stay separate and are concatenated only when the
+//! output is handed to the caller.
 
 use crate::error::CompileError;
 use crate::ir::{Graph, Node, Value, ValueId};
@@ -53,12 +57,59 @@ pub fn split_oversized(g: &mut Graph, limit: u64) -> Result<Vec<Split>, CompileE
         .filter(|&v| g.nodes.iter().any(|n| n.inputs.contains(&Some(v))))
         .collect();
     for w in oversized {
-        report.push(split_one(g, w, limit)?);
+        report.push(split_one(g, w, limit, 1)?);
     }
     Ok(report)
 }
 
-fn split_one(g: &mut Graph, w: ValueId, limit: u64) -> Result<Split, CompileError> {
+/// Leaves graph outputs over `limit` (at the dims' upper bounds, given by `bytes`) as pieces:
+/// a MatMul with a constant right operand is split into enough column blocks for each piece of
+/// its output to fit, and the Concat joining the pieces is dropped. Outputs produced otherwise are
+/// left alone (the planner then names them).
+pub fn split_outputs(
+    g: &mut Graph,
+    limit: u64,
+    bytes: &dyn Fn(&Value) -> Option<u64>,
+) -> Result<Vec<Split>, CompileError> {
+    let mut report = Vec::new();
+    for out in g.outputs.clone() {
+        let Some(size) = bytes(&g.values[out]).filter(|&s| s > limit) else { continue };
+        if g.nodes.iter().any(|n| n.inputs.contains(&Some(out))) || g.outputs.iter().filter(|&&o| o == out).count() > 1
+        {
+            continue;
+        }
+        let Some(pi) = g.nodes.iter().position(|n| n.outputs.contains(&out)) else { continue };
+        if g.nodes[pi].op == "MatMul" {
+            let w = g.nodes[pi].inputs.get(1).copied().flatten();
+            let Some(w) = w.filter(|&w| {
+                g.values[w].constant.is_some() && g.values[w].shape.as_ref().is_some_and(|s| s.len() == 2)
+            }) else {
+                continue;
+            };
+            if g.nodes.iter().filter(|n| n.inputs.contains(&Some(w))).count() > 1 {
+                continue;
+            }
+            report.push(split_one(g, w, limit, size.div_ceil(limit) as usize + 1)?);
+        }
+        let Some(pi) = g.nodes.iter().position(|n| n.outputs.contains(&out)) else { continue };
+        let node = &g.nodes[pi];
+        let rank = g.values[out].shape.as_ref().map_or(0, Vec::len);
+        let last = node.attrs.iter().find(|a| a.name == "axis").is_some_and(|a| a.i == rank as i64 - 1 || a.i == -1);
+        let pieces: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
+        if node.op == "Concat"
+            && last
+            && rank > 0
+            && pieces.iter().all(|&p| bytes(&g.values[p]).is_some_and(|b| b <= limit))
+        {
+            g.nodes.remove(pi);
+            g.assembled.push((out, pieces, rank - 1));
+        }
+    }
+    Ok(report)
+}
+
+/// Splits constant `w` into at least `min_blocks` column blocks, each within `limit`.
+fn split_one(g: &mut Graph, w: ValueId, limit: u64, min_blocks: usize) -> Result<Split, CompileError> {
     let v = g.values[w].clone();
     let bytes = v.constant.clone().expect("only constants are split");
     let refuse = |why: String| {
@@ -78,7 +129,7 @@ fn split_one(g: &mut Graph, w: ValueId, limit: u64) -> Result<Split, CompileErro
     if col_limit == 0 {
         return Err(refuse(format!("a single column ({rows} rows) is already over the limit")));
     }
-    let blocks = cols.div_ceil(col_limit);
+    let blocks = cols.div_ceil(col_limit).max(min_blocks).min(cols);
     let per = cols.div_ceil(blocks);
     let consumers: Vec<usize> = (0..g.nodes.len()).filter(|&i| g.nodes[i].inputs.contains(&Some(w))).collect();
     for &i in &consumers {

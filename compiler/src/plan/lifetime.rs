@@ -42,7 +42,7 @@ pub fn intervals(p: &Program) -> (Vec<Interval>, Vec<usize>) {
     for (s, step) in p.steps.iter().enumerate() {
         step.inputs.iter().chain(&step.outputs).for_each(|&i| touch(i, s));
     }
-    p.outputs.iter().for_each(|&o| touch(o, p.steps.len()));
+    (0..p.outputs.len()).flat_map(|i| p.output_slots(i)).for_each(|o| touch(o, p.steps.len()));
 
     let (mut planned, mut unbounded) = (Vec::new(), Vec::new());
     for i in 0..n {
