@@ -157,7 +157,7 @@ fn value_type(
             Some(dimension::Value::DimValue(v)) if *v >= 0 => Dim::Known(*v),
             Some(dimension::Value::DimValue(v)) => return Err(err(format!("dim {axis} is negative ({v})"))),
             Some(dimension::Value::DimParam(p)) if !p.is_empty() => {
-                fixed.get(p).map(|&v| Dim::Known(v)).unwrap_or_else(|| Dim::sym(p))
+                parse_dim_expr(p).unwrap_or_else(|| Dim::sym(p)).substitute(&|s| fixed.get(s).map(|&v| Dim::Known(v)))
             }
             _ => {
                 let p = format!("{}_dim{axis}", vi.name);
@@ -166,6 +166,55 @@ fn value_type(
         });
     }
     Ok((dtype, dims))
+}
+
+/// Parses a dim_param that is an expression over symbols, as exporters write them
+/// (`past_sequence+sequence`, `s0 + s1`, `2*batch`, `seq - 1`), so that it relates to the dims it
+/// is made of; `None` for anything else (a plain name becomes one symbol).
+fn parse_dim_expr(text: &str) -> Option<Dim> {
+    let mut tokens: Vec<String> = Vec::new();
+    let mut chars = text.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+        } else if "+-*".contains(c) {
+            tokens.push(c.to_string());
+            chars.next();
+        } else if c.is_alphanumeric() || c == '_' || c == '.' {
+            let mut word = String::new();
+            while let Some(&c) = chars.peek().filter(|c| c.is_alphanumeric() || **c == '_' || **c == '.') {
+                word.push(c);
+                chars.next();
+            }
+            tokens.push(word);
+        } else {
+            return None;
+        }
+    }
+    // Operands at even positions, operators between them: at least `a op b`.
+    if tokens.len() < 3 || tokens.len() % 2 == 0 {
+        return None;
+    }
+    let atom = |t: &str| match t.parse::<i64>() {
+        Ok(v) => Some(Dim::Known(v)),
+        Err(_) if t.starts_with(|c: char| c.is_alphabetic() || c == '_') => Some(Dim::sym(t)),
+        Err(_) => None,
+    };
+    // A sum of products: `*` binds tighter than `+` and `-`.
+    let (mut total, mut term, mut sign) = (Dim::Known(0), atom(&tokens[0])?, 1i64);
+    for pair in tokens[1..].chunks(2) {
+        let next = atom(&pair[1])?;
+        match pair[0].as_str() {
+            "*" => term = term.mul(&next),
+            op @ ("+" | "-") => {
+                total = total.add(&term.mul(&Dim::Known(sign)));
+                sign = if op == "+" { 1 } else { -1 };
+                term = next;
+            }
+            _ => return None,
+        }
+    }
+    Some(total.add(&term.mul(&Dim::Known(sign))))
 }
 
 /// Indices of nodes in an order where every input is defined before use.
@@ -275,4 +324,20 @@ fn constant_node_value(attrs: &[Attribute]) -> Result<(DType, Vec<usize>, Shared
         }
         (other, _) => return Err(format!("Constant attribute '{other}' is not supported")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dim_params_that_are_expressions_relate_to_their_symbols() {
+        let (p, s) = (Dim::sym("past_sequence"), Dim::sym("sequence"));
+        assert_eq!(parse_dim_expr("past_sequence+sequence"), Some(p.add(&s)));
+        assert_eq!(parse_dim_expr("s0 + s1"), Some(Dim::sym("s0").add(&Dim::sym("s1"))));
+        assert_eq!(parse_dim_expr("2*batch - 1"), Some(Dim::sym("batch").mul(&Dim::Known(2)).sub(&Dim::Known(1))));
+        assert_eq!(parse_dim_expr("batch_size"), None);
+        assert_eq!(parse_dim_expr("a + "), None);
+        assert_eq!(parse_dim_expr("f(x)"), None);
+    }
 }

@@ -93,6 +93,7 @@ pub fn load_model(path: &Path, given: &HashMap<String, Tensor>, opts: OpenOption
         return Ok(model.context("the bundle has no entry point")?.clone());
     }
     let opts = CompileOptions::default();
+    let path = &kiln_compiler::bundle::ModelSource::resolve(path)?.onnx;
     let mut graph = kiln_compiler::import_file(path, &opts).with_context(|| format!("importing {}", path.display()))?;
     graph.fix_dims(&dims_from_inputs(&graph, given)?);
     let compiled =

@@ -59,7 +59,7 @@ fn plan_json(name: &str, target: &str, plan: &kiln_compiler::plan::PlanReport) -
 
 fn onnx_report(args: &Args) -> Result<Value> {
     let (opts, targets) = args.plan.options()?;
-    let path = &args.model;
+    let path = &kiln_compiler::bundle::ModelSource::resolve(&args.model)?.onnx;
     let mut g = kiln_compiler::import_file(path, &opts).with_context(|| format!("importing {}", path.display()))?;
     let ops_in = g.op_counts();
     let unsupported: Vec<String> = match passes::infer::check_supported(&g) {
