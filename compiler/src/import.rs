@@ -192,7 +192,7 @@ fn parse_dim_expr(text: &str) -> Option<Dim> {
         }
     }
     // Operands at even positions, operators between them: at least `a op b`.
-    if tokens.len() < 3 || tokens.len() % 2 == 0 {
+    if tokens.len() < 3 || tokens.len().is_multiple_of(2) {
         return None;
     }
     let atom = |t: &str| match t.parse::<i64>() {
