@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// What went wrong reading or writing one of kiln's formats.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid ONNX model: {reason}")]
     NotOnnx { path: PathBuf, reason: String },

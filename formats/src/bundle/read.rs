@@ -16,7 +16,7 @@ use std::sync::Arc;
 /// Why a bundle was refused; every variant names the entry or byte range at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io { path: String, source: std::io::Error },
     #[error("not a kiln bundle: {0}")]
     NotBundle(String),
