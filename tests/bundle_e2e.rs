@@ -173,3 +173,26 @@ fn killed_compile_never_leaves_a_partial_bundle() {
         assert_eq!(std::fs::metadata(&out).unwrap().len(), good.len() as u64);
     }
 }
+
+#[test]
+fn inspect_json_reports_the_plan_of_models_and_bundles() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.kiln");
+    let o = run_kiln(&["compile", tiny().to_str().unwrap(), "-o", out.to_str().unwrap(), "--dim", "batch=..8"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (what, args) in [
+        ("bundle", vec!["inspect", out.to_str().unwrap(), "--json"]),
+        ("onnx", vec!["inspect", tiny().to_str().unwrap(), "--dim", "batch=..8", "--json"]),
+    ] {
+        let o = run_kiln(&args);
+        assert!(o.status.success(), "{what}: {}", stderr(&o));
+        let json: serde_json::Value =
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{what}: stdout is not JSON: {e}"));
+        let ep = &json["entry_points"][0];
+        let arena = ep["arena_bytes"].as_u64().unwrap_or_else(|| panic!("{what}: no arena_bytes in {ep}"));
+        let lower = ep["lower_bound_bytes"].as_u64().unwrap();
+        let buffers: u64 = ep["buffers"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap()).sum();
+        assert!(arena >= lower && lower > 0, "{what}: arena {arena}, lower bound {lower}");
+        assert_eq!(arena, buffers, "{what}");
+    }
+}
