@@ -74,7 +74,11 @@ impl Session {
         let first = pieces[0] as usize;
         let mut shape = self.shapes[first].clone();
         if pieces.len() > 1 && axis >= shape.len() {
-            return Err(err(format!("axis {axis} is outside piece '{}' of rank {}", prog.values[first].name, shape.len())));
+            return Err(err(format!(
+                "axis {axis} is outside piece '{}' of rank {}",
+                prog.values[first].name,
+                shape.len()
+            )));
         }
         if pieces.len() > 1 {
             shape[axis] = pieces.iter().map(|&p| self.shapes[p as usize].get(axis).copied().unwrap_or(0)).sum();
