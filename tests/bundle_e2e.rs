@@ -196,3 +196,24 @@ fn inspect_json_reports_the_plan_of_models_and_bundles() {
         assert_eq!(arena, buffers, "{what}");
     }
 }
+
+#[test]
+fn targets_share_one_copy_of_the_weights() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2-dynamo");
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = CompileOptions::default();
+    opts.dim_bounds.insert("batch".into(), 1);
+    opts.dim_bounds.insert("sequence".into(), 64);
+    let src = ModelSource::resolve(&fixture).unwrap();
+    let one = compile_bundle(&src, &opts, &[TargetLimits::cpu()], &dir.path().join("one.kiln")).unwrap();
+    let both =
+        compile_bundle(&src, &opts, &[TargetLimits::cpu(), TargetLimits::gpu_default()], &dir.path().join("both.kiln"))
+            .unwrap();
+    assert_eq!(both.compiled.len(), 2);
+    assert!(
+        both.weight_bytes <= one.weight_bytes,
+        "{} bytes for two targets, {} for one",
+        both.weight_bytes,
+        one.weight_bytes
+    );
+}

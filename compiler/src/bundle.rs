@@ -63,11 +63,13 @@ pub fn compile_bundle(
     targets: &[TargetLimits],
     out: &Path,
 ) -> Result<BundleSummary, CompileError> {
+    // One import serves every target: the model is parsed once and the targets' programs refer to
+    // the same constant bytes, which `pack_weights` then stores once.
+    let graph = import_file(&source.onnx, opts)?;
     let mut compiled = Vec::new();
     for target in targets {
-        let graph = import_file(&source.onnx, opts)?;
         let topts = CompileOptions { target: target.clone(), require_bounds: true, ..opts.clone() };
-        compiled.push((target.name.clone(), compile_graph(graph, &topts)?));
+        compiled.push((target.name.clone(), compile_graph(graph.clone(), &topts)?));
     }
     let cap = targets.iter().map(|t| t.largest_buffer()).min().unwrap_or(u64::MAX).min(MAX_WEIGHT_ENTRY);
     let mut programs: Vec<Program> = compiled.iter().map(|(_, c)| c.program.clone()).collect();
@@ -151,22 +153,24 @@ pub fn signature(v: &ValueInfo) -> TensorSig {
 }
 
 /// Packs every program's constants into weight entries of at most `cap` bytes (a constant larger
-/// than `cap` gets an entry of its own), sharing identical byte ranges between programs, and
-/// rewrites the programs' weight references to (entry, offset).
+/// than `cap` gets an entry of its own), storing identical contents once (the same weight, or
+/// the same constant folded again for another target), and rewrites the programs' weight
+/// references to (entry, offset).
 pub fn pack_weights(
     programs: &mut [Program],
     weights: Vec<&[SharedBytes]>,
     cap: u64,
 ) -> Result<Vec<WeightEntry>, CompileError> {
     let mut entries: Vec<WeightEntry> = Vec::new();
-    let mut placed: HashMap<(usize, usize), WeightRef> = HashMap::new();
+    let mut placed: HashMap<(usize, u64), Vec<(SharedBytes, WeightRef)>> = HashMap::new();
     for (program, list) in programs.iter_mut().zip(weights) {
         for w in program.weights.iter_mut() {
             let bytes = list.get(w.entry as usize).ok_or_else(|| {
                 CompileError::Model(format!("weight reference to constant {} of {}", w.entry, list.len()))
             })?;
-            let key = (bytes.as_slice().as_ptr() as usize, bytes.len());
-            if let Some(r) = placed.get(&key) {
+            let key = (bytes.len(), content_hash(bytes.as_slice()));
+            if let Some((_, r)) = placed.get(&key).into_iter().flatten().find(|(b, _)| b.as_slice() == bytes.as_slice())
+            {
                 *w = r.clone();
                 continue;
             }
@@ -181,9 +185,16 @@ pub fn pack_weights(
             e.parts.push((offset, bytes.clone()));
             e.len = offset + len;
             let r = WeightRef { entry: entry_index as u32, offset, len };
-            placed.insert(key, r.clone());
+            placed.entry(key).or_default().push((bytes.clone(), r.clone()));
             *w = r;
         }
     }
     Ok(entries)
+}
+
+fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
 }

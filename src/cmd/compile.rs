@@ -107,10 +107,10 @@ fn plan_only(
     started: Instant,
 ) -> Result<()> {
     let mut plans = Vec::new();
+    let graph = kiln_compiler::import_file(&source.onnx, opts)?;
     for target in targets {
         let topts = kiln_compiler::CompileOptions { target: target.clone(), require_bounds: true, ..opts.clone() };
-        let graph = kiln_compiler::import_file(&source.onnx, &topts)?;
-        let c = kiln_compiler::compile_graph(graph, &topts)
+        let c = kiln_compiler::compile_graph(graph.clone(), &topts)
             .with_context(|| format!("planning {}", args.model.display()))?;
         let p = &c.plan;
         eprintln!(
