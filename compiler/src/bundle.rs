@@ -1,12 +1,14 @@
 //! Compiling to a bundle: one program per entry point and target, weights deduplicated across
 //! them and packed into 64-byte aligned slots of weight entries no larger than the target allows.
 
+use crate::causal_lm::{self, Companions, EntrySpec, DEFAULT_CONTEXT_CAP, DEFAULT_MAX_CONTEXT, DEFAULT_PREFILL_MAX};
 use crate::error::CompileError;
-use crate::{compile_graph, import_file, CompileOptions, Compiled};
+use crate::{check_bounds, compile_graph, import_file, CompileOptions, Compiled};
 use kiln_formats::bundle::manifest::{
     DimSig, EntryPoint, FormatVersion, Manifest, PlanSummary, Producer, Source, TensorSig,
 };
 use kiln_formats::bundle::{hex, write_bundle, BundleParts, WeightEntry, FORMAT_VERSION, TENSOR_ALIGN};
+use kiln_formats::generation::{GenerationConfig, GENERATION_ENTRY, TOKENIZER_ENTRY};
 use kiln_formats::program::{Program, ProgramSet, ValueInfo, WeightRef};
 use kiln_formats::target::TargetLimits;
 use kiln_formats::{DType, SharedBytes};
@@ -21,21 +23,37 @@ const MAX_WEIGHT_ENTRY: u64 = 1 << 30;
 /// What a bundle compile produced, for the CLI to print.
 pub struct BundleSummary {
     pub manifest: Manifest,
-    pub compiled: Vec<(String, Compiled)>,
+    /// One per entry point and target, in manifest order.
+    pub compiled: Vec<CompiledEntry>,
     pub weight_bytes: u64,
+    /// `generation.json`, when the model is a causal LM.
+    pub generation: Option<GenerationConfig>,
+    /// Choices the compiler made that the user should hear about (defaults taken, fallbacks).
+    pub notes: Vec<String>,
+}
+
+/// One entry point's program for one target.
+pub struct CompiledEntry {
+    pub entry: String,
+    pub target: String,
+    pub compiled: Compiled,
 }
 
 /// The ONNX file and companion files of a model given as a file or an export folder.
 pub struct ModelSource {
     pub onnx: PathBuf,
     pub tokenizer: Option<PathBuf>,
+    pub tokenizer_config: Option<PathBuf>,
+    pub chat_template: Option<PathBuf>,
     pub generation_config: Option<PathBuf>,
     pub config: Option<PathBuf>,
 }
 
 impl ModelSource {
     /// Resolves `path`: an `.onnx` file, or a folder holding `model.onnx` (optimum and
-    /// transformers exports) and optionally `tokenizer.json`, `generation_config.json`, `config.json`.
+    /// transformers exports) and optionally `tokenizer.json`, `tokenizer_config.json`,
+    /// `chat_template.jinja`, `generation_config.json`, `config.json`. For a file, the same
+    /// companions are looked for beside it.
     pub fn resolve(path: &Path) -> Result<ModelSource, CompileError> {
         let (onnx, dir) = if path.is_dir() {
             let onnx = path.join("model.onnx");
@@ -44,60 +62,144 @@ impl ModelSource {
             }
             (onnx, Some(path.to_path_buf()))
         } else {
-            (path.to_path_buf(), None)
+            (path.to_path_buf(), path.parent().map(Path::to_path_buf))
         };
         let companion = |name: &str| dir.as_ref().map(|d| d.join(name)).filter(|p| p.is_file());
         Ok(ModelSource {
             onnx,
             tokenizer: companion("tokenizer.json"),
+            tokenizer_config: companion("tokenizer_config.json"),
+            chat_template: companion("chat_template.jinja"),
             generation_config: companion("generation_config.json"),
             config: companion("config.json"),
         })
     }
+
+    fn companions(&self) -> Result<Companions, CompileError> {
+        Companions::read(
+            self.config.as_deref(),
+            self.generation_config.as_deref(),
+            self.tokenizer_config.as_deref(),
+            self.chat_template.as_deref(),
+        )
+    }
 }
 
-/// Compiles `source` for each target and writes the bundle to `out`.
+/// The entry points to compile: `main` at the user's bounds for most models; `prefill` and
+/// `decode` for a causal LM (plus `main` when the user bounded every input dim).
+fn plan_entries(
+    source: &ModelSource,
+    graph: &crate::Graph,
+    opts: &CompileOptions,
+    notes: &mut Vec<String>,
+) -> Result<(Vec<EntrySpec>, Option<GenerationConfig>), CompileError> {
+    let main = EntrySpec { name: "main".into(), ..Default::default() };
+    let Some(lm) = causal_lm::detect(graph)? else { return Ok((vec![main], None)) };
+    let companions = source.companions()?;
+    let max_context = match (opts.max_context, companions.context_length()) {
+        (Some(n), _) => n,
+        (None, Some(n)) if n > DEFAULT_CONTEXT_CAP => {
+            notes.push(format!(
+                "max context {DEFAULT_CONTEXT_CAP} of the model's {n} (pass --max-context to plan for more)"
+            ));
+            DEFAULT_CONTEXT_CAP
+        }
+        (None, Some(n)) => n,
+        (None, None) => {
+            notes.push(format!(
+                "no config.json gives the model's context length: planned for {DEFAULT_MAX_CONTEXT} tokens (--max-context)"
+            ));
+            DEFAULT_MAX_CONTEXT
+        }
+    };
+    if max_context < 2 {
+        return Err(CompileError::Options(format!("--max-context {max_context} leaves no room to generate")));
+    }
+    let prefill_max = opts
+        .prefill_max
+        .or_else(|| opts.dim_bounds.get(&lm.sequence).copied())
+        .unwrap_or(DEFAULT_PREFILL_MAX)
+        .clamp(1, max_context);
+    let mut entries = lm.entry_specs(max_context, prefill_max);
+    if check_bounds(graph, opts).is_ok() {
+        entries.insert(0, main);
+    }
+    notes.push(match lm.kv.len() {
+        0 => format!(
+            "causal LM without a KV cache: each token recomputes the whole sequence (up to {max_context} tokens)"
+        ),
+        n => format!(
+            "causal LM: prefill takes up to {prefill_max} tokens, decode plans {n} cached tensors for {max_context} positions"
+        ),
+    });
+    if source.tokenizer.is_none() {
+        notes.push("no tokenizer.json (pass --tokenizer FILE): `kiln run --prompt` will refuse this bundle".into());
+    }
+    Ok((entries, Some(companions.generation_config(&lm, max_context, prefill_max))))
+}
+
+/// Compiles `source` for each entry point and target and writes the bundle to `out`.
 pub fn compile_bundle(
     source: &ModelSource,
     opts: &CompileOptions,
     targets: &[TargetLimits],
     out: &Path,
 ) -> Result<BundleSummary, CompileError> {
-    // One import serves every target: the model is parsed once and the targets' programs refer to
-    // the same constant bytes, which `pack_weights` then stores once.
+    // One import serves every entry point and target: the model is parsed once and the programs
+    // refer to the same constant bytes, which `pack_weights` then stores once.
     let graph = import_file(&source.onnx, opts)?;
+    let mut notes = Vec::new();
+    let (specs, generation) = plan_entries(source, &graph, opts, &mut notes)?;
     let mut compiled = Vec::new();
-    for target in targets {
-        let topts = CompileOptions { target: target.clone(), require_bounds: true, ..opts.clone() };
-        compiled.push((target.name.clone(), compile_graph(graph.clone(), &topts)?));
+    for spec in &specs {
+        let mut g = graph.clone();
+        g.fix_dims(&spec.fixed);
+        let mut dim_bounds = opts.dim_bounds.clone();
+        dim_bounds.extend(spec.bounds.clone());
+        for target in targets {
+            let topts = CompileOptions {
+                target: target.clone(),
+                require_bounds: true,
+                dim_bounds: dim_bounds.clone(),
+                ..opts.clone()
+            };
+            let c = compile_graph(g.clone(), &topts).map_err(|e| match &generation {
+                Some(_) => CompileError::Options(format!("entry point '{}': {e}", spec.name)),
+                None => e,
+            })?;
+            compiled.push(CompiledEntry { entry: spec.name.clone(), target: target.name.clone(), compiled: c });
+        }
     }
     let cap = targets.iter().map(|t| t.largest_buffer()).min().unwrap_or(u64::MAX).min(MAX_WEIGHT_ENTRY);
-    let mut programs: Vec<Program> = compiled.iter().map(|(_, c)| c.program.clone()).collect();
-    let weights = pack_weights(&mut programs, compiled.iter().map(|(_, c)| c.weights.as_slice()).collect(), cap)?;
+    let mut programs: Vec<Program> = compiled.iter().map(|c| c.compiled.program.clone()).collect();
+    let weights = pack_weights(&mut programs, compiled.iter().map(|c| c.compiled.weights.as_slice()).collect(), cap)?;
     let weight_bytes = weights.iter().map(|w| w.len).sum();
 
     let entry_points = compiled
         .iter()
         .enumerate()
-        .map(|(i, (target, c))| EntryPoint {
-            name: "main".into(),
-            target: target.clone(),
-            program: i as u32,
-            inputs: c.program.inputs.iter().map(|&s| signature(&c.program.values[s as usize])).collect(),
-            outputs: c.program.outputs.iter().map(|&s| signature(&c.program.values[s as usize])).collect(),
-            plan: PlanSummary {
-                alignment: c.plan.alignment,
-                arena_bytes: c.plan.arena_bytes,
-                lower_bound_bytes: c.plan.lower_bound_bytes,
-                buffers: c.plan.buffers.clone(),
-            },
+        .map(|(i, ce)| {
+            let c = &ce.compiled;
+            EntryPoint {
+                name: ce.entry.clone(),
+                target: ce.target.clone(),
+                program: i as u32,
+                inputs: c.program.inputs.iter().map(|&s| signature(&c.program.values[s as usize])).collect(),
+                outputs: c.program.outputs.iter().map(|&s| signature(&c.program.values[s as usize])).collect(),
+                plan: PlanSummary {
+                    alignment: c.plan.alignment,
+                    arena_bytes: c.plan.arena_bytes,
+                    lower_bound_bytes: c.plan.lower_bound_bytes,
+                    buffers: c.plan.buffers.clone(),
+                },
+            }
         })
         .collect();
     let mut metadata = BTreeMap::new();
     metadata.insert("dim_bounds".into(), serde_json::to_value(&opts.dim_bounds).unwrap_or_default());
     metadata.insert("fixed_dims".into(), serde_json::to_value(&opts.fixed_dims).unwrap_or_default());
-    if let Some((_, c)) = compiled.first() {
-        metadata.insert("ops".into(), serde_json::to_value(&c.ops_before).unwrap_or_default());
+    if let Some(c) = compiled.first() {
+        metadata.insert("ops".into(), serde_json::to_value(&c.compiled.ops_before).unwrap_or_default());
     }
     let manifest = Manifest {
         format: "kiln-bundle".into(),
@@ -115,10 +217,14 @@ pub fn compile_bundle(
     };
     let mut extra = Vec::new();
     if let Some(t) = &source.tokenizer {
-        extra.push(("tokenizer.json".to_string(), "tokenizer".to_string(), read(t)?));
+        extra.push((TOKENIZER_ENTRY.to_string(), "tokenizer".to_string(), read(t)?));
+    }
+    if let Some(g) = &generation {
+        let json = serde_json::to_vec_pretty(g).map_err(|e| CompileError::Model(format!("generation.json: {e}")))?;
+        extra.push((GENERATION_ENTRY.to_string(), "generation".to_string(), json));
     }
     let manifest = write_bundle(out, BundleParts { manifest, programs: ProgramSet { programs }, weights, extra })?;
-    Ok(BundleSummary { manifest, compiled, weight_bytes })
+    Ok(BundleSummary { manifest, compiled, weight_bytes, generation, notes })
 }
 
 fn read(p: &Path) -> Result<Vec<u8>, CompileError> {

@@ -2,6 +2,7 @@
 //! and lowering to the program the runtime executes.
 
 pub mod bundle;
+pub mod causal_lm;
 pub mod error;
 pub mod import;
 pub mod ir;
@@ -29,6 +30,10 @@ pub struct CompileOptions {
     pub require_bounds: bool,
     /// The limits the memory plan must respect.
     pub target: TargetLimits,
+    /// Causal LMs: most tokens (prompt + generated) a sequence may hold (`--max-context`).
+    pub max_context: Option<u64>,
+    /// Causal LMs: most prompt tokens one `prefill` call takes.
+    pub prefill_max: Option<u64>,
 }
 
 impl Default for CompileOptions {
@@ -38,6 +43,8 @@ impl Default for CompileOptions {
             dim_bounds: BTreeMap::new(),
             require_bounds: false,
             target: TargetLimits::cpu(),
+            max_context: None,
+            prefill_max: None,
         }
     }
 }

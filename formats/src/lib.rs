@@ -6,6 +6,7 @@ pub mod bytes;
 pub mod dim;
 pub mod dtype;
 pub mod error;
+pub mod generation;
 pub mod npy;
 pub mod onnx;
 pub mod program;

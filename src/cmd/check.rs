@@ -28,6 +28,9 @@ pub struct Args {
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Entry point of the bundle to check (default: main, else the first).
+    #[arg(long)]
+    entry: Option<String>,
 }
 
 /// The worst element of a comparison.
@@ -64,7 +67,7 @@ fn compare(got: &Tensor, exp: &Tensor, rtol: f64, atol: f64) -> Result<Option<Wo
 
 pub fn main(args: Args) -> Result<()> {
     let given = read_inputs(&[], Some(&args.inputs))?;
-    let model = load_model(&args.model, &given, OpenOptions::default())?;
+    let model = load_model(&args.model, &given, OpenOptions::default(), args.entry.as_deref())?;
     let inputs = order_inputs(&model, &given)?;
     let outputs = Session::new(model.clone()).run(&inputs)?;
     let expected = npy::read_npz(&args.expect)?;

@@ -83,12 +83,26 @@ pub fn read_inputs(specs: &[String], npz: Option<&Path>) -> Result<HashMap<Strin
 
 /// The model to run: the bundle's CPU entry point, or the ONNX file compiled in memory with its
 /// symbolic dims fixed by the given inputs (so the plan is exact for this run).
-pub fn load_model(path: &Path, given: &HashMap<String, Tensor>, opts: OpenOptions) -> Result<Arc<Model>> {
+/// The model of `path`: a bundle's entry point `entry` (default `main`, else the first), or an
+/// ONNX model compiled with its dims fixed from `given`.
+pub fn load_model(
+    path: &Path,
+    given: &HashMap<String, Tensor>,
+    opts: OpenOptions,
+    entry: Option<&str>,
+) -> Result<Arc<Model>> {
     if is_bundle(path) {
         if !opts.verify_checksums {
             eprintln!("warning: checksums not verified (--no-verify-checksums)");
         }
         let loaded = LoadedBundle::open(path, opts).with_context(|| format!("loading {}", path.display()))?;
+        if let Some(name) = entry {
+            let names: Vec<&str> = loaded.entries.iter().map(|(ep, _)| ep.name.as_str()).collect();
+            let model = loaded.model(name, Some("cpu")).or_else(|| loaded.model(name, None));
+            return Ok(model
+                .with_context(|| format!("the bundle has no entry point '{name}' (it has: {})", names.join(", ")))?
+                .clone());
+        }
         let model = loaded.model("main", Some("cpu")).or_else(|| loaded.entries.first().map(|(_, m)| m));
         return Ok(model.context("the bundle has no entry point")?.clone());
     }

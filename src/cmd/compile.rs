@@ -19,6 +19,13 @@ pub struct Args {
     /// tokenizer.json to store in the bundle (default: the one in the model's folder).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Causal LMs: most tokens (prompt + generated) a sequence may hold; the decode plan is sized
+    /// for it (default: the model's context from config.json, at most 2048).
+    #[arg(long, value_name = "N")]
+    max_context: Option<u64>,
+    /// Causal LMs: most prompt tokens one prefill call takes (default 1024, or --dim SEQUENCE=..N).
+    #[arg(long, value_name = "N")]
+    prefill_max: Option<u64>,
     /// Plan and verify only: write no bundle and read no weight.
     #[arg(long)]
     plan_only: bool,
@@ -29,7 +36,9 @@ pub struct Args {
 
 pub fn main(args: Args) -> Result<()> {
     let started = Instant::now();
-    let (opts, targets) = args.plan.options()?;
+    let (mut opts, targets) = args.plan.options()?;
+    opts.max_context = args.max_context;
+    opts.prefill_max = args.prefill_max;
     let mut source = ModelSource::resolve(&args.model)?;
     if let Some(t) = &args.tokenizer {
         source.tokenizer = Some(t.clone());
@@ -44,9 +53,11 @@ pub fn main(args: Args) -> Result<()> {
     let plans: Vec<_> = summary
         .compiled
         .iter()
-        .map(|(target, c)| {
+        .map(|ce| {
+            let c = &ce.compiled;
             json!({
-                "target": target,
+                "entry": ce.entry,
+                "target": ce.target,
                 "arena_bytes": c.plan.arena_bytes,
                 "lower_bound_bytes": c.plan.lower_bound_bytes,
                 "ratio": c.plan.ratio,
@@ -60,7 +71,7 @@ pub fn main(args: Args) -> Result<()> {
     let (ops_before, ops_after) = summary
         .compiled
         .first()
-        .map(|(_, c)| (c.ops_before.values().sum::<usize>(), c.ops_after.values().sum::<usize>()))
+        .map(|ce| (ce.compiled.ops_before.values().sum::<usize>(), ce.compiled.ops_after.values().sum::<usize>()))
         .unwrap_or_default();
     let report = json!({
         "output": output.display().to_string(),
@@ -69,6 +80,8 @@ pub fn main(args: Args) -> Result<()> {
         "weight_bytes": summary.weight_bytes,
         "weight_entries": summary.manifest.entries.iter().filter(|e| e.kind == "weights").count(),
         "plans": plans,
+        "generation": summary.generation,
+        "notes": summary.notes,
         "seconds": secs,
     });
     if args.json {
@@ -79,7 +92,8 @@ pub fn main(args: Args) -> Result<()> {
         "  nodes: {ops_before} imported, {ops_after} after shape and constant folding; all placed on cpu kernels"
     );
     eprintln!("  weights: {} bytes in {} entries", summary.weight_bytes, report["weight_entries"]);
-    for (target, c) in &summary.compiled {
+    for ce in &summary.compiled {
+        let (c, target) = (&ce.compiled, format!("{}/{}", ce.entry, ce.target));
         eprintln!(
             "  plan[{target}]: arena {} bytes in {} buffer(s), lower bound {}, ratio {:.4} ({})",
             c.plan.arena_bytes,
@@ -94,6 +108,9 @@ pub fn main(args: Args) -> Result<()> {
         if !c.plan.unplanned.is_empty() {
             eprintln!("  plan[{target}]: {} values sized at run time (data-dependent shapes)", c.plan.unplanned.len());
         }
+    }
+    for note in &summary.notes {
+        eprintln!("  note: {note}");
     }
     Ok(())
 }

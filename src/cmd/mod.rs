@@ -3,6 +3,7 @@
 pub mod check;
 pub mod common;
 pub mod compile;
+pub mod generate;
 pub mod inspect;
 pub mod run;
 pub mod verify;

@@ -1,6 +1,7 @@
 //! `kiln run MODEL|BUNDLE --input NAME=FILE.npy ...`: run a model on tensors.
 
 use super::common::{file_name_for, load_model, order_inputs, read_inputs};
+use super::generate::GenArgs;
 use anyhow::{Context, Result};
 use kiln_formats::bundle::OpenOptions;
 use kiln_formats::npy;
@@ -23,11 +24,26 @@ pub struct Args {
     /// Skip hashing the bundle's entries at load (faster; structure is still checked).
     #[arg(long)]
     no_verify_checksums: bool,
+    /// Entry point of the bundle to run on tensors (default: main, else the first).
+    #[arg(long)]
+    entry: Option<String>,
+    /// Threads for the kernels (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    gen: GenArgs,
 }
 
 pub fn main(args: Args) -> Result<()> {
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("--threads")?;
+    }
+    let opts = OpenOptions { verify_checksums: !args.no_verify_checksums };
+    if args.gen.wanted() {
+        return super::generate::main(&args.model, &args.gen, opts);
+    }
     let given = read_inputs(&args.inputs, args.npz.as_deref())?;
-    let model = load_model(&args.model, &given, OpenOptions { verify_checksums: !args.no_verify_checksums })?;
+    let model = load_model(&args.model, &given, opts, args.entry.as_deref())?;
     let inputs = order_inputs(&model, &given)?;
     let outputs = Session::new(model.clone()).run(&inputs)?;
     let names = model.output_names();

@@ -1,0 +1,319 @@
+//! Text generation with a causal LM bundle: tokenize, run `prefill` on the prompt, then `decode`
+//! one token at a time, feeding each step's `present` KV tensors back as the next step's `past`.
+//!
+//! A [`LanguageModel`] is the shareable, read-only part (programs, tokenizer, `generation.json`);
+//! each thread makes its own [`Generator`], which owns the sessions and the cache.
+
+pub mod chat;
+mod feeds;
+pub mod sampler;
+
+use crate::bundle::LoadedBundle;
+use crate::error::RuntimeError;
+use crate::model::Model;
+use crate::session::Session;
+use crate::view::TensorRef;
+use feeds::{Fed, Feeds};
+use kiln_formats::generation::{GenerationConfig, GENERATION_ENTRY, TOKENIZER_ENTRY};
+use kiln_formats::{DType, Tensor};
+pub use sampler::{Sampler, Sampling};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokenizers::Tokenizer;
+
+/// Why text could not be generated.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("the bundle is not a causal language model (it has no {GENERATION_ENTRY}; compile a model with an input_ids input and a logits output)")]
+    NotCausalLm,
+    #[error("{GENERATION_ENTRY}: {0}")]
+    Config(String),
+    #[error("the bundle has no tokenizer (compile with --tokenizer FILE, or from a folder holding tokenizer.json)")]
+    NoTokenizer,
+    #[error("{TOKENIZER_ENTRY}: {0}")]
+    Tokenizer(String),
+    #[error("the bundle has no chat template ({GENERATION_ENTRY} holds none); drop --chat")]
+    NoChatTemplate,
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    #[error("the bundle has no '{0}' entry point for this target")]
+    MissingEntry(String),
+    #[error("the prompt is {tokens} tokens, but the bundle was compiled for a context of {max_context} (recompile with --max-context)")]
+    PromptTooLong { tokens: usize, max_context: u64 },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange { id: u32, vocab: usize },
+    #[error("entry point '{entry}': {source}")]
+    Run { entry: String, source: Box<RuntimeError> },
+    #[error("entry point '{entry}': {reason}")]
+    Output { entry: String, reason: String },
+}
+
+/// The read-only parts of a causal LM bundle, shared by every [`Generator`] made from it.
+pub struct LanguageModel {
+    config: GenerationConfig,
+    tokenizer: Option<Tokenizer>,
+    prefill: Arc<Model>,
+    decode: Option<Arc<Model>>,
+}
+
+/// What one generation did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GenerateStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// Time to the first generated token (the prompt's forward passes).
+    pub prefill: Duration,
+    /// Time of every later forward pass.
+    pub decode: Duration,
+    pub stop: StopReason,
+}
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StopReason {
+    /// An end-of-sequence token was generated.
+    Eos,
+    /// `max_tokens` were generated.
+    #[default]
+    MaxTokens,
+    /// The context the bundle was compiled for is full.
+    ContextFull,
+    /// The callback asked to stop.
+    Callback,
+}
+
+/// Options of one generation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    /// Stop at an end-of-sequence token (it is passed to the callback, then generation ends).
+    pub stop_at_eos: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_tokens: 128, sampling: Sampling::default(), stop_at_eos: true }
+    }
+}
+
+impl LanguageModel {
+    /// The causal LM in `bundle` for `target` (the first target when `None`).
+    pub fn from_bundle(bundle: &LoadedBundle, target: Option<&str>) -> Result<LanguageModel, GenerateError> {
+        let raw = bundle.bundle.entry(GENERATION_ENTRY).ok_or(GenerateError::NotCausalLm)?;
+        let config: GenerationConfig =
+            serde_json::from_slice(raw.as_slice()).map_err(|e| GenerateError::Config(e.to_string()))?;
+        let tokenizer = match bundle.bundle.entry(TOKENIZER_ENTRY) {
+            Some(b) => Some(Tokenizer::from_bytes(b.as_slice()).map_err(|e| GenerateError::Tokenizer(e.to_string()))?),
+            None => None,
+        };
+        let target = target.or_else(|| bundle.entries.first().map(|(ep, _)| ep.target.as_str()));
+        let prefill =
+            bundle.model("prefill", target).cloned().ok_or_else(|| GenerateError::MissingEntry("prefill".into()))?;
+        let decode = bundle.model("decode", target).cloned();
+        if !config.kv.is_empty() && decode.is_none() {
+            return Err(GenerateError::MissingEntry("decode".into()));
+        }
+        Self::new(config, tokenizer, prefill, decode)
+    }
+
+    /// A language model from its parts; checks that the entry points take what the config names.
+    pub fn new(
+        config: GenerationConfig,
+        tokenizer: Option<Tokenizer>,
+        prefill: Arc<Model>,
+        decode: Option<Arc<Model>>,
+    ) -> Result<LanguageModel, GenerateError> {
+        for (entry, model) in [("prefill", Some(&prefill)), ("decode", decode.as_ref())] {
+            let Some(model) = model else { continue };
+            Feeds::check(model, &config).map_err(|reason| GenerateError::Output { entry: entry.into(), reason })?;
+        }
+        Ok(LanguageModel { config, tokenizer, prefill, decode })
+    }
+
+    pub fn config(&self) -> &GenerationConfig {
+        &self.config
+    }
+
+    /// The bundle's tokenizer, or [`GenerateError::NoTokenizer`].
+    pub fn tokenizer(&self) -> Result<&Tokenizer, GenerateError> {
+        self.tokenizer.as_ref().ok_or(GenerateError::NoTokenizer)
+    }
+
+    /// Token ids of `text`; with `chat`, of the bundle's chat template applied to it as a user
+    /// message (the template supplies any BOS, as `apply_chat_template` does).
+    pub fn encode(&self, text: &str, chat: bool) -> Result<Vec<u32>, GenerateError> {
+        let tok = self.tokenizer()?;
+        let (text, special) = if chat {
+            let template = self.config.chat_template.as_deref().ok_or(GenerateError::NoChatTemplate)?;
+            let text = chat::render(template, text, self.config.bos_token.as_deref(), self.config.eos_token.as_deref())
+                .map_err(|e| GenerateError::ChatTemplate(format!("{e:#}")))?;
+            (text, false)
+        } else {
+            (text.to_string(), true)
+        };
+        let enc = tok.encode(text, special).map_err(|e| GenerateError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// A generator with its own sessions (one per thread).
+    pub fn generator(self: &Arc<Self>) -> Generator {
+        Generator {
+            lm: self.clone(),
+            prefill: Session::new(self.prefill.clone()),
+            decode: self.decode.as_ref().map(|m| Session::new(m.clone())),
+        }
+    }
+}
+
+/// Per-thread generation state over a shared [`LanguageModel`].
+pub struct Generator {
+    lm: Arc<LanguageModel>,
+    prefill: Session,
+    decode: Option<Session>,
+}
+
+impl Generator {
+    /// Generates after `prompt`, calling `on_token` with each new token id as soon as it is chosen;
+    /// the callback returns `ControlFlow::Break` to stop early.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+    ) -> Result<GenerateStats, GenerateError> {
+        let lm = self.lm.clone();
+        let cfg = &lm.config;
+        if prompt.is_empty() {
+            return Err(GenerateError::EmptyPrompt);
+        }
+        if prompt.len() as u64 >= cfg.max_context {
+            return Err(GenerateError::PromptTooLong { tokens: prompt.len(), max_context: cfg.max_context });
+        }
+        let mut stats = GenerateStats { prompt_tokens: prompt.len(), ..Default::default() };
+        let mut sampler = Sampler::new(opts.sampling.clone());
+        let started = Instant::now();
+        let mut tokens: Vec<u32> = prompt.to_vec();
+        let mut cache: Vec<Tensor> = Vec::new();
+        let mut logits = self.forward_prompt(&tokens, &mut cache)?;
+        stats.prefill = started.elapsed();
+        let mut next_start = Instant::now();
+        while stats.generated_tokens < opts.max_tokens {
+            let vocab = logits.len();
+            let next = sampler.pick(&logits);
+            if next as usize >= vocab {
+                return Err(GenerateError::TokenOutOfRange { id: next, vocab });
+            }
+            tokens.push(next);
+            stats.generated_tokens += 1;
+            if on_token(next).is_break() {
+                stats.stop = StopReason::Callback;
+                break;
+            }
+            if opts.stop_at_eos && cfg.eos_token_ids.contains(&next) {
+                stats.stop = StopReason::Eos;
+                break;
+            }
+            if stats.generated_tokens == opts.max_tokens {
+                stats.stop = StopReason::MaxTokens;
+                break;
+            }
+            if tokens.len() as u64 >= cfg.max_context {
+                stats.stop = StopReason::ContextFull;
+                break;
+            }
+            if stats.generated_tokens == 1 {
+                next_start = Instant::now();
+            }
+            logits = match cfg.kv.is_empty() {
+                true => self.run_prefill(&tokens, &mut cache)?,
+                false => self.run_decode(&tokens, &mut cache)?,
+            };
+        }
+        if stats.generated_tokens > 1 {
+            stats.decode = next_start.elapsed();
+        }
+        Ok(stats)
+    }
+
+    /// The last position's logits after the prompt: one prefill call when it fits, else a
+    /// prefill of the first chunk and one decode step per remaining token.
+    fn forward_prompt(&mut self, tokens: &[u32], cache: &mut Vec<Tensor>) -> Result<Vec<f32>, GenerateError> {
+        let chunk = (self.lm.config.prefill_max as usize).max(1);
+        if tokens.len() <= chunk || self.lm.config.kv.is_empty() {
+            return self.run_prefill(tokens, cache);
+        }
+        let mut logits = self.run_prefill(&tokens[..chunk], cache)?;
+        for end in chunk + 1..=tokens.len() {
+            logits = self.run_decode(&tokens[..end], cache)?;
+        }
+        Ok(logits)
+    }
+
+    fn run_prefill(&mut self, tokens: &[u32], cache: &mut Vec<Tensor>) -> Result<Vec<f32>, GenerateError> {
+        cache.clear();
+        run_step(&self.lm.config, "prefill", &mut self.prefill, tokens, tokens.len(), cache)
+    }
+
+    fn run_decode(&mut self, tokens: &[u32], cache: &mut Vec<Tensor>) -> Result<Vec<f32>, GenerateError> {
+        let session = self.decode.as_mut().ok_or_else(|| GenerateError::MissingEntry("decode".into()))?;
+        run_step(&self.lm.config, "decode", session, tokens, 1, cache)
+    }
+}
+
+/// Runs one forward pass over the last `new` of `tokens` with `cache` as the past, replaces the
+/// cache with the presents, and returns the last position's logits.
+fn run_step(
+    cfg: &GenerationConfig,
+    entry: &str,
+    session: &mut Session,
+    tokens: &[u32],
+    new: usize,
+    cache: &mut Vec<Tensor>,
+) -> Result<Vec<f32>, GenerateError> {
+    let model = session.model().clone();
+    let feeds = Feeds::build(&model, cfg, tokens, new, cache)
+        .map_err(|reason| GenerateError::Output { entry: entry.into(), reason })?;
+    let refs: Vec<TensorRef> = feeds
+        .iter()
+        .map(|f| match f {
+            Fed::Owned(t) => TensorRef::from_tensor(t),
+            Fed::Cache(k) => TensorRef::from_tensor(&cache[*k]),
+        })
+        .collect();
+    let outputs = session.run(&refs).map_err(|source| GenerateError::Run { entry: entry.into(), source: Box::new(source) })?;
+    drop(refs);
+    let mut outputs: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
+    let names = model.output_names();
+    let find = |name: &str| names.iter().position(|n| *n == name);
+    let out_err = |reason: String| GenerateError::Output { entry: entry.into(), reason };
+    let li = find(&cfg.logits).ok_or_else(|| out_err(format!("no output '{}'", cfg.logits)))?;
+    let logits = outputs[li].as_ref().map(last_row).transpose().map_err(out_err)?.unwrap_or_default();
+    if !cfg.kv.is_empty() {
+        let mut presents = Vec::with_capacity(cfg.kv.len());
+        for pair in &cfg.kv {
+            let i = find(&pair.present).ok_or_else(|| out_err(format!("no output '{}'", pair.present)))?;
+            presents.push(outputs[i].take().ok_or_else(|| out_err(format!("'{}' is read twice", pair.present)))?);
+        }
+        *cache = presents;
+    }
+    Ok(logits)
+}
+
+/// The logits of the last position of `[batch, sequence, vocab]` (batch 1), as f32.
+fn last_row(t: &Tensor) -> Result<Vec<f32>, String> {
+    let &[1, seq, vocab] = t.shape.as_slice() else {
+        return Err(format!("logits have shape {:?}, expected [1, sequence, vocab]", t.shape));
+    };
+    if seq == 0 || vocab == 0 {
+        return Err(format!("logits have shape {:?}", t.shape));
+    }
+    let start = (seq - 1) * vocab;
+    Ok(match (t.dtype, t.as_slice::<f32>()) {
+        (DType::F32, Some(v)) => v[start..start + vocab].to_vec(),
+        _ => (start..start + vocab).map(|i| t.get_f64(i) as f32).collect(),
+    })
+}
