@@ -21,6 +21,8 @@ enum Command {
     Compile(cmd::compile::Args),
     /// Run a model or bundle on tensors from .npy/.npz files.
     Run(cmd::run::Args),
+    /// Decode speed of a causal LM bundle at several context lengths.
+    Bench(cmd::bench::Args),
     /// Check a bundle as the loader does: structure, alignment, checksums, memory plans.
     Verify(cmd::verify::Args),
     /// Run on inputs and compare every output with expected values.
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Compile(a) => cmd::compile::main(a),
         Command::Run(a) => cmd::run::main(a),
         Command::Verify(a) => cmd::verify::main(a),
+        Command::Bench(a) => cmd::bench::main(a),
         Command::Check(a) => cmd::check::main(a),
     };
     match result {

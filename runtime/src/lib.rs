@@ -13,5 +13,5 @@ pub mod view;
 
 pub use error::{KernelError, RuntimeError};
 pub use model::Model;
-pub use session::Session;
+pub use session::{Profile, Session};
 pub use view::{TensorMut, TensorRef};

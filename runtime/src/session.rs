@@ -8,7 +8,9 @@ use crate::view::{TensorMut, TensorRef};
 use kiln_formats::program::NO_VALUE;
 use kiln_formats::tensor::{byte_size, read_i64};
 use kiln_formats::{AlignedBuf, Dim, Tensor};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Per-thread execution state over a shared [`Model`].
 pub struct Session {
@@ -16,6 +18,28 @@ pub struct Session {
     arena: Vec<AlignedBuf>,
     dynamic: Vec<AlignedBuf>,
     shapes: Vec<Vec<usize>>,
+    profile: Option<Profile>,
+}
+
+/// Where a session's time went, by op type; copying the caller's inputs in and the outputs out
+/// are counted as `(inputs)` and `(outputs)`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Profile {
+    /// Op type → (total time, calls).
+    pub ops: BTreeMap<String, (Duration, u64)>,
+}
+
+impl Profile {
+    fn add(&mut self, key: &str, d: Duration) {
+        let e = self.ops.entry(key.to_string()).or_default();
+        e.0 += d;
+        e.1 += 1;
+    }
+
+    /// Total time recorded.
+    pub fn total(&self) -> Duration {
+        self.ops.values().map(|(d, _)| *d).sum()
+    }
 }
 
 impl Session {
@@ -30,7 +54,23 @@ impl Session {
                 _ => Vec::new(),
             })
             .collect();
-        Session { model, arena, dynamic: vec![AlignedBuf::default(); n], shapes }
+        Session { model, arena, dynamic: vec![AlignedBuf::default(); n], shapes, profile: None }
+    }
+
+    /// Starts (or stops) recording time per op type; starting clears what was recorded.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(Profile::default);
+    }
+
+    /// What was recorded since profiling started, leaving an empty record behind.
+    pub fn take_profile(&mut self) -> Option<Profile> {
+        self.profile.as_mut().map(std::mem::take)
+    }
+
+    fn record(&mut self, key: &str, since: Option<Instant>) {
+        if let (Some(p), Some(t)) = (self.profile.as_mut(), since) {
+            p.add(key, t.elapsed());
+        }
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -52,16 +92,23 @@ impl Session {
                 ),
             });
         }
+        let started = self.profile.is_some().then(Instant::now);
         for (&slot, t) in prog.inputs.iter().zip(inputs) {
             self.set_input(slot as usize, t)?;
         }
+        self.record("(inputs)", started);
         for si in 0..prog.steps.len() {
+            let started = self.profile.is_some().then(Instant::now);
             self.step(&model, si).map_err(|source| {
                 let step = &prog.steps[si];
                 RuntimeError::Step { step: si, op: step.op.clone(), node: step.name.clone(), source }
             })?;
+            self.record(&prog.steps[si].op, started);
         }
-        (0..prog.outputs.len()).map(|i| self.output(&model, i)).collect()
+        let started = self.profile.is_some().then(Instant::now);
+        let outputs = (0..prog.outputs.len()).map(|i| self.output(&model, i)).collect();
+        self.record("(outputs)", started);
+        outputs
     }
 
     /// Output `i` as an owned tensor: one slot's bytes, or its pieces concatenated.

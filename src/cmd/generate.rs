@@ -22,7 +22,7 @@ pub struct GenArgs {
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["prompt", "inputs", "npz"])]
     pub prompt_ids: Option<Vec<u32>>,
     /// Apply the bundle's chat template to the prompt (as one user message).
-    #[arg(long, requires = "prompt")]
+    #[arg(long)]
     pub chat: bool,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 128)]
@@ -59,6 +59,9 @@ pub fn main(path: &Path, args: &GenArgs, opts: OpenOptions) -> Result<()> {
     }
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1], got {}", args.top_p);
+    }
+    if args.chat && args.prompt.is_none() {
+        bail!("--chat applies the chat template to --prompt TEXT; it cannot apply to --prompt-ids");
     }
     if !super::common::is_bundle(path) {
         bail!("--prompt needs a bundle: compile {} with `kiln compile` first", path.display());
@@ -105,14 +108,14 @@ pub fn main(path: &Path, args: &GenArgs, opts: OpenOptions) -> Result<()> {
         if let Some(e) = failure {
             return Err(e);
         }
-        writeln!(out).ok();
+        writeln!(out).and_then(|_| out.flush()).ok();
         stats
     } else {
         let stats = generator.generate(&prompt, &gen_opts, |id| {
             ids.push(id.to_string());
             ControlFlow::Continue(())
         })?;
-        writeln!(out, "{}", ids.join(" ")).ok();
+        writeln!(out, "{}", ids.join(" ")).and_then(|_| out.flush()).ok();
         stats
     };
     if args.stats {

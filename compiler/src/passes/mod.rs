@@ -5,16 +5,19 @@ pub mod dce;
 pub mod infer;
 pub mod split;
 pub mod sym_values;
+pub mod transposed_weight;
 
 use crate::error::CompileError;
 use crate::ir::Graph;
 
 /// Shape inference (following shape arithmetic symbolically, folding constants as it goes), then
-/// removal of folded and dead nodes.
+/// removal of folded nodes, fusion of transposed weights into their products, and removal of
+/// dead nodes.
 pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
     infer::check_supported(g)?;
     infer::infer(g)?;
     const_fold::remove_folded(g);
+    transposed_weight::fuse(g);
     dce::eliminate(g);
     Ok(())
 }

@@ -11,7 +11,7 @@ pub mod sampler;
 use crate::bundle::LoadedBundle;
 use crate::error::RuntimeError;
 use crate::model::Model;
-use crate::session::Session;
+use crate::session::{Profile, Session};
 use crate::view::TensorRef;
 use feeds::{Fed, Feeds};
 use kiln_formats::generation::{GenerationConfig, GENERATION_ENTRY, TOKENIZER_ENTRY};
@@ -177,6 +177,20 @@ pub struct Generator {
 }
 
 impl Generator {
+    /// Starts (or stops) recording time per op type in both sessions.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.prefill.set_profiling(on);
+        if let Some(d) = self.decode.as_mut() {
+            d.set_profiling(on);
+        }
+    }
+
+    /// (prefill, decode) time per op type since profiling started. The decode record covers only
+    /// the generated tokens, not decode steps that fed a prompt longer than one prefill.
+    pub fn take_profile(&mut self) -> (Option<Profile>, Option<Profile>) {
+        (self.prefill.take_profile(), self.decode.as_mut().and_then(Session::take_profile))
+    }
+
     /// Generates after `prompt`, calling `on_token` with each new token id as soon as it is chosen;
     /// the callback returns `ControlFlow::Break` to stop early.
     pub fn generate(
@@ -200,6 +214,9 @@ impl Generator {
         let mut cache: Vec<Tensor> = Vec::new();
         let mut logits = self.forward_prompt(&tokens, &mut cache)?;
         stats.prefill = started.elapsed();
+        if let Some(d) = self.decode.as_mut() {
+            d.take_profile();
+        }
         let mut next_start = Instant::now();
         while stats.generated_tokens < opts.max_tokens {
             let vocab = logits.len();
@@ -284,7 +301,8 @@ fn run_step(
             Fed::Cache(k) => TensorRef::from_tensor(&cache[*k]),
         })
         .collect();
-    let outputs = session.run(&refs).map_err(|source| GenerateError::Run { entry: entry.into(), source: Box::new(source) })?;
+    let outputs =
+        session.run(&refs).map_err(|source| GenerateError::Run { entry: entry.into(), source: Box::new(source) })?;
     drop(refs);
     let mut outputs: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
     let names = model.output_names();

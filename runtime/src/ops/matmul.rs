@@ -20,8 +20,16 @@ pub const OPS: &[&str] = &["Gemm", "MatMul"];
 /// Prepares this family's kernel for `spec`, or `None` when the op is not in this family.
 pub fn build(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
     match spec.op {
-        "MatMul" => Some(Ok(Box::new(MatMul))),
+        "MatMul" => Some(Ok(Box::new(MatMul { trans_b: false }))),
         "Gemm" => Some(GemmOp::new(spec).map(|k| Box::new(k) as Box<dyn Kernel>)),
+        _ => None,
+    }
+}
+
+/// Kernels of the `kiln` domain this family owns.
+pub fn build_kiln(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
+    match spec.op {
+        "MatMulTransB" => Some(Ok(Box::new(MatMul { trans_b: true }))),
         _ => None,
     }
 }
@@ -42,8 +50,24 @@ fn same(a: &Dim, b: &Dim, what: &str) -> Result<(), KernelError> {
     }
 }
 
-/// Numpy matmul.
-struct MatMul;
+/// Numpy matmul; with `trans_b`, B (rank >= 2) is read with its last two axes swapped
+/// (`kiln::MatMulTransB`, which the compiler makes of `MatMul(A, Transpose(B))`).
+struct MatMul {
+    trans_b: bool,
+}
+
+/// B's shape as the product sees it.
+fn logical_b<T: Clone>(shape: &[T], trans_b: bool) -> Result<Vec<T>, KernelError> {
+    let mut s = shape.to_vec();
+    if trans_b {
+        if s.len() < 2 {
+            return Err(KernelError::input(1, "a transposed B needs at least two dims"));
+        }
+        let r = s.len();
+        s.swap(r - 1, r - 2);
+    }
+    Ok(s)
+}
 
 impl Kernel for MatMul {
     fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
@@ -53,21 +77,22 @@ impl Kernel for MatMul {
         if b.dtype != a.dtype {
             return Err(KernelError::input(1, format!("is {}, A is {}", b.dtype, a.dtype)));
         }
-        let (ra, rb) = (a.shape.len(), b.shape.len());
+        let b_shape = logical_b(b.shape, self.trans_b)?;
+        let (ra, rb) = (a.shape.len(), b_shape.len());
         if ra == 0 || rb == 0 {
             return Err(KernelError::invalid("MatMul operands need at least one dim"));
         }
         let ka = &a.shape[ra - 1];
-        let kb = &b.shape[if rb == 1 { 0 } else { rb - 2 }];
+        let kb = &b_shape[if rb == 1 { 0 } else { rb - 2 }];
         same(ka, kb, "inner dims")?;
         let ab = &a.shape[..ra.saturating_sub(2)];
-        let bb = &b.shape[..rb.saturating_sub(2)];
+        let bb = &b_shape[..rb.saturating_sub(2)];
         let mut shape = broadcast_shapes(&[ab, bb])?;
         if ra >= 2 {
             shape.push(a.shape[ra - 2].clone());
         }
         if rb >= 2 {
-            shape.push(b.shape[rb - 1].clone());
+            shape.push(b_shape[rb - 1].clone());
         }
         Ok(vec![OutputInfo::new(a.dtype, shape)])
     }
@@ -78,17 +103,18 @@ impl Kernel for MatMul {
         if a.dtype != b.dtype {
             return Err(KernelError::invalid("MatMul operands differ in dtype"));
         }
-        let (ra, rb) = (a.shape.len(), b.shape.len());
+        let b_shape = logical_b(b.shape, self.trans_b)?;
+        let (ra, rb) = (a.shape.len(), b_shape.len());
         if ra == 0 || rb == 0 {
             return Err(KernelError::invalid("MatMul operands need at least one dim"));
         }
         let (m, k) = if ra == 1 { (1, a.shape[0]) } else { (a.shape[ra - 2], a.shape[ra - 1]) };
-        let (kb, n) = if rb == 1 { (b.shape[0], 1) } else { (b.shape[rb - 2], b.shape[rb - 1]) };
+        let (kb, n) = if rb == 1 { (b_shape[0], 1) } else { (b_shape[rb - 2], b_shape[rb - 1]) };
         if k != kb {
             return Err(KernelError::invalid(format!("inner dims differ: {k} vs {kb}")));
         }
         let ab = &a.shape[..ra.saturating_sub(2)];
-        let bb = &b.shape[..rb.saturating_sub(2)];
+        let bb = &b_shape[..rb.saturating_sub(2)];
         let rank = ab.len().max(bb.len());
         let batch: Vec<usize> = (0..rank)
             .map(|i| {
@@ -108,7 +134,7 @@ impl Kernel for MatMul {
         if out.dtype != a.dtype || out.numel() != nb * m * n || out.data.len() != out.numel() * a.dtype.size() {
             return Err(KernelError::invalid("output does not match the product"));
         }
-        let p = Batched { m, n, k, batch: &batch, sa: &sa, sb: &sb };
+        let p = Batched { m, n, k, batch: &batch, sa: &sa, sb: &sb, trans_b: self.trans_b };
         crate::with_float!(a.dtype, T => p.run_float(a.typed::<T>()?, b.typed::<T>()?, out.typed::<T>()?), _ => {
             crate::with_int!(a.dtype, T => p.run_int::<T>(bytemuck::cast_slice(a.data), bytemuck::cast_slice(b.data),
                 bytemuck::cast_slice_mut(out.data)),
@@ -126,10 +152,20 @@ struct Batched<'a> {
     batch: &'a [usize],
     sa: &'a [usize],
     sb: &'a [usize],
+    /// B matrices are stored n × k (read transposed).
+    trans_b: bool,
 }
 
 impl Batched<'_> {
     /// (A offset, B offset) of every product, in elements.
+    /// One B matrix starting at `data` as the product reads it (k × n).
+    fn b_mat<'b, T>(&self, data: &'b [T]) -> Mat<'b, T> {
+        match self.trans_b {
+            true => Mat { data, rs: 1, cs: self.k },
+            false => Mat { data, rs: self.n, cs: 1 },
+        }
+    }
+
     fn offsets(&self) -> Vec<(usize, usize)> {
         let mut v = Vec::with_capacity(self.batch.iter().product());
         let (ma, mb) = (self.m * self.k, self.k * self.n);
@@ -160,15 +196,13 @@ impl Batched<'_> {
                 .all(|x| x);
         if nb > 1 && self.sb.iter().all(|&s| s == 0) && a_contig {
             // One shared B (a linear layer): fold the batch into the rows of one product.
-            let bm = Mat { data: b, rs: n, cs: 1 };
-            gemm(nb * m, n, k, 1.0, Mat { data: a, rs: k, cs: 1 }, bm, c, false, true);
+            gemm(nb * m, n, k, 1.0, Mat { data: a, rs: k, cs: 1 }, self.b_mat(b), c, false, true);
             return;
         }
         let offs = self.offsets();
         let one = |(oa, ob): (usize, usize), cm: &mut [T], par: bool| {
             let am = Mat { data: &a[oa..], rs: k, cs: 1 };
-            let bm = Mat { data: &b[ob..], rs: n, cs: 1 };
-            gemm(m, n, k, 1.0, am, bm, cm, false, par);
+            gemm(m, n, k, 1.0, am, self.b_mat(&b[ob..]), cm, false, par);
         };
         if nb > 1 && m * n * k < (1 << 20) {
             c.par_chunks_mut(m * n).zip(offs.par_iter()).for_each(|(cm, &o)| one(o, cm, false));
@@ -191,9 +225,9 @@ impl Batched<'_> {
                 acc.iter_mut().for_each(|v| *v = 0);
                 for kk in 0..k {
                     let av = a[oa + i * k + kk].to_i128();
-                    let row = &b[ob + kk * n..ob + kk * n + n];
-                    for (s, bv) in acc.iter_mut().zip(row) {
-                        *s = s.wrapping_add(av.wrapping_mul(bv.to_i128()));
+                    let bm = self.b_mat(&b[ob..]);
+                    for (j, s) in acc.iter_mut().enumerate() {
+                        *s = s.wrapping_add(av.wrapping_mul(bm.data[kk * bm.rs + j * bm.cs].to_i128()));
                     }
                 }
                 for (d, s) in crow.iter_mut().zip(&acc) {
@@ -345,6 +379,40 @@ mod tests {
 
     fn seq(n: usize, s: f32) -> Vec<f32> {
         (0..n).map(|i| ((i * 7 % 11) as f32 - 5.) * s).collect()
+    }
+
+    #[test]
+    fn matmul_trans_b_reads_the_weight_transposed() {
+        let run = |a: &Tensor, w: &Tensor| {
+            try_run_in(crate::ops::KILN_DOMAIN, "MatMulTransB", 1, &[], vec![Some(a.clone()), Some(w.clone())])
+        };
+        // One row (decode: the dot-product path), a few (small), many (the blocked path).
+        for (batch, m, kd, n) in [(1, 1, 70, 300), (2, 5, 33, 17), (1, 80, 64, 96)] {
+            let a = seq(batch * m * kd, 0.25);
+            let w = seq(n * kd, 0.5);
+            let wt: Vec<f32> = (0..kd * n).map(|i| w[(i % n) * kd + i / n]).collect();
+            let expect: Vec<f32> =
+                (0..batch).flat_map(|b| mm(&a[b * m * kd..(b + 1) * m * kd], &wt, m, kd, n)).collect();
+            let y = run(&Tensor::from_vec(&[batch, m, kd], a), &Tensor::from_vec(&[n, kd], w)).unwrap().remove(0);
+            assert_eq!(y.shape, vec![batch, m, n]);
+            assert_close(&f32s(&y), &expect, 1e-3);
+        }
+        // A batch of B matrices (attention's Q · Kᵀ), broadcast over A's leading axis.
+        let (m, kd, n) = (3, 8, 5);
+        let a = seq(2 * 2 * m * kd, 0.25);
+        let w = seq(2 * n * kd, 0.5);
+        let expect: Vec<f32> = (0..4)
+            .flat_map(|i| {
+                let wb = &w[(i % 2) * n * kd..(i % 2 + 1) * n * kd];
+                let wt: Vec<f32> = (0..kd * n).map(|j| wb[(j % n) * kd + j / n]).collect();
+                mm(&a[i * m * kd..(i + 1) * m * kd], &wt, m, kd, n)
+            })
+            .collect();
+        let y = run(&Tensor::from_vec(&[2, 2, m, kd], a), &Tensor::from_vec(&[2, n, kd], w)).unwrap().remove(0);
+        assert_eq!(y.shape, vec![2, 2, m, n]);
+        assert_close(&f32s(&y), &expect, 1e-3);
+        let bad = Tensor::from_vec(&[4, 3], vec![0f32; 12]);
+        assert!(run(&Tensor::from_vec(&[1, 5], vec![0f32; 5]), &bad).is_err());
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub mod unary;
 use crate::error::KernelError;
 use crate::kernel::{Kernel, OpSpec};
 
+/// Domain of the ops kiln's compiler passes create (never found in an ONNX file).
+pub const KILN_DOMAIN: &str = "kiln";
+
 /// A family's constructor: `None` when the op is not one of its own.
 type Family = fn(&OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>>;
 
@@ -30,6 +33,10 @@ const FAMILIES: &[Family] = &[
 
 /// Prepares the kernel for an op; an error when no kernel exists or its attributes are invalid.
 pub fn build(spec: &OpSpec) -> Result<Box<dyn Kernel>, KernelError> {
+    if spec.domain == KILN_DOMAIN {
+        return matmul::build_kiln(spec)
+            .unwrap_or_else(|| Err(KernelError::unsupported(format!("op {}::{}", spec.domain, spec.op))));
+    }
     if !matches!(spec.domain, "" | "ai.onnx") {
         return Err(KernelError::unsupported(format!("op {}::{}", spec.domain, spec.op)));
     }

@@ -35,6 +35,17 @@ fn spec<'a>(op: &'a str, opset: i64, attrs: &'a [Attribute]) -> OpSpec<'a> {
     OpSpec { op, domain: "", opset, attrs: Attrs(attrs) }
 }
 
+/// Infers and runs an op of `domain`, returning every output.
+pub fn try_run_in(
+    domain: &str,
+    op: &str,
+    opset: i64,
+    attrs: &[Attribute],
+    inputs: Vec<Option<Tensor>>,
+) -> Result<Vec<Tensor>, KernelError> {
+    run_built(crate::ops::build(&OpSpec { domain, ..spec(op, opset, attrs) })?, inputs)
+}
+
 /// An input for [`infer1`]: dtype, shape and (for value inputs) the known elements.
 pub type In<'a> = Option<(DType, &'a [Dim], Option<&'a [Dim]>)>;
 
@@ -53,7 +64,10 @@ pub fn try_run(
     attrs: &[Attribute],
     inputs: Vec<Option<Tensor>>,
 ) -> Result<Vec<Tensor>, KernelError> {
-    let k = crate::ops::build(&spec(op, opset, attrs))?;
+    run_built(crate::ops::build(&spec(op, opset, attrs))?, inputs)
+}
+
+fn run_built(k: Box<dyn crate::kernel::Kernel>, inputs: Vec<Option<Tensor>>) -> Result<Vec<Tensor>, KernelError> {
     let dims: Vec<Vec<Dim>> = inputs
         .iter()
         .map(|t| t.as_ref().map(|t| t.shape.iter().map(|&d| Dim::Known(d as i64)).collect()).unwrap_or_default())
