@@ -61,7 +61,7 @@ pub fn main(args: Args) -> Result<()> {
         let (_, decode) = generator.take_profile();
         if let (true, Some(p)) = (args.profile, &decode) {
             let mut ops: Vec<_> = p.ops.iter().collect();
-            ops.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+            ops.sort_by_key(|(_, (d, _))| std::cmp::Reverse(*d));
             for (op, (d, calls)) in ops.iter().take(12) {
                 let share = d.as_secs_f64() / p.total().as_secs_f64().max(1e-12) * 100.0;
                 eprintln!("    {op:<16} {share:>5.1}%  {calls} calls");
