@@ -87,6 +87,7 @@ pub fn lower(g: &Graph, bounds: &BTreeMap<String, u64>) -> Result<Lowered, Compi
             attrs: n.attrs.clone(),
             name: n.name.clone(),
             opset: n.opset,
+            in_place: 0,
         });
     }
     for &o in &g.outputs {

@@ -170,6 +170,18 @@ pub struct Step {
     /// Opset version of the op's domain.
     #[prost(int64, tag = "7")]
     pub opset: i64,
+    /// 1 + the index of the input whose bytes output 0 overwrites (an elementwise op writing over
+    /// an input that dies at this step: the plan gives both the same arena range); 0 for none.
+    #[prost(uint32, tag = "8")]
+    pub in_place: u32,
+}
+
+impl Step {
+    /// The input slot output 0 overwrites, if the plan made this step in place.
+    pub fn in_place_input(&self) -> Option<u32> {
+        let j = (self.in_place as usize).checked_sub(1)?;
+        self.inputs.get(j).copied().filter(|&i| i != NO_VALUE)
+    }
 }
 
 /// A node attribute; exactly one of the value fields is meaningful, as `kind` says.

@@ -18,6 +18,8 @@ pub struct Session {
     arena: Vec<AlignedBuf>,
     dynamic: Vec<AlignedBuf>,
     shapes: Vec<Vec<usize>>,
+    /// Where in-place steps copy a chunk of the input they overwrite.
+    scratch: AlignedBuf,
     profile: Option<Profile>,
 }
 
@@ -54,7 +56,14 @@ impl Session {
                 _ => Vec::new(),
             })
             .collect();
-        Session { model, arena, dynamic: vec![AlignedBuf::default(); n], shapes, profile: None }
+        Session {
+            model,
+            arena,
+            dynamic: vec![AlignedBuf::default(); n],
+            shapes,
+            scratch: AlignedBuf::default(),
+            profile: None,
+        }
     }
 
     /// Starts (or stops) recording time per op type; starting clears what was recorded.
@@ -317,6 +326,11 @@ impl Session {
         if all_views {
             return Ok(());
         }
+        if let (Some(x), Some(Some((ptr, len)))) = (step.in_place_input(), out_ptrs.first()) {
+            if std::ptr::eq(self.bytes(model, x as usize).0, *ptr) {
+                return self.run_in_place(model, si, x as usize, *ptr, *len);
+            }
+        }
         let inputs: Vec<Option<TensorRef>> = in_slots
             .iter()
             .zip(&in_data)
@@ -341,8 +355,138 @@ impl Session {
     }
 }
 
+/// Bytes of the input copied aside per chunk when a step overwrites its own input.
+const IN_PLACE_CHUNK: usize = 64 * 1024;
+
+impl Session {
+    /// Runs an elementwise step whose output occupies the bytes of its input `x`: a chunk of `x`
+    /// at a time is copied aside and the kernel reads the copy while writing that chunk of the
+    /// output, so no input and output slices ever alias. The other operand is read in matching
+    /// chunks (same shape) or whole (broadcast over leading axes); any other broadcast copies
+    /// all of `x` aside first.
+    fn run_in_place(
+        &mut self,
+        model: &Model,
+        si: usize,
+        x: usize,
+        out: *mut u8,
+        len: usize,
+    ) -> Result<(), KernelError> {
+        let step = &model.program.steps[si];
+        let kernel = &model.kernels[si];
+        let o = step.outputs[0] as usize;
+        let dtype = model.dtypes[o];
+        let es = dtype.size();
+        let shape = self.shapes[o].clone();
+        if model.dtypes[x] != dtype || self.shapes[x] != shape || self.bytes(model, x).1 != len {
+            return Err(KernelError::invalid(format!(
+                "in place: '{}' {:?} cannot hold '{}' {:?}",
+                model.program.values[x].name, self.shapes[x], model.program.values[o].name, shape
+            )));
+        }
+        let j = step.in_place as usize - 1;
+        let others: Vec<(usize, usize)> = step
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|&(k, &i)| k != j && i != NO_VALUE)
+            .map(|(k, &i)| (k, i as usize))
+            .collect();
+        if others.iter().any(|&(_, i)| model.roots[i] == model.roots[x]) || others.len() > 1 {
+            return Err(KernelError::invalid(
+                "in place: the overwritten input is read twice, or there are over two operands",
+            ));
+        }
+        // Elements per chunk row: the whole tensor's innermost block the other operand repeats over.
+        let numel = len / es.max(1);
+        // Whole repeats of the block from axis `t` go in one chunk; `None`: chunks of any size.
+        let block_axis = match others.first() {
+            Some(&(_, i)) if self.shapes[i] != shape => Some(repeat_axis(&self.shapes[i], &shape).unwrap_or(0)),
+            _ => None,
+        };
+        let period = block_axis.map_or(1, |t| shape[t..].iter().product::<usize>().max(1));
+        let rows_per_chunk = (IN_PLACE_CHUNK / (period * es).max(1)).max(1);
+        let chunk_elems = rows_per_chunk * period;
+        if self.scratch.len() < chunk_elems.min(numel) * es {
+            self.scratch.resize(chunk_elems.min(numel) * es);
+        }
+        let other = others.first().map(|&(k, i)| {
+            let (p, l) = self.bytes(model, i);
+            // SAFETY: a live value the verifier keeps disjoint from this step's output.
+            (k, i, unsafe { std::slice::from_raw_parts(p, l) })
+        });
+        let mut start = 0;
+        while start < numel {
+            let n = chunk_elems.min(numel - start);
+            let (a, b) = (start * es, (start + n) * es);
+            // SAFETY: `out` holds `len` bytes of this session's arena, exclusively this step's.
+            let src = unsafe { std::slice::from_raw_parts(out.add(a), b - a) };
+            self.scratch.as_mut_slice()[..b - a].copy_from_slice(src);
+            let chunk_shape: Vec<usize> = match block_axis {
+                None => vec![n],
+                Some(t) => chunk_shape(&shape, t, n / period, other.map_or(0, |(_, i, _)| self.shapes[i].len())),
+            };
+            let mut inputs: Vec<Option<TensorRef>> = vec![None; step.inputs.len()];
+            inputs[j] = Some(TensorRef { dtype, shape: &chunk_shape, data: &self.scratch.as_slice()[..b - a] });
+            if let Some((k, i, data)) = other {
+                inputs[k] = Some(match block_axis.is_some() {
+                    true => TensorRef { dtype: model.dtypes[i], shape: &self.shapes[i], data },
+                    false => TensorRef { dtype: model.dtypes[i], shape: &chunk_shape, data: &data[a..b] },
+                });
+            }
+            // SAFETY: as above; the scratch copy, not this range, is what the kernel reads.
+            let data = unsafe { std::slice::from_raw_parts_mut(out.add(a), b - a) };
+            kernel.run(&inputs, &mut [TensorMut { dtype, shape: &chunk_shape, data }])?;
+            start += n;
+        }
+        Ok(())
+    }
+}
+
+/// When `other` broadcasts over `shape` by repeating one trailing block (its dims are 1 up to
+/// axis `t` and equal to `shape`'s from `t` on), `t`.
+fn repeat_axis(other: &[usize], shape: &[usize]) -> Option<usize> {
+    let pad = shape.len().checked_sub(other.len())?;
+    let padded: Vec<usize> = std::iter::repeat_n(1, pad).chain(other.iter().copied()).collect();
+    let t = padded.iter().position(|&d| d != 1).unwrap_or(shape.len());
+    (padded[t..] == shape[t..]).then_some(t)
+}
+
+/// `rows` repeats of `shape`'s block from axis `t`, as `[rows, shape[t..]]` with leading 1s up to
+/// `rank`, so that broadcasting with the other operand keeps this shape.
+fn chunk_shape(shape: &[usize], t: usize, rows: usize, rank: usize) -> Vec<usize> {
+    let mut out = vec![rows];
+    out.extend_from_slice(&shape[t..]);
+    while out.len() < rank {
+        out.insert(0, 1);
+    }
+    out
+}
+
 fn describe_dims(info: &kiln_formats::program::ValueInfo) -> String {
     let dims: Vec<String> =
         info.dims.iter().map(|d| if d.symbol.is_empty() { d.value.to_string() } else { d.symbol.clone() }).collect();
     format!("[{}]", dims.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{chunk_shape, repeat_axis};
+
+    #[test]
+    fn broadcast_operands_repeat_a_trailing_block_or_not() {
+        assert_eq!(repeat_axis(&[520], &[64, 520]), Some(1));
+        assert_eq!(repeat_axis(&[1, 1, 8], &[2, 3, 8]), Some(2));
+        assert_eq!(repeat_axis(&[3, 8], &[2, 3, 8]), Some(1));
+        assert_eq!(repeat_axis(&[1], &[2, 3]), Some(2)); // a scalar repeats every element
+        assert_eq!(repeat_axis(&[64, 1], &[64, 520]), None);
+        assert_eq!(repeat_axis(&[1, 2, 3], &[2, 3]), None);
+    }
+
+    #[test]
+    fn chunks_keep_the_broadcast_rank() {
+        assert_eq!(chunk_shape(&[64, 520], 1, 31, 1), vec![31, 520]);
+        assert_eq!(chunk_shape(&[2, 3, 8], 2, 5, 3), vec![1, 5, 8]);
+        assert_eq!(chunk_shape(&[2, 3], 2, 4, 1), vec![4]);
+    }
 }

@@ -20,7 +20,7 @@ impl Interval {
 }
 
 /// The values of `p` that own storage the runtime would otherwise allocate (not weights, not
-/// views), split into those with bounded sizes and those whose size depends on unbounded dims.
+/// views, not values written in place over another: their leader's interval covers them), split into those with bounded sizes and those whose size depends on unbounded dims.
 pub fn intervals(p: &Program) -> (Vec<Interval>, Vec<usize>) {
     let n = p.values.len();
     let kind = |i: usize| p.values[i].storage.as_ref().map_or(StorageKind::Dynamic as i32, |s| s.kind);
@@ -43,11 +43,21 @@ pub fn intervals(p: &Program) -> (Vec<Interval>, Vec<usize>) {
         step.inputs.iter().chain(&step.outputs).for_each(|&i| touch(i, s));
     }
     (0..p.outputs.len()).flat_map(|i| p.output_slots(i)).for_each(|o| touch(o, p.steps.len()));
+    // A value written in place over another lives in its leader's range, from the leader's first
+    // step to its own last.
+    let mut member = vec![false; n];
+    for (m, leader) in super::in_place::shared_storage(p) {
+        if first[m] != usize::MAX {
+            first[leader] = first[leader].min(first[m]);
+            last[leader] = last[leader].max(last[m]);
+        }
+        member[m] = true;
+    }
 
     let (mut planned, mut unbounded) = (Vec::new(), Vec::new());
     for i in 0..n {
         let k = kind(i);
-        if first[i] == usize::MAX || k == StorageKind::Weight as i32 || k == StorageKind::Alias as i32 {
+        if first[i] == usize::MAX || member[i] || k == StorageKind::Weight as i32 || k == StorageKind::Alias as i32 {
             continue;
         }
         match bounded_bytes(&p.values[i]) {

@@ -2,6 +2,7 @@
 //! arena buffer, sized for the upper bounds of its symbolic dims. Several strategies run and the
 //! smallest plan is kept; the independent verifier then checks it.
 
+pub mod in_place;
 pub mod lifetime;
 pub mod place;
 
@@ -32,43 +33,26 @@ pub struct PlanReport {
     pub splits: Vec<String>,
 }
 
-/// Plans `p` for `target`, writes the arena offsets into it, and verifies the result.
+/// Plans `p` for `target`, writes the arena offsets into it, and verifies the result. Elementwise
+/// steps run in place (output over a dying input) when that makes the arena smaller.
 pub fn plan(p: &mut Program, target: &TargetLimits) -> Result<PlanReport, CompileError> {
     let align = target.alignment.max(1);
     let limit = target.largest_buffer();
-    let (ivs, unbounded) = intervals(p);
-    if let Some(big) = ivs.iter().find(|iv| iv.size.next_multiple_of(align) > limit) {
-        return Err(CompileError::Model(format!(
-            "value '{}' needs {} bytes, more than the {} target's largest buffer ({limit} bytes), and kiln cannot split it",
-            p.values[big.slot].name, big.size, target.name
-        )));
-    }
-    let lower = lower_bound(&ivs, align);
-    let mut orders = vec![Order::Size, Order::Breadth, Order::Duration, Order::Area, Order::FirstUse];
-    // Jittered restarts while the program is small enough for them to be cheap (placement is
-    // quadratic in the number of values).
-    let restarts = (4_000_000 / (ivs.len() * ivs.len()).max(1)).min(192) as u64;
-    orders.extend((1..=restarts).map(Order::Jittered));
-    let mut best: Option<(place::Placement, String)> = None;
-    'search: for order in orders {
-        for fit in [Fit::First, Fit::Best] {
-            let candidate = place(&ivs, align, limit, order, fit);
-            if best.as_ref().is_none_or(|(b, _)| candidate.total() < b.total()) {
-                let name = match order {
-                    Order::Jittered(seed) => format!("jittered #{seed}/{fit:?}").to_lowercase(),
-                    _ => format!("{order:?}/{fit:?}").to_lowercase(),
-                };
-                let optimal = candidate.total() <= lower && candidate.buffers.len() <= 1;
-                best = Some((candidate, name));
-                if optimal {
-                    break 'search;
-                }
-            }
+    let mut with_in_place = p.clone();
+    let (mut chosen, mut ivs, mut lower) = search(p, align, limit, target)?;
+    if in_place::mark(&mut with_in_place) > 0 {
+        let candidate = search(&with_in_place, align, limit, target)?;
+        if candidate.0 .0.total() < chosen.0.total() {
+            *p = with_in_place;
+            (chosen, ivs, lower) = candidate;
         }
     }
-    let (placement, strategy) = best.unwrap_or((place::Placement { slots: vec![], buffers: vec![] }, "none".into()));
+    let ((placement, strategy), unbounded) = (chosen, intervals(p).1);
     for (iv, &(buffer, offset)) in ivs.iter().zip(&placement.slots) {
         p.values[iv.slot].storage = Some(Storage::arena(buffer as u32, offset, iv.size));
+    }
+    for (member, leader) in in_place::shared_storage(p) {
+        p.values[member].storage = p.values[leader].storage.clone();
     }
     p.buffers = placement.buffers.clone();
     p.alignment = align;
@@ -91,6 +75,48 @@ pub fn plan(p: &mut Program, target: &TargetLimits) -> Result<PlanReport, Compil
         unplanned: unbounded.iter().map(|&i| p.values[i].name.clone()).collect(),
         splits: Vec::new(),
     })
+}
+
+/// The smallest placement the strategies find for `p` as it stands, with its intervals and lower bound.
+#[allow(clippy::type_complexity)]
+fn search(
+    p: &Program,
+    align: u64,
+    limit: u64,
+    target: &TargetLimits,
+) -> Result<((place::Placement, String), Vec<lifetime::Interval>, u64), CompileError> {
+    let (ivs, _) = intervals(p);
+    if let Some(big) = ivs.iter().find(|iv| iv.size.next_multiple_of(align) > limit) {
+        return Err(CompileError::Model(format!(
+            "value '{}' needs {} bytes, more than the {} target's largest buffer ({limit} bytes), and kiln cannot split it",
+            p.values[big.slot].name, big.size, target.name
+        )));
+    }
+    let lower = lower_bound(&ivs, align);
+    let mut orders = vec![Order::Size, Order::Breadth, Order::Duration, Order::Area, Order::FirstUse];
+    // Jittered restarts while the program is small enough for them to be cheap (placement is
+    // quadratic in the number of values).
+    let restarts = (4_000_000 / (ivs.len() * ivs.len()).max(1)).min(1024) as u64;
+    orders.extend((1..=restarts).map(Order::Jittered));
+    let mut best: Option<(place::Placement, String)> = None;
+    'search: for order in orders {
+        for fit in [Fit::First, Fit::Best] {
+            let candidate = place(&ivs, align, limit, order, fit);
+            if best.as_ref().is_none_or(|(b, _)| candidate.total() < b.total()) {
+                let name = match order {
+                    Order::Jittered(seed) => format!("jittered #{seed}/{fit:?}").to_lowercase(),
+                    _ => format!("{order:?}/{fit:?}").to_lowercase(),
+                };
+                let optimal = candidate.total() <= lower && candidate.buffers.len() <= 1;
+                best = Some((candidate, name));
+                if optimal {
+                    break 'search;
+                }
+            }
+        }
+    }
+    let best = best.unwrap_or((place::Placement { slots: vec![], buffers: vec![] }, "none".into()));
+    Ok((best, ivs, lower))
 }
 
 #[cfg(test)]

@@ -46,6 +46,38 @@ pub fn build(spec: &OpSpec) -> Result<Box<dyn Kernel>, KernelError> {
         .unwrap_or_else(|| Err(KernelError::unsupported(format!("op {} (opset {})", spec.op, spec.opset))))
 }
 
+/// Ops whose output element `i` depends only on element `i` of each full-size input (and on a
+/// broadcast operand): their output may overwrite an input that dies at that step, and the
+/// executor can run them a chunk at a time.
+const IN_PLACE_OPS: &[&str] = &[
+    "Abs",
+    "Add",
+    "Ceil",
+    "Cos",
+    "Div",
+    "Erf",
+    "Exp",
+    "Floor",
+    "Gelu",
+    "Log",
+    "Mul",
+    "Neg",
+    "Pow",
+    "Reciprocal",
+    "Relu",
+    "Sigmoid",
+    "Sign",
+    "Sin",
+    "Sqrt",
+    "Sub",
+    "Tanh",
+];
+
+/// Whether the planner may make this op write over one of its inputs.
+pub fn in_place_capable(op: &str, domain: &str) -> bool {
+    matches!(domain, "" | "ai.onnx") && IN_PLACE_OPS.contains(&op)
+}
+
 /// Op types each family has kernels for.
 const OP_LISTS: &[&[&str]] =
     &[unary::OPS, binary::OPS, cast::OPS, reduce::OPS, norm::OPS, matmul::OPS, movement::OPS, attention::OPS];
