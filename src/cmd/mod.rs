@@ -6,5 +6,6 @@ pub mod common;
 pub mod compile;
 pub mod generate;
 pub mod inspect;
+pub mod progress;
 pub mod run;
 pub mod verify;

@@ -4,6 +4,7 @@
 
 pub mod lifetime;
 pub mod place;
+pub mod svg;
 
 use crate::error::CompileError;
 use kiln_formats::program::{Program, Storage};
