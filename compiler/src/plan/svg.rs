@@ -61,6 +61,11 @@ pub const LIMIT: RGBColor = RGBColor(0xc4, 0x4e, 0x52);
 pub const LOWER_BOUND: RGBColor = RGBColor(0x81, 0x72, 0xb3);
 pub const BOUNDARY: RGBColor = RGBColor(0x20, 0x20, 0x20);
 
+/// A colour as the SVG writes it (`#RRGGBB`), to find elements by colour.
+pub fn svg_color(c: RGBColor) -> String {
+    format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
+}
+
 /// How to draw.
 #[derive(Clone, Debug)]
 pub struct ChartOptions {
@@ -169,21 +174,34 @@ pub fn memory_svg(p: &Program, opts: &ChartOptions) -> Result<(String, ChartSumm
         ..Default::default()
     };
 
-    // Tiny values become aggregates once there are many: per buffer and step bin, one rectangle
-    // over the offsets they span.
+    // Tiny values become aggregates once there are many: those in one buffer whose lifetimes
+    // start and end in the same step bins are one rectangle per run of nearby offsets.
     let tiny_below = (arena as f64 * opts.tiny_fraction) as u64;
     let grouping = placed.len() > opts.group_above;
     let is_tiny = |pl: &Placed| grouping && pl.iv.size < tiny_below;
-    let bin = steps.div_ceil(100).max(1);
-    let mut groups: std::collections::BTreeMap<(usize, usize), (u64, u64)> = Default::default();
+    let bin = steps.div_ceil(50).max(1);
+    let gap = arena / 100;
+    let mut by_range: std::collections::BTreeMap<(usize, usize, usize), Vec<(u64, u64)>> = Default::default();
     for pl in placed.iter().filter(|pl| is_tiny(pl)) {
         let buffer = bases.iter().rposition(|&b| b <= pl.y).unwrap_or(0);
-        for b in pl.iv.first / bin..=pl.iv.last / bin {
-            let g = groups.entry((buffer, b)).or_insert((u64::MAX, 0));
-            g.0 = g.0.min(pl.y);
-            g.1 = g.1.max(pl.y + pl.iv.size);
-        }
+        by_range.entry((buffer, pl.iv.first / bin, pl.iv.last / bin)).or_default().push((pl.y, pl.y + pl.iv.size));
         summary.grouped += 1;
+    }
+    // (first step, end step, low offset, high offset)
+    let mut groups: Vec<(usize, usize, u64, u64)> = Vec::new();
+    for ((_, b0, b1), mut spans) in by_range {
+        spans.sort_unstable();
+        let (x0, x1) = (b0 * bin, ((b1 + 1) * bin).min(steps));
+        let mut run = spans[0];
+        for &(lo, hi) in &spans[1..] {
+            if lo <= run.1 + gap {
+                run.1 = run.1.max(hi);
+            } else {
+                groups.push((x0, x1, run.0, run.1));
+                run = (lo, hi);
+            }
+        }
+        groups.push((x0, x1, run.0, run.1));
     }
 
     // Headroom above the arena for the limit line when it is near, else it is only named.
@@ -216,9 +234,8 @@ pub fn memory_svg(p: &Program, opts: &ChartOptions) -> Result<(String, ChartSumm
             .map_err(|e| e.to_string())?;
 
         chart
-            .draw_series(groups.iter().map(|(&(_, b), &(lo, hi))| {
-                let (x0, x1) = ((b * bin) as f64, ((b + 1) * bin).min(steps) as f64);
-                Rectangle::new([(x0, lo as f64), (x1, hi as f64)], GROUP.mix(0.6).filled())
+            .draw_series(groups.iter().map(|&(x0, x1, lo, hi)| {
+                Rectangle::new([(x0 as f64, lo as f64), (x1 as f64, hi as f64)], GROUP.mix(0.6).filled())
             }))
             .map_err(|e| e.to_string())?;
         summary.groups = groups.len();
