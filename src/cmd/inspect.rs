@@ -99,6 +99,7 @@ fn describe(g: &Graph, ids: &[usize]) -> Vec<Value> {
 
 fn plan_json(name: &str, target: &str, plan: &kiln_compiler::plan::PlanReport) -> Value {
     json!({
+        "entry": name,
         "name": name,
         "target": target,
         "arena_bytes": plan.arena_bytes,
@@ -138,6 +139,8 @@ fn onnx_report(args: &Args) -> Result<(Value, Vec<Planned>)> {
         passes::optimize(&mut g)?;
     }
     let report = json!({
+        "command": "inspect",
+        "ok": true,
         "kind": "onnx",
         "model": path.display().to_string(),
         "opsets": g.opsets,
@@ -179,6 +182,7 @@ fn bundle_report(path: &Path) -> Result<(Value, Vec<Planned>)> {
                 ep.plan.arena_bytes as f64 / ep.plan.lower_bound_bytes as f64
             };
             json!({
+                "entry": ep.name,
                 "name": ep.name,
                 "target": ep.target,
                 "arena_bytes": ep.plan.arena_bytes,
@@ -192,6 +196,8 @@ fn bundle_report(path: &Path) -> Result<(Value, Vec<Planned>)> {
         })
         .collect();
     let report = json!({
+        "command": "inspect",
+        "ok": true,
         "kind": "bundle",
         "model": path.display().to_string(),
         "format_version": m.format_version.to_string(),
