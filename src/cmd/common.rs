@@ -101,7 +101,9 @@ pub fn load_model(
             let names: Vec<&str> = loaded.entries.iter().map(|(ep, _)| ep.name.as_str()).collect();
             let model = loaded.model(name, Some("cpu")).or_else(|| loaded.model(name, None));
             return Ok(model
-                .with_context(|| format!("the bundle has no entry point '{name}' (it has: {})", names.join(", ")))?
+                .with_context(|| {
+                    format!("the bundle has no entry point '{name}'; pass --entry with one of: {}", names.join(", "))
+                })?
                 .clone());
         }
         let model = loaded.model("main", Some("cpu")).or_else(|| loaded.entries.first().map(|(_, m)| m));

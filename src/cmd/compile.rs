@@ -2,7 +2,7 @@
 
 use super::common::PlanArgs;
 use super::progress::phase;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use kiln_compiler::bundle::{compile_bundle, ModelSource};
 use serde_json::json;
 use std::path::PathBuf;
@@ -48,6 +48,9 @@ pub fn main(args: Args) -> Result<()> {
         return plan_only(&args, &source, &opts, &targets, started);
     }
     let output = args.output.clone().context("--output is required")?;
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        bail!("the folder {} of --output does not exist: create it or pass another --output", dir.display());
+    }
     let summary = phase(format!("compiling {}: import, optimise, plan, write weights", args.model.display()), || {
         compile_bundle(&source, &opts, &targets, &output)
     })

@@ -27,9 +27,7 @@ pub fn main(args: Args) -> Result<()> {
             if args.json {
                 println!("{}", json!({"command": "verify", "ok": false, "bundle": bundle, "error": e.to_string()}));
             }
-            return Err(e).with_context(|| {
-                format!("{bundle} failed verification; recompile it with `kiln compile` (a bundle is never repaired in place)")
-            });
+            return Err(e).with_context(|| format!("{bundle} failed verification"));
         }
     };
     let m = &loaded.bundle.manifest;
