@@ -358,3 +358,30 @@ pub fn memory_svg(p: &Program, opts: &ChartOptions) -> Result<(String, ChartSumm
     }
     Ok((svg, summary))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_follow_names() {
+        for (name, kind) in [
+            ("logits.part0", TensorKind::SplitPiece),
+            ("model.transformer.wte.weight.cols0..256", TensorKind::SplitPiece),
+            ("present.0.key", TensorKind::KvCache),
+            ("past_key_values.1.value", TensorKind::KvCache),
+            ("/transformer/h.0/attn/MatMul_output_0", TensorKind::Activation),
+            ("x.partial", TensorKind::Activation),
+            ("y.cols", TensorKind::Activation),
+        ] {
+            assert_eq!(TensorKind::of(name), kind, "{name}");
+        }
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_bytes(512.0), "512 B");
+        assert_eq!(human_bytes(1536.0), "1.5 KiB");
+        assert_eq!(human_bytes(300.0 * 1048576.0), "300 MiB");
+    }
+}
