@@ -272,13 +272,22 @@ pub fn memory_svg(p: &Program, opts: &ChartOptions) -> Result<(String, ChartSumm
             } else {
                 name.clone()
             };
-            let at = (pl.iv.first as f64 + 0.3, (pl.y + pl.iv.size / 2) as f64);
-            let b = [at.0, at.0 + short.chars().count() as f64 * 6.5 * px_x, at.1 - 8.0 * px_y, at.1 + 8.0 * px_y];
+            let w = short.chars().count() as f64 * 6.5 * px_x;
+            let mid = (pl.y + pl.iv.size / 2) as f64;
+            // From the value's first step, or ending at its last when that would run off the plot.
+            let (at, style, x0) = if pl.iv.first as f64 + 0.3 + w <= steps as f64 {
+                let x = pl.iv.first as f64 + 0.3;
+                ((x, mid), label_style.clone(), x)
+            } else {
+                let x = (pl.iv.last + 1) as f64 - 0.3;
+                ((x, mid), label_style.clone().pos(Pos::new(HPos::Right, VPos::Center)), x - w)
+            };
+            let b = [x0, x0 + w, mid - 8.0 * px_y, mid + 8.0 * px_y];
             if boxes.iter().any(|o| b[0] < o[1] && o[0] < b[1] && b[2] < o[3] && o[2] < b[3]) {
                 continue;
             }
             boxes.push(b);
-            chart.draw_series(std::iter::once(Text::new(short, at, label_style.clone()))).map_err(|e| e.to_string())?;
+            chart.draw_series(std::iter::once(Text::new(short, at, style))).map_err(|e| e.to_string())?;
         }
         summary.labelled = boxes.len();
 
