@@ -9,6 +9,9 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "kiln", version, about)]
 struct Cli {
+    /// No progress spinners on stderr (they are also hidden when stderr is not a terminal).
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,6 +34,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cmd::progress::set_quiet(cli.quiet);
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::main(a),
         Command::Compile(a) => cmd::compile::main(a),
@@ -43,6 +47,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(hint) = cmd::hint::hint(&e) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::from(1)
         }
     }

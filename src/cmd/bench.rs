@@ -1,6 +1,7 @@
 //! `kiln bench BUNDLE`: decode speed of a causal LM bundle at several context lengths, and how
 //! much of each token's time goes to copying the KV cache.
 
+use super::progress::phase;
 use anyhow::{bail, Context, Result};
 use kiln_formats::bundle::OpenOptions;
 use kiln_runtime::bundle::LoadedBundle;
@@ -42,8 +43,10 @@ pub fn main(args: Args) -> Result<()> {
     if args.tokens == 0 {
         bail!("--tokens must be at least 1");
     }
-    let loaded = LoadedBundle::open(&args.bundle, OpenOptions { verify_checksums: false })
-        .with_context(|| format!("loading {}", args.bundle.display()))?;
+    let loaded = phase(format!("loading {}", args.bundle.display()), || {
+        LoadedBundle::open(&args.bundle, OpenOptions { verify_checksums: false })
+    })
+    .with_context(|| format!("loading {}", args.bundle.display()))?;
     let lm = Arc::new(LanguageModel::from_bundle(&loaded, Some("cpu"))?);
     let max = lm.config().max_context as usize;
     let mut rows = Vec::new();
@@ -83,8 +86,9 @@ pub fn main(args: Args) -> Result<()> {
     if args.json {
         println!(
             "{}",
-            json!({"bundle": args.bundle.display().to_string(), "threads": rayon::current_num_threads(),
-            "decode": rows})
+            json!({"command": "bench", "ok": true, "bundle": args.bundle.display().to_string(),
+            "threads": rayon::current_num_threads(), "tokens": args.tokens,
+            "kv_cache": if lm.config().kv.is_empty() { "none" } else { "copied" }, "decode": rows})
         );
     }
     Ok(())

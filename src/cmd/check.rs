@@ -2,6 +2,7 @@
 //! put in CI to catch regressions when they re-export or recompile.
 
 use super::common::{load_model, order_inputs, read_inputs};
+use super::progress::phase;
 use anyhow::{bail, Result};
 use kiln_formats::bundle::OpenOptions;
 use kiln_formats::{npy, Tensor};
@@ -69,7 +70,7 @@ pub fn main(args: Args) -> Result<()> {
     let given = read_inputs(&[], Some(&args.inputs))?;
     let model = load_model(&args.model, &given, OpenOptions::default(), args.entry.as_deref())?;
     let inputs = order_inputs(&model, &given)?;
-    let outputs = Session::new(model.clone()).run(&inputs)?;
+    let outputs = phase("running", || Session::new(model.clone()).run(&inputs))?;
     let expected = npy::read_npz(&args.expect)?;
     let mut results = Vec::new();
     let mut failed = 0;
@@ -97,7 +98,11 @@ pub fn main(args: Args) -> Result<()> {
         }
     }
     if args.json {
-        println!("{}", json!({"ok": failed == 0, "rtol": args.rtol, "atol": args.atol, "outputs": results}));
+        println!(
+            "{}",
+            json!({"command": "check", "ok": failed == 0, "model": args.model.display().to_string(),
+                "rtol": args.rtol, "atol": args.atol, "outputs": results})
+        );
     }
     if failed > 0 {
         bail!(

@@ -95,12 +95,15 @@ pub fn load_model(
         if !opts.verify_checksums {
             eprintln!("warning: checksums not verified (--no-verify-checksums)");
         }
-        let loaded = LoadedBundle::open(path, opts).with_context(|| format!("loading {}", path.display()))?;
+        let loaded = super::progress::phase(format!("loading {}", path.display()), || LoadedBundle::open(path, opts))
+            .with_context(|| format!("loading {}", path.display()))?;
         if let Some(name) = entry {
             let names: Vec<&str> = loaded.entries.iter().map(|(ep, _)| ep.name.as_str()).collect();
             let model = loaded.model(name, Some("cpu")).or_else(|| loaded.model(name, None));
             return Ok(model
-                .with_context(|| format!("the bundle has no entry point '{name}' (it has: {})", names.join(", ")))?
+                .with_context(|| {
+                    format!("the bundle has no entry point '{name}'; pass --entry with one of: {}", names.join(", "))
+                })?
                 .clone());
         }
         let model = loaded.model("main", Some("cpu")).or_else(|| loaded.entries.first().map(|(_, m)| m));
@@ -108,10 +111,13 @@ pub fn load_model(
     }
     let opts = CompileOptions::default();
     let path = &kiln_compiler::bundle::ModelSource::resolve(path)?.onnx;
-    let mut graph = kiln_compiler::import_file(path, &opts).with_context(|| format!("importing {}", path.display()))?;
+    let mut graph =
+        super::progress::phase(format!("importing {}", path.display()), || kiln_compiler::import_file(path, &opts))
+            .with_context(|| format!("importing {}", path.display()))?;
     graph.fix_dims(&dims_from_inputs(&graph, given)?);
     let compiled =
-        kiln_compiler::compile_graph(graph, &opts).with_context(|| format!("compiling {}", path.display()))?;
+        super::progress::phase(format!("compiling {}", path.display()), || kiln_compiler::compile_graph(graph, &opts))
+            .with_context(|| format!("compiling {}", path.display()))?;
     Ok(Model::new(compiled.program, &compiled.weights)?)
 }
 

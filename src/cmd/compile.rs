@@ -1,7 +1,8 @@
 //! `kiln compile MODEL -o OUT.kiln`: compile an ONNX model (or export folder) into a bundle.
 
 use super::common::PlanArgs;
-use anyhow::{Context, Result};
+use super::progress::phase;
+use anyhow::{bail, Context, Result};
 use kiln_compiler::bundle::{compile_bundle, ModelSource};
 use serde_json::json;
 use std::path::PathBuf;
@@ -47,8 +48,13 @@ pub fn main(args: Args) -> Result<()> {
         return plan_only(&args, &source, &opts, &targets, started);
     }
     let output = args.output.clone().context("--output is required")?;
-    let summary = compile_bundle(&source, &opts, &targets, &output)
-        .with_context(|| format!("compiling {} into {}", args.model.display(), output.display()))?;
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        bail!("the folder {} of --output does not exist: create it or pass another --output", dir.display());
+    }
+    let summary = phase(format!("compiling {}: import, optimise, plan, write weights", args.model.display()), || {
+        compile_bundle(&source, &opts, &targets, &output)
+    })
+    .with_context(|| format!("compiling {} into {}", args.model.display(), output.display()))?;
     let secs = started.elapsed().as_secs_f64();
     let plans: Vec<_> = summary
         .compiled
@@ -62,6 +68,7 @@ pub fn main(args: Args) -> Result<()> {
                 "lower_bound_bytes": c.plan.lower_bound_bytes,
                 "ratio": c.plan.ratio,
                 "buffers": c.plan.buffers,
+                "alignment": c.plan.alignment,
                 "strategy": c.plan.strategy,
                 "unplanned": c.plan.unplanned,
                 "splits": c.plan.splits,
@@ -74,6 +81,9 @@ pub fn main(args: Args) -> Result<()> {
         .map(|ce| (ce.compiled.ops_before.values().sum::<usize>(), ce.compiled.ops_after.values().sum::<usize>()))
         .unwrap_or_default();
     let report = json!({
+        "command": "compile",
+        "ok": true,
+        "plan_only": false,
         "output": output.display().to_string(),
         "nodes_imported": ops_before,
         "nodes_after_optimisation": ops_after,
@@ -124,10 +134,12 @@ fn plan_only(
     started: Instant,
 ) -> Result<()> {
     let mut plans = Vec::new();
-    let graph = kiln_compiler::import_file(&source.onnx, opts)?;
+    let graph =
+        phase(format!("importing {}", source.onnx.display()), || kiln_compiler::import_file(&source.onnx, opts))
+            .with_context(|| format!("importing {}", source.onnx.display()))?;
     for target in targets {
         let topts = kiln_compiler::CompileOptions { target: target.clone(), require_bounds: true, ..opts.clone() };
-        let c = kiln_compiler::compile_graph(graph.clone(), &topts)
+        let c = phase(format!("planning for {}", target.name), || kiln_compiler::compile_graph(graph.clone(), &topts))
             .with_context(|| format!("planning {}", args.model.display()))?;
         let p = &c.plan;
         eprintln!(
@@ -146,15 +158,17 @@ fn plan_only(
         for s in &p.splits {
             eprintln!("  split {s}");
         }
-        plans.push(
-            json!({"target": target.name, "arena_bytes": p.arena_bytes, "lower_bound_bytes": p.lower_bound_bytes,
-            "ratio": p.ratio, "buffers": p.buffers, "splits": p.splits, "largest": p.largest}),
-        );
+        plans.push(json!({"entry": "main", "target": target.name, "arena_bytes": p.arena_bytes,
+            "lower_bound_bytes": p.lower_bound_bytes, "ratio": p.ratio, "buffers": p.buffers, "alignment": p.alignment,
+            "strategy": p.strategy, "unplanned": p.unplanned, "splits": p.splits, "largest": p.largest}));
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!("planned {} in {secs:.2}s (no bundle written)", args.model.display());
     if args.json {
-        println!("{}", json!({"plans": plans, "seconds": secs}));
+        println!(
+            "{}",
+            json!({"command": "compile", "ok": true, "plan_only": true, "output": null, "plans": plans, "seconds": secs})
+        );
     }
     Ok(())
 }

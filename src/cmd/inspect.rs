@@ -1,9 +1,12 @@
 //! `kiln inspect MODEL.onnx|BUNDLE`: signature, op counts, unsupported ops, and memory plans.
 
 use super::common::{is_bundle, PlanArgs};
-use anyhow::{Context, Result};
+use super::progress::phase;
+use anyhow::{bail, Context, Result};
+use kiln_compiler::plan::svg::{human_bytes, memory_svg, ChartOptions};
 use kiln_compiler::{passes, CompileError, Graph};
 use kiln_formats::bundle::OpenOptions;
+use kiln_formats::program::Program;
 use kiln_runtime::bundle::LoadedBundle;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -17,15 +20,67 @@ pub struct Args {
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     json: bool,
+    /// Draw the memory plan of an entry point into this SVG file (step × byte offset).
+    #[arg(long, value_name = "FILE")]
+    memory_svg: Option<PathBuf>,
+    /// Entry point to draw with --memory-svg (default: the first; an .onnx model has `main`).
+    #[arg(long, value_name = "NAME", requires = "memory_svg")]
+    entry: Option<String>,
 }
 
+/// An entry point's program, for the picture: (entry, target, program).
+type Planned = (String, String, Program);
+
 pub fn main(args: Args) -> Result<()> {
-    let report = if is_bundle(&args.model) { bundle_report(&args.model)? } else { onnx_report(&args)? };
+    let (report, programs) = if is_bundle(&args.model) { bundle_report(&args.model)? } else { onnx_report(&args)? };
+    if let Some(file) = &args.memory_svg {
+        draw(&args, file, &programs)?;
+    }
     if args.json {
         println!("{report}");
     } else {
         print_text(&report);
     }
+    Ok(())
+}
+
+/// `--memory-svg`: the chosen entry point's plan, drawn into `file`.
+fn draw(args: &Args, file: &Path, programs: &[Planned]) -> Result<()> {
+    let names = || programs.iter().map(|(e, t, _)| format!("{e} [{t}]")).collect::<Vec<_>>().join(", ");
+    let chosen = match &args.entry {
+        Some(name) => programs.iter().find(|(e, _, _)| e == name).with_context(|| {
+            format!("{} has no entry point '{name}'; pass --entry with one of: {}", args.model.display(), names())
+        })?,
+        None => match programs.first() {
+            Some(p) => p,
+            None => bail!(
+                "{} has no memory plan to draw: kiln cannot run some of its ops (see `kiln inspect {}`)",
+                args.model.display(),
+                args.model.display()
+            ),
+        },
+    };
+    let (entry, target, program) = chosen;
+    let stem = args.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let model_name = if stem == "model" {
+        args.model.parent().and_then(|d| d.file_name()).map(|d| d.to_string_lossy().into_owned()).unwrap_or(stem)
+    } else {
+        stem
+    };
+    let opts =
+        ChartOptions { title: format!("{model_name}: memory plan of '{entry}' [{target}]"), ..Default::default() };
+    let (svg, summary) = memory_svg(program, &opts).map_err(anyhow::Error::msg).context("drawing the memory plan")?;
+    std::fs::write(file, svg).with_context(|| format!("writing {}", file.display()))?;
+    eprintln!(
+        "memory plan of '{entry}' [{target}] -> {}: {} values ({} drawn, {} in {} groups), arena {}, lower bound {}",
+        file.display(),
+        summary.tensors,
+        summary.drawn,
+        summary.grouped,
+        summary.groups,
+        human_bytes(summary.arena_bytes as f64),
+        human_bytes(summary.lower_bound_bytes as f64)
+    );
     Ok(())
 }
 
@@ -44,6 +99,7 @@ fn describe(g: &Graph, ids: &[usize]) -> Vec<Value> {
 
 fn plan_json(name: &str, target: &str, plan: &kiln_compiler::plan::PlanReport) -> Value {
     json!({
+        "entry": name,
         "name": name,
         "target": target,
         "arena_bytes": plan.arena_bytes,
@@ -57,10 +113,12 @@ fn plan_json(name: &str, target: &str, plan: &kiln_compiler::plan::PlanReport) -
     })
 }
 
-fn onnx_report(args: &Args) -> Result<Value> {
+fn onnx_report(args: &Args) -> Result<(Value, Vec<Planned>)> {
     let (opts, targets) = args.plan.options()?;
     let path = &kiln_compiler::bundle::ModelSource::resolve(&args.model)?.onnx;
-    let mut g = kiln_compiler::import_file(path, &opts).with_context(|| format!("importing {}", path.display()))?;
+    let mut g = phase(format!("importing {}", path.display()), || kiln_compiler::import_file(path, &opts))
+        .with_context(|| format!("importing {}", path.display()))?;
+    let mut programs = Vec::new();
     let ops_in = g.op_counts();
     let unsupported: Vec<String> = match passes::infer::check_supported(&g) {
         Ok(()) => Vec::new(),
@@ -72,14 +130,17 @@ fn onnx_report(args: &Args) -> Result<Value> {
     if unsupported.is_empty() {
         for target in &targets {
             let topts = kiln_compiler::CompileOptions { target: target.clone(), ..opts.clone() };
-            let c = kiln_compiler::compile_graph(g.clone(), &topts)
+            let c = phase(format!("planning for {}", target.name), || kiln_compiler::compile_graph(g.clone(), &topts))
                 .with_context(|| format!("planning {}", path.display()))?;
             ops_after = Some(c.ops_after.clone());
             entry_points.push(plan_json("main", &target.name, &c.plan));
+            programs.push(("main".to_string(), target.name.clone(), c.program));
         }
         passes::optimize(&mut g)?;
     }
-    Ok(json!({
+    let report = json!({
+        "command": "inspect",
+        "ok": true,
         "kind": "onnx",
         "model": path.display().to_string(),
         "opsets": g.opsets,
@@ -90,12 +151,17 @@ fn onnx_report(args: &Args) -> Result<Value> {
         "constant_bytes": g.constant_bytes(),
         "unsupported": unsupported,
         "entry_points": entry_points,
-    }))
+    });
+    Ok((report, programs))
 }
 
-fn bundle_report(path: &Path) -> Result<Value> {
-    let loaded =
-        LoadedBundle::open(path, OpenOptions::default()).with_context(|| format!("loading {}", path.display()))?;
+fn bundle_report(path: &Path) -> Result<(Value, Vec<Planned>)> {
+    let loaded = phase(format!("loading {} (checksums, plans)", path.display()), || {
+        LoadedBundle::open(path, OpenOptions::default())
+    })
+    .with_context(|| format!("loading {}", path.display()))?;
+    let programs: Vec<Planned> =
+        loaded.entries.iter().map(|(ep, m)| (ep.name.clone(), ep.target.clone(), m.program().clone())).collect();
     let b = &loaded.bundle;
     let m = &b.manifest;
     let entries: Vec<Value> = m
@@ -116,6 +182,7 @@ fn bundle_report(path: &Path) -> Result<Value> {
                 ep.plan.arena_bytes as f64 / ep.plan.lower_bound_bytes as f64
             };
             json!({
+                "entry": ep.name,
                 "name": ep.name,
                 "target": ep.target,
                 "arena_bytes": ep.plan.arena_bytes,
@@ -128,7 +195,9 @@ fn bundle_report(path: &Path) -> Result<Value> {
             })
         })
         .collect();
-    Ok(json!({
+    let report = json!({
+        "command": "inspect",
+        "ok": true,
         "kind": "bundle",
         "model": path.display().to_string(),
         "format_version": m.format_version.to_string(),
@@ -138,7 +207,8 @@ fn bundle_report(path: &Path) -> Result<Value> {
         "entries": entries,
         "entry_points": entry_points,
         "metadata": m.metadata,
-    }))
+    });
+    Ok((report, programs))
 }
 
 fn sig_line(v: &Value) -> String {

@@ -5,6 +5,8 @@ pub mod check;
 pub mod common;
 pub mod compile;
 pub mod generate;
+pub mod hint;
 pub mod inspect;
+pub mod progress;
 pub mod run;
 pub mod verify;

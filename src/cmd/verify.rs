@@ -1,5 +1,6 @@
 //! `kiln verify BUNDLE`: every check the loader makes, then a verdict.
 
+use super::progress::phase;
 use anyhow::{Context, Result};
 use kiln_formats::bundle::OpenOptions;
 use kiln_runtime::bundle::LoadedBundle;
@@ -16,13 +17,25 @@ pub struct Args {
 }
 
 pub fn main(args: Args) -> Result<()> {
-    let loaded = LoadedBundle::open(&args.bundle, OpenOptions::default())
-        .with_context(|| format!("{} failed verification", args.bundle.display()))?;
+    let bundle = args.bundle.display().to_string();
+    let opened = phase(format!("verifying {bundle}: checksums, alignment, plans"), || {
+        LoadedBundle::open(&args.bundle, OpenOptions::default())
+    });
+    let loaded = match opened {
+        Ok(l) => l,
+        Err(e) => {
+            if args.json {
+                println!("{}", json!({"command": "verify", "ok": false, "bundle": bundle, "error": e.to_string()}));
+            }
+            return Err(e).with_context(|| format!("{bundle} failed verification"));
+        }
+    };
     let m = &loaded.bundle.manifest;
     if args.json {
         println!(
             "{}",
-            json!({"ok": true, "format_version": m.format_version.to_string(), "entries": m.entries.len(), "entry_points": loaded.entries.len()})
+            json!({"command": "verify", "ok": true, "bundle": bundle, "format_version": m.format_version.to_string(),
+                "entries": m.entries.len(), "entry_points": loaded.entries.len()})
         );
     }
     eprintln!(

@@ -41,6 +41,16 @@ impl ByteOwner for ColumnBlock {
     }
 }
 
+/// Whether `name` is one this pass gives the pieces it makes: `W.cols{a}..{b}` for a column block
+/// of weight `W`, `V.part{k}` for the piece of value `V` a block computes.
+pub fn is_piece_name(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let part = name.rsplit_once(".part").is_some_and(|(_, k)| digits(k));
+    let cols =
+        name.rsplit_once(".cols").and_then(|(_, r)| r.split_once("..")).is_some_and(|(a, b)| digits(a) && digits(b));
+    part || cols
+}
+
 /// What a split produced, for reports.
 #[derive(Clone, Debug)]
 pub struct Split {

@@ -5,6 +5,7 @@
 pub mod in_place;
 pub mod lifetime;
 pub mod place;
+pub mod svg;
 
 use crate::error::CompileError;
 use kiln_formats::program::{Program, Storage};
