@@ -42,8 +42,17 @@ fn count(svg: &str) -> (usize, usize) {
     (rects, limit)
 }
 
+/// Arena ranges: values with arena storage, except those written in place over another (they
+/// share its range and its rectangle).
 fn arena_values(p: &Program) -> usize {
-    p.values.iter().filter(|v| v.storage.as_ref().is_some_and(|s| s.kind == StorageKind::Arena as i32)).count()
+    let members: Vec<usize> = kiln_compiler::plan::in_place::shared_storage(p).into_iter().map(|(m, _)| m).collect();
+    p.values
+        .iter()
+        .enumerate()
+        .filter(|(i, v)| {
+            !members.contains(i) && v.storage.as_ref().is_some_and(|s| s.kind == StorageKind::Arena as i32)
+        })
+        .count()
 }
 
 fn check(p: &Program, svg: &str, s: &ChartSummary) {
