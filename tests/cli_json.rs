@@ -124,6 +124,8 @@ fn every_report_matches_its_schema() {
         "gpt2-kv.kiln",
         &[&path("tests/fixtures/gpt2-ts-kv"), "--max-context", "32", "--prefill-max", "16"],
     );
-    let j = ok("bench", "bench", &["bench", lm.to_str().unwrap(), "--contexts", "4,8", "--tokens", "2", "--json"]);
+    let args = ["--prompt-len", "8", "--gen", "4", "--repeats", "1", "--contexts", "4,8", "--tokens", "2", "--json"];
+    let j = ok("bench", "bench", &[&["bench", lm.to_str().unwrap()][..], &args[..]].concat());
     assert_eq!(j["decode"].as_array().unwrap().len(), 2);
+    assert!(j["decode_tokens_per_s"].as_f64().unwrap() > 0.0 && j["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
 }

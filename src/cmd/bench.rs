@@ -1,5 +1,6 @@
-//! `kiln bench BUNDLE`: decode speed of a causal LM bundle at several context lengths, and how
-//! much of each token's time goes to copying the KV cache.
+//! `kiln bench BUNDLE`: load time, prefill and decode speed and peak memory of a causal LM bundle
+//! (the numbers `bench/compare.sh` sets beside onnxruntime's), and optionally decode speed at
+//! several context lengths with how much of each token's time goes to copying the KV cache.
 
 use super::progress::phase;
 use anyhow::{bail, Context, Result};
@@ -10,13 +11,23 @@ use serde_json::json;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// A .kiln bundle of a causal LM.
     bundle: PathBuf,
-    /// Tokens already in the context when the timed decode steps start.
-    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    /// Prompt tokens of the prefill measurement.
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    /// Tokens generated (greedy, EOS ignored) after the prompt for the decode measurement.
+    #[arg(long, default_value_t = 64)]
+    gen: usize,
+    /// Repeats of the prefill and decode measurement; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Also time decoding at these context lengths (tokens already cached), e.g. 10,100,1000.
+    #[arg(long, value_delimiter = ',')]
     contexts: Vec<usize>,
     /// Decode steps timed per context.
     #[arg(long, default_value_t = 16)]
@@ -32,6 +43,16 @@ pub struct Args {
     profile: bool,
 }
 
+/// A fixed, varied prompt (the same ids `bench/ort_bench.py` feeds onnxruntime): valid, not meaningful.
+fn bench_prompt(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 7919 + 13) % 97 + 3).collect()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// Ops whose time is copying cache tensors: the exported `Concat(past, new)` and the copies of
 /// inputs into and outputs out of the session.
 const COPY_OPS: [&str; 3] = ["Concat", "(inputs)", "(outputs)"];
@@ -40,23 +61,53 @@ pub fn main(args: Args) -> Result<()> {
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("--threads")?;
     }
-    if args.tokens == 0 {
-        bail!("--tokens must be at least 1");
+    if args.tokens == 0 || args.gen < 2 || args.prompt_len == 0 || args.repeats == 0 {
+        bail!("--tokens, --prompt-len and --repeats must be at least 1, --gen at least 2");
     }
+    // Load as a server would: checksums verified, the model and one generator ready to run.
+    let started = Instant::now();
     let loaded = phase(format!("loading {}", args.bundle.display()), || {
-        LoadedBundle::open(&args.bundle, OpenOptions { verify_checksums: false })
+        LoadedBundle::open(&args.bundle, OpenOptions { verify_checksums: true })
     })
     .with_context(|| format!("loading {}", args.bundle.display()))?;
     let lm = Arc::new(LanguageModel::from_bundle(&loaded, Some("cpu"))?);
+    let mut generator = lm.generator();
+    let load_s = started.elapsed().as_secs_f64();
     let max = lm.config().max_context as usize;
+    if args.prompt_len + args.gen > max {
+        bail!(
+            "--prompt-len {} + --gen {} does not fit the bundle's context of {max}; pass smaller values",
+            args.prompt_len,
+            args.gen
+        );
+    }
+    let prompt = bench_prompt(args.prompt_len);
+    let opts = GenerateOptions { max_tokens: args.gen, stop_at_eos: false, ..Default::default() };
+    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    for _ in 0..args.repeats {
+        let stats = generator.generate(&prompt, &opts, |_| ControlFlow::Continue(()))?;
+        prefill.push(args.prompt_len as f64 / stats.prefill.as_secs_f64().max(1e-12));
+        decode.push((stats.generated_tokens - 1) as f64 / stats.decode.as_secs_f64().max(1e-12));
+    }
+    let (prefill_tps, decode_tps) = (median(&mut prefill), median(&mut decode));
+    let peak_rss = super::common::peak_memory_bytes();
+    eprintln!("load: {load_s:.3}s (checksums verified)");
+    eprintln!("prefill: {prefill_tps:.1} tokens/s ({} tokens, median of {})", args.prompt_len, args.repeats);
+    eprintln!("decode: {decode_tps:.1} tokens/s ({} tokens after the prompt, median of {})", args.gen, args.repeats);
+    match peak_rss {
+        Some(b) => eprintln!("peak RSS: {:.1} MiB", b as f64 / (1 << 20) as f64),
+        None => eprintln!("peak RSS: unknown on this platform"),
+    }
+
     let mut rows = Vec::new();
-    eprintln!("{:>8} {:>12} {:>10} {:>12}", "context", "ms/token", "tokens/s", "cache copy");
+    if !args.contexts.is_empty() {
+        eprintln!("{:>8} {:>12} {:>10} {:>12}", "context", "ms/token", "tokens/s", "cache copy");
+    }
     for &ctx in &args.contexts {
         if ctx == 0 || ctx + args.tokens + 1 > max {
             bail!("context {ctx} + {} tokens does not fit the bundle's context of {max}", args.tokens + 1);
         }
-        // A fixed, varied prompt: the ids only need to be valid, not meaningful.
-        let prompt: Vec<u32> = (0..ctx as u32).map(|i| (i * 7919 + 13) % 97 + 3).collect();
+        let prompt = bench_prompt(ctx);
         let mut generator = lm.generator();
         generator.set_profiling(true);
         let opts = GenerateOptions { max_tokens: args.tokens + 1, stop_at_eos: false, ..Default::default() };
@@ -87,7 +138,9 @@ pub fn main(args: Args) -> Result<()> {
         println!(
             "{}",
             json!({"command": "bench", "ok": true, "bundle": args.bundle.display().to_string(),
-            "threads": rayon::current_num_threads(), "tokens": args.tokens,
+            "threads": rayon::current_num_threads(), "load_s": load_s, "prompt_len": args.prompt_len,
+            "gen": args.gen, "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps,
+            "peak_rss_bytes": peak_rss, "tokens": args.tokens,
             "kv_cache": if lm.config().kv.is_empty() { "none" } else { "copied" }, "decode": rows})
         );
     }

@@ -169,3 +169,11 @@ fn dims_from_inputs(g: &kiln_compiler::Graph, given: &HashMap<String, Tensor>) -
 pub fn file_name_for(name: &str) -> String {
     name.chars().map(|c| if c.is_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect()
 }
+
+/// Peak resident memory of this process (Linux: VmHWM); `None` where the platform does not say.
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

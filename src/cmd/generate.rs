@@ -140,18 +140,10 @@ pub fn main(path: &Path, args: &GenArgs, opts: OpenOptions) -> Result<()> {
             StopReason::Callback => "output closed",
         };
         eprintln!("stopped: {stop}");
-        match peak_memory_bytes() {
+        match super::common::peak_memory_bytes() {
             Some(b) => eprintln!("peak memory: {:.1} MiB", b as f64 / (1 << 20) as f64),
             None => eprintln!("peak memory: unknown on this platform"),
         }
     }
     Ok(())
-}
-
-/// Peak resident memory of this process (Linux: VmHWM).
-fn peak_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

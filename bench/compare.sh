@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# kiln beside onnxruntime, in the same run, on the same ONNX export, token ids and thread count:
+# load time, prefill and decode tokens/s, peak RSS, and kiln's ratio to onnxruntime for each.
+#
+#   bash bench/compare.sh                 # SmolLM2-135M-Instruct (fetched and exported if missing)
+#   THREADS=1 PROMPT_LEN=64 GEN=32 bash bench/compare.sh
+#
+# Uses the venv scripts/fetch-smollm2.sh makes (onnxruntime from PyPI) and caches the compiled
+# bundle in $KILN_CACHE/bench. Results go to stdout as a markdown table.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${KILN_CACHE:-$HOME/.cache/kiln}"
+THREADS="${THREADS:-2}"
+PROMPT_LEN="${PROMPT_LEN:-128}"
+GEN="${GEN:-64}"
+REPEATS="${REPEATS:-3}"
+
+model="$(bash "$ROOT/scripts/fetch-smollm2.sh")"
+python="$CACHE/py-gen/bin/python"
+(cd "$ROOT" && cargo build --release --quiet --bin kiln)
+kiln="${CARGO_TARGET_DIR:-$ROOT/target}/release/kiln"
+mkdir -p "$CACHE/bench"
+bundle="$CACHE/bench/smollm2.kiln"
+if [[ ! -f "$bundle" || "$kiln" -nt "$bundle" || "$model/model.onnx" -nt "$bundle" ]]; then
+    "$kiln" --quiet compile "$model" -o "$bundle" --max-context 512 >&2
+fi
+
+ort="$("$python" "$ROOT/bench/ort_bench.py" --model "$model/model.onnx" --prompt-len "$PROMPT_LEN" \
+    --gen "$GEN" --threads "$THREADS" --repeats "$REPEATS")"
+kj="$("$kiln" --quiet bench "$bundle" --prompt-len "$PROMPT_LEN" --gen "$GEN" --repeats "$REPEATS" \
+    --threads "$THREADS" --json 2>/dev/null)"
+
+"$python" - "$ort" "$kj" "$THREADS" "$PROMPT_LEN" "$GEN" <<'PY'
+import json, platform, sys
+ort, kiln = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+threads, prompt_len, gen = sys.argv[3:6]
+print(f"SmolLM2-135M-Instruct fp32, {threads} threads, prompt {prompt_len} tokens, {gen} generated; "
+      f"{platform.machine()} {platform.processor() or ''}".strip())
+print()
+print(f"| measure | kiln | {ort['engine']} | kiln / onnxruntime |")
+print("|---|---|---|---|")
+rows = [("load (s, lower is better)", "load_s", True), ("prefill tokens/s", "prefill_tokens_per_s", False),
+        ("decode tokens/s", "decode_tokens_per_s", False), ("peak RSS (MiB, lower is better)", "peak_rss_bytes", True)]
+for label, key, lower in rows:
+    k, o = kiln[key], ort[key]
+    if k is None or o is None:
+        print(f"| {label} | {k} | {o} | n/a |")
+        continue
+    scale = 1 / (1 << 20) if key == "peak_rss_bytes" else 1
+    print(f"| {label} | {k * scale:.3g} | {o * scale:.3g} | {k / o:.2f} |")
+PY
