@@ -90,6 +90,7 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
         dims.iter().try_fold(v.dtype?.size() as u64, |acc, &d| acc.checked_mul(d))
     };
     splits.extend(passes::split::split_outputs(&mut g, limit, &bytes)?);
+    passes::transposed_weight::pretranspose(&mut g);
     let ops_after = g.op_counts();
     let Lowered { mut program, weights } = lower::lower(&g, &opts.dim_bounds)?;
     let mut plan = plan::plan(&mut program, &opts.target)?;

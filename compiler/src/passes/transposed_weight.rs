@@ -4,8 +4,97 @@
 //! for attention scores (`Q · Kᵀ` over the whole KV cache); left alone, every forward pass would
 //! copy the table, or the cache, just to transpose it.
 
-use crate::ir::{Graph, ValueId};
+use crate::ir::{Graph, Value, ValueId};
+use kiln_formats::bytes::ByteOwner;
+use kiln_formats::{AlignedBuf, Dim, SharedBytes};
 use kiln_runtime::ops::KILN_DOMAIN;
+use std::sync::{Arc, OnceLock};
+
+/// A 2-D constant stored transposed, made on first read (planning never reads weights).
+struct Transposed {
+    src: SharedBytes,
+    rows: usize,
+    cols: usize,
+    elem: usize,
+    copy: OnceLock<AlignedBuf>,
+}
+
+impl ByteOwner for Transposed {
+    fn bytes(&self) -> &[u8] {
+        self.copy
+            .get_or_init(|| {
+                let (r, c, e) = (self.rows, self.cols, self.elem);
+                let mut out = AlignedBuf::zeroed(r * c * e);
+                let (src, dst) = (self.src.as_slice(), out.as_mut_slice());
+                // Tiles keep both sides' cache lines hot.
+                const T: usize = 32;
+                for i0 in (0..r).step_by(T) {
+                    for j0 in (0..c).step_by(T) {
+                        for i in i0..(i0 + T).min(r) {
+                            for j in j0..(j0 + T).min(c) {
+                                let (from, to) = ((i * c + j) * e, (j * r + i) * e);
+                                dst[to..to + e].copy_from_slice(&src[from..from + e]);
+                            }
+                        }
+                    }
+                }
+                out
+            })
+            .as_slice()
+    }
+}
+
+/// `MatMul(A, W)` with a 2-D float constant `W` that nothing else reads becomes
+/// `kiln::MatMulTransB(A, Wᵀ)` with `Wᵀ` stored in the bundle: one row of A times the weight is
+/// then a dot product per output over contiguous memory, the layout decode (one token, every
+/// weight read once) streams fastest. Returns how many weights were stored transposed.
+pub fn pretranspose(g: &mut Graph) -> usize {
+    let mut readers = vec![0usize; g.values.len()];
+    for n in &g.nodes {
+        for v in n.inputs.iter().flatten() {
+            readers[*v] += 1;
+        }
+    }
+    for &o in &g.outputs {
+        readers[o] += 1;
+    }
+    let mut done = 0;
+    for i in 0..g.nodes.len() {
+        let n = &g.nodes[i];
+        if n.op != "MatMul" || !matches!(n.domain.as_str(), "" | "ai.onnx") || n.inputs.len() != 2 {
+            continue;
+        }
+        let (Some(a), Some(w)) = (n.inputs[0], n.inputs[1]) else { continue };
+        let wv = &g.values[w];
+        let (Some(bytes), Some(dtype), Some(shape)) = (wv.constant.clone(), wv.dtype, wv.known_shape()) else {
+            continue;
+        };
+        let a_rank = g.values[a].shape.as_ref().map_or(0, Vec::len);
+        if readers[w] != 1 || shape.len() != 2 || !dtype.is_float() || a_rank < 2 {
+            continue;
+        }
+        let (rows, cols) = (shape[0], shape[1]);
+        if bytes.len() != rows * cols * dtype.size() {
+            continue;
+        }
+        let owner = Transposed { src: bytes, rows, cols, elem: dtype.size(), copy: OnceLock::new() };
+        let id = g.values.len();
+        g.values.push(Value {
+            name: format!("{}.T", wv.name),
+            dtype: Some(dtype),
+            shape: Some(vec![Dim::Known(cols as i64), Dim::Known(rows as i64)]),
+            constant: Some(SharedBytes::lazy(Arc::new(owner), rows * cols * dtype.size())),
+            sym_value: None,
+        });
+        let n = &mut g.nodes[i];
+        n.op = "MatMulTransB".into();
+        n.domain = KILN_DOMAIN.into();
+        n.opset = 1;
+        n.inputs = vec![Some(a), Some(id)];
+        done += 1;
+    }
+    done
+}
 
 /// Rewrites every such MatMul; returns how many. Run after shape inference.
 pub fn fuse(g: &mut Graph) -> usize {
@@ -48,7 +137,7 @@ pub fn fuse(g: &mut Graph) -> usize {
 mod tests {
     use super::*;
     use crate::ir::{Node, Value};
-    use kiln_formats::{DType, Dim};
+    use kiln_formats::{DType, Dim, SharedBytes};
 
     fn graph(w_rank: usize) -> Graph {
         let v = |name: &str, rank: usize| Value {
@@ -99,5 +188,33 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(fuse(&mut g), 1);
+    }
+
+    #[test]
+    fn weights_read_only_by_a_product_are_stored_transposed() {
+        let mut g = graph(2);
+        // Make W a constant [2, 3] read only by the MatMul (no Transpose in between).
+        let w: Vec<f32> = vec![1., 2., 3., 4., 5., 6.];
+        g.values[1].shape = Some(vec![Dim::Known(2), Dim::Known(3)]);
+        g.values[1].constant = Some(SharedBytes::copy_from(bytemuck::cast_slice(&w)));
+        g.nodes.remove(0);
+        g.nodes[0].inputs = vec![Some(0), Some(1)];
+        assert_eq!(pretranspose(&mut g), 1);
+        let n = &g.nodes[0];
+        assert_eq!((n.op.as_str(), n.domain.as_str()), ("MatMulTransB", KILN_DOMAIN));
+        let t = &g.values[n.inputs[1].unwrap()];
+        assert_eq!(t.shape, Some(vec![Dim::Known(3), Dim::Known(2)]));
+        let bytes = t.constant.as_ref().unwrap();
+        let got: &[f32] = bytemuck::cast_slice(bytes.as_slice());
+        assert_eq!(got, [1., 4., 2., 5., 3., 6.]);
+    }
+
+    #[test]
+    fn shared_weights_keep_their_layout() {
+        let mut g = graph(2);
+        g.values[1].constant = Some(SharedBytes::copy_from(&[0u8; 64]));
+        g.nodes[0].inputs = vec![Some(1)];
+        g.nodes[1].inputs = vec![Some(0), Some(1)]; // W read by the Transpose and the MatMul
+        assert_eq!(pretranspose(&mut g), 0);
     }
 }

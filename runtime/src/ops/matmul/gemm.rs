@@ -129,8 +129,8 @@ where
     }
 }
 
-/// One row of A times B: streams B once, in column chunks across threads. (Plain multiply-adds:
-/// `mul_add` without FMA compiled in is a library call, and this loop is memory-bound anyway.)
+/// One row of A times B: streams B once, in column chunks across threads, compiled for AVX2 where
+/// the CPU has it. (Plain multiply-adds, not `mul_add`: the results must not depend on the CPU.)
 #[allow(clippy::too_many_arguments)]
 fn gemv<T: Float>(
     n: usize,
@@ -145,56 +145,92 @@ fn gemv<T: Float>(
     T::Acc: GAcc,
 {
     let chunk = if parallel { n.div_ceil(rayon::current_num_threads() * 4).max(64) } else { n };
+    let wide = has_fma();
     let body = |ci: usize, cs: &mut [T]| {
-        let j0 = ci * chunk;
-        let w = cs.len();
-        if b.cs == 1 {
-            let mut acc = vec![T::Acc::ZERO; w];
-            for kk in 0..k {
-                let av = a.at(0, kk).to_acc();
-                let row = &b.data[kk * b.rs + j0..kk * b.rs + j0 + w];
-                for (s, bv) in acc.iter_mut().zip(row) {
-                    *s += av * bv.to_acc();
-                }
-            }
-            for (d, s) in cs.iter_mut().zip(acc) {
-                put(d, alpha * s, accumulate);
-            }
-        } else {
-            // Columns of B contiguous along k (a transposed weight): dot products.
-            for (jj, d) in cs.iter_mut().enumerate() {
-                let j = j0 + jj;
-                let mut s = T::Acc::ZERO;
-                if b.rs == 1 && a.cs == 1 {
-                    let col = &b.data[j * b.cs..j * b.cs + k];
-                    let arow = &a.data[..k];
-                    let mut lanes = [T::Acc::ZERO; 8];
-                    let (ca, cb) = (arow.chunks_exact(8), col.chunks_exact(8));
-                    let (ra, rb) = (ca.remainder(), cb.remainder());
-                    for (x, y) in ca.zip(cb) {
-                        for l in 0..8 {
-                            lanes[l] += x[l].to_acc() * y[l].to_acc();
-                        }
-                    }
-                    for (x, y) in ra.iter().zip(rb) {
-                        s += x.to_acc() * y.to_acc();
-                    }
-                    for l in lanes {
-                        s += l;
-                    }
-                } else {
-                    for kk in 0..k {
-                        s += a.at(0, kk).to_acc() * b.at(kk, j).to_acc();
-                    }
-                }
-                put(d, alpha * s, accumulate);
-            }
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // SAFETY: the CPU supports AVX2 and FMA (checked by `has_fma`).
+            unsafe { gemv_cols_avx2(k, alpha, a, b, ci * chunk, cs, accumulate) };
+            return;
         }
+        let _ = wide;
+        gemv_cols(k, alpha, a, b, ci * chunk, cs, accumulate);
     };
     if parallel {
         c.par_chunks_mut(chunk).enumerate().for_each(|(ci, cs)| body(ci, cs));
     } else {
         body(0, c);
+    }
+}
+
+/// [`gemv_cols`] compiled for AVX2 (8 floats per instruction instead of SSE2's 4). The same
+/// arithmetic in the same order, so the same results bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemv_cols_avx2<T: Float>(
+    k: usize,
+    alpha: T::Acc,
+    a: Mat<T>,
+    b: Mat<T>,
+    j0: usize,
+    cs: &mut [T],
+    accumulate: bool,
+) where
+    T::Acc: GAcc,
+{
+    gemv_cols(k, alpha, a, b, j0, cs, accumulate)
+}
+
+/// Columns `j0..j0 + cs.len()` of one row of A times B.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemv_cols<T: Float>(k: usize, alpha: T::Acc, a: Mat<T>, b: Mat<T>, j0: usize, cs: &mut [T], accumulate: bool)
+where
+    T::Acc: GAcc,
+{
+    let w = cs.len();
+    if b.cs == 1 {
+        let mut acc = vec![T::Acc::ZERO; w];
+        for kk in 0..k {
+            let av = a.at(0, kk).to_acc();
+            let row = &b.data[kk * b.rs + j0..kk * b.rs + j0 + w];
+            for (s, bv) in acc.iter_mut().zip(row) {
+                *s += av * bv.to_acc();
+            }
+        }
+        for (d, s) in cs.iter_mut().zip(acc) {
+            put(d, alpha * s, accumulate);
+        }
+    } else {
+        // Columns of B contiguous along k (a transposed weight): dot products.
+        for (jj, d) in cs.iter_mut().enumerate() {
+            let j = j0 + jj;
+            let mut s = T::Acc::ZERO;
+            if b.rs == 1 && a.cs == 1 {
+                let col = &b.data[j * b.cs..j * b.cs + k];
+                let arow = &a.data[..k];
+                let mut lanes = [T::Acc::ZERO; 8];
+                let (ca, cb) = (arow.chunks_exact(8), col.chunks_exact(8));
+                let (ra, rb) = (ca.remainder(), cb.remainder());
+                for (x, y) in ca.zip(cb) {
+                    for l in 0..8 {
+                        lanes[l] += x[l].to_acc() * y[l].to_acc();
+                    }
+                }
+                for (x, y) in ra.iter().zip(rb) {
+                    s += x.to_acc() * y.to_acc();
+                }
+                for l in lanes {
+                    s += l;
+                }
+            } else {
+                for kk in 0..k {
+                    s += a.at(0, kk).to_acc() * b.at(kk, j).to_acc();
+                }
+            }
+            put(d, alpha * s, accumulate);
+        }
     }
 }
 
