@@ -397,7 +397,6 @@ impl Session {
                 "in place: the overwritten input is read twice, or there are over two operands",
             ));
         }
-        // Elements per chunk row: the whole tensor's innermost block the other operand repeats over.
         let numel = len / es.max(1);
         // Whole repeats of the block from axis `t` go in one chunk; `None`: chunks of any size.
         let block_axis = match others.first() {

@@ -4,7 +4,7 @@
 //! for attention scores (`Q · Kᵀ` over the whole KV cache); left alone, every forward pass would
 //! copy the table, or the cache, just to transpose it.
 
-use crate::ir::{Graph, Value, ValueId};
+use crate::ir::{Graph, Node, Value, ValueId};
 use kiln_formats::bytes::ByteOwner;
 use kiln_formats::{AlignedBuf, Dim, SharedBytes};
 use kiln_runtime::ops::KILN_DOMAIN;
@@ -44,6 +44,22 @@ impl ByteOwner for Transposed {
     }
 }
 
+/// (A, B) of a two-operand `MatMul` in the default domain.
+fn matmul_operands(n: &Node) -> Option<(ValueId, ValueId)> {
+    if n.op != "MatMul" || !matches!(n.domain.as_str(), "" | "ai.onnx") || n.inputs.len() != 2 {
+        return None;
+    }
+    Some((n.inputs[0]?, n.inputs[1]?))
+}
+
+/// Turns `n` into `kiln::MatMulTransB(a, b)`: `a · bᵀ` with `b` read in place.
+fn into_trans_b(n: &mut Node, a: ValueId, b: ValueId) {
+    n.op = "MatMulTransB".into();
+    n.domain = KILN_DOMAIN.into();
+    n.opset = 1;
+    n.inputs = vec![Some(a), Some(b)];
+}
+
 /// `MatMul(A, W)` with a 2-D float constant `W` that nothing else reads becomes
 /// `kiln::MatMulTransB(A, Wᵀ)` with `Wᵀ` stored in the bundle: one row of A times the weight is
 /// then a dot product per output over contiguous memory, the layout decode (one token, every
@@ -60,11 +76,7 @@ pub fn pretranspose(g: &mut Graph) -> usize {
     }
     let mut done = 0;
     for i in 0..g.nodes.len() {
-        let n = &g.nodes[i];
-        if n.op != "MatMul" || !matches!(n.domain.as_str(), "" | "ai.onnx") || n.inputs.len() != 2 {
-            continue;
-        }
-        let (Some(a), Some(w)) = (n.inputs[0], n.inputs[1]) else { continue };
+        let Some((a, w)) = matmul_operands(&g.nodes[i]) else { continue };
         let wv = &g.values[w];
         let (Some(bytes), Some(dtype), Some(shape)) = (wv.constant.clone(), wv.dtype, wv.known_shape()) else {
             continue;
@@ -86,11 +98,7 @@ pub fn pretranspose(g: &mut Graph) -> usize {
             constant: Some(SharedBytes::lazy(Arc::new(owner), rows * cols * dtype.size())),
             sym_value: None,
         });
-        let n = &mut g.nodes[i];
-        n.op = "MatMulTransB".into();
-        n.domain = KILN_DOMAIN.into();
-        n.opset = 1;
-        n.inputs = vec![Some(a), Some(id)];
+        into_trans_b(&mut g.nodes[i], a, id);
         done += 1;
     }
     done
@@ -107,11 +115,7 @@ pub fn fuse(g: &mut Graph) -> usize {
     let rank = |g: &Graph, v: ValueId| g.values[v].shape.as_ref().map(Vec::len);
     let mut fused = 0;
     for i in 0..g.nodes.len() {
-        let n = &g.nodes[i];
-        if n.op != "MatMul" || !matches!(n.domain.as_str(), "" | "ai.onnx") || n.inputs.len() != 2 {
-            continue;
-        }
-        let (Some(a), Some(bt)) = (n.inputs[0], n.inputs[1]) else { continue };
+        let Some((a, bt)) = matmul_operands(&g.nodes[i]) else { continue };
         let Some(t) = producer[bt].map(|p| &g.nodes[p]) else { continue };
         let Some(Some(w)) = t.inputs.first().copied() else { continue };
         let (Some(rw), Some(ra)) = (rank(g, w), rank(g, a)) else { continue };
@@ -123,11 +127,7 @@ pub fn fuse(g: &mut Graph) -> usize {
         if t.op != "Transpose" || !swaps || rw < 2 || ra < 2 {
             continue;
         }
-        let n = &mut g.nodes[i];
-        n.op = "MatMulTransB".into();
-        n.domain = KILN_DOMAIN.into();
-        n.opset = 1;
-        n.inputs = vec![Some(a), Some(w)];
+        into_trans_b(&mut g.nodes[i], a, w);
         fused += 1;
     }
     fused
@@ -136,8 +136,7 @@ pub fn fuse(g: &mut Graph) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{Node, Value};
-    use kiln_formats::{DType, Dim, SharedBytes};
+    use kiln_formats::DType;
 
     fn graph(w_rank: usize) -> Graph {
         let v = |name: &str, rank: usize| Value {

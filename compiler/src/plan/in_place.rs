@@ -11,7 +11,7 @@ pub fn mark(p: &mut Program) -> usize {
     let n = p.values.len();
     let kind = |i: usize| p.values[i].storage.as_ref().map_or(StorageKind::Dynamic as i32, |s| s.kind);
     // Last step reading each value or any view of it; graph inputs and outputs never qualify.
-    let mut last = vec![0usize; n];
+    let (_, last) = super::lifetime::spans(p);
     let mut has_views = vec![false; n];
     for i in 0..n {
         if kind(i) == StorageKind::Alias as i32 {
@@ -19,13 +19,6 @@ pub fn mark(p: &mut Program) -> usize {
                 if (s.index as usize) < n {
                     has_views[s.index as usize] = true;
                 }
-            }
-        }
-    }
-    for (s, step) in p.steps.iter().enumerate() {
-        for &i in step.inputs.iter().chain(&step.outputs) {
-            if i != NO_VALUE && (i as usize) < n {
-                last[i as usize] = last[i as usize].max(s);
             }
         }
     }

@@ -19,9 +19,9 @@ impl Interval {
     }
 }
 
-/// The values of `p` that own storage the runtime would otherwise allocate (not weights, not
-/// views, not values written in place over another: their leader's interval covers them), split into those with bounded sizes and those whose size depends on unbounded dims.
-pub fn intervals(p: &Program) -> (Vec<Interval>, Vec<usize>) {
+/// First and last step of every value that owns its bytes, counting reads of its views; inputs
+/// from step 0, outputs to the end (`usize::MAX` as first: never touched).
+pub fn spans(p: &Program) -> (Vec<usize>, Vec<usize>) {
     let n = p.values.len();
     let kind = |i: usize| p.values[i].storage.as_ref().map_or(StorageKind::Dynamic as i32, |s| s.kind);
     let root = |mut i: usize| {
@@ -43,6 +43,16 @@ pub fn intervals(p: &Program) -> (Vec<Interval>, Vec<usize>) {
         step.inputs.iter().chain(&step.outputs).for_each(|&i| touch(i, s));
     }
     (0..p.outputs.len()).flat_map(|i| p.output_slots(i)).for_each(|o| touch(o, p.steps.len()));
+    (first, last)
+}
+
+/// The values of `p` that own storage the runtime would otherwise allocate (not weights, not
+/// views, not values written in place over another: their leader's interval covers them), split
+/// into those with bounded sizes and those whose size depends on unbounded dims.
+pub fn intervals(p: &Program) -> (Vec<Interval>, Vec<usize>) {
+    let n = p.values.len();
+    let kind = |i: usize| p.values[i].storage.as_ref().map_or(StorageKind::Dynamic as i32, |s| s.kind);
+    let (mut first, mut last) = spans(p);
     // A value written in place over another lives in its leader's range, from the leader's first
     // step to its own last.
     let mut member = vec![false; n];

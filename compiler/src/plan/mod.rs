@@ -48,7 +48,7 @@ pub fn plan(p: &mut Program, target: &TargetLimits) -> Result<PlanReport, Compil
             (chosen, ivs, lower) = candidate;
         }
     }
-    let ((placement, strategy), unbounded) = (chosen, intervals(p).1);
+    let ((placement, strategy), (ivs, unbounded)) = (chosen, ivs);
     for (iv, &(buffer, offset)) in ivs.iter().zip(&placement.slots) {
         p.values[iv.slot].storage = Some(Storage::arena(buffer as u32, offset, iv.size));
     }
@@ -78,15 +78,16 @@ pub fn plan(p: &mut Program, target: &TargetLimits) -> Result<PlanReport, Compil
     })
 }
 
-/// The smallest placement the strategies find for `p` as it stands, with its intervals and lower bound.
+/// The smallest placement the strategies find for `p` as it stands, with its intervals (planned,
+/// and the values left unbounded) and lower bound.
 #[allow(clippy::type_complexity)]
 fn search(
     p: &Program,
     align: u64,
     limit: u64,
     target: &TargetLimits,
-) -> Result<((place::Placement, String), Vec<lifetime::Interval>, u64), CompileError> {
-    let (ivs, _) = intervals(p);
+) -> Result<((place::Placement, String), (Vec<lifetime::Interval>, Vec<usize>), u64), CompileError> {
+    let (ivs, unbounded) = intervals(p);
     if let Some(big) = ivs.iter().find(|iv| iv.size.next_multiple_of(align) > limit) {
         return Err(CompileError::Model(format!(
             "value '{}' needs {} bytes, more than the {} target's largest buffer ({limit} bytes), and kiln cannot split it",
@@ -117,7 +118,7 @@ fn search(
         }
     }
     let best = best.unwrap_or((place::Placement { slots: vec![], buffers: vec![] }, "none".into()));
-    Ok((best, ivs, lower))
+    Ok((best, (ivs, unbounded), lower))
 }
 
 #[cfg(test)]
