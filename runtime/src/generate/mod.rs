@@ -43,8 +43,6 @@ pub enum GenerateError {
     PromptTooLong { tokens: usize, max_context: u64 },
     #[error("the prompt is empty")]
     EmptyPrompt,
-    #[error("token id {id} is outside the vocabulary of {vocab}")]
-    TokenOutOfRange { id: u32, vocab: usize },
     #[error("entry point '{entry}': {source}")]
     Run { entry: String, source: Box<RuntimeError> },
     #[error("entry point '{entry}': {reason}")]
@@ -219,11 +217,7 @@ impl Generator {
         }
         let mut next_start = Instant::now();
         while stats.generated_tokens < opts.max_tokens {
-            let vocab = logits.len();
             let next = sampler.pick(&logits);
-            if next as usize >= vocab {
-                return Err(GenerateError::TokenOutOfRange { id: next, vocab });
-            }
             tokens.push(next);
             stats.generated_tokens += 1;
             if on_token(next).is_break() {
