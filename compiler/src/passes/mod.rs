@@ -2,6 +2,7 @@
 
 pub mod const_fold;
 pub mod dce;
+pub mod grouped_query;
 pub mod infer;
 pub mod split;
 pub mod sym_values;
@@ -11,13 +12,14 @@ use crate::error::CompileError;
 use crate::ir::Graph;
 
 /// Shape inference (following shape arithmetic symbolically, folding constants as it goes), then
-/// removal of folded nodes, fusion of transposed weights into their products, and removal of
-/// dead nodes.
+/// removal of folded nodes, fusion of transposed weights into their products, products over
+/// grouped-query KV heads without the repeat, and removal of dead nodes.
 pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
     infer::check_supported(g)?;
     infer::infer(g)?;
     const_fold::remove_folded(g);
     transposed_weight::fuse(g);
+    grouped_query::fold(g);
     dce::eliminate(g);
     Ok(())
 }
