@@ -8,7 +8,7 @@ use kiln_formats::bundle::manifest::{
     DimSig, EntryPoint, FormatVersion, Manifest, PlanSummary, Producer, Source, TensorSig,
 };
 use kiln_formats::bundle::{hex, write_bundle, BundleParts, WeightEntry, FORMAT_VERSION, TENSOR_ALIGN};
-use kiln_formats::generation::{GenerationConfig, GENERATION_ENTRY, TOKENIZER_ENTRY};
+use kiln_formats::generation::{GenerationConfig, KvPair, GENERATION_ENTRY, TOKENIZER_ENTRY};
 use kiln_formats::program::{Program, ProgramSet, ValueInfo, WeightRef};
 use kiln_formats::target::TargetLimits;
 use kiln_formats::{DType, SharedBytes};
@@ -150,26 +150,53 @@ pub fn compile_bundle(
     let graph = import_file(&source.onnx, opts)?;
     let mut notes = Vec::new();
     let (specs, generation) = plan_entries(source, &graph, opts, &mut notes)?;
-    let mut compiled = Vec::new();
-    for spec in &specs {
-        let mut g = graph.clone();
-        g.fix_dims(&spec.fixed);
-        let mut dim_bounds = opts.dim_bounds.clone();
-        dim_bounds.extend(spec.bounds.clone());
-        for target in targets {
-            let topts = CompileOptions {
-                target: target.clone(),
-                require_bounds: true,
-                dim_bounds: dim_bounds.clone(),
-                ..opts.clone()
-            };
-            let c = compile_graph(g.clone(), &topts).map_err(|e| match &generation {
-                Some(_) => CompileError::Options(format!("entry point '{}': {e}", spec.name)),
-                None => e,
-            })?;
-            compiled.push(CompiledEntry { entry: spec.name.clone(), target: target.name.clone(), compiled: c });
+    // Generation's entry points keep the cache in place; `main` keeps the exported signature
+    // (past in, present out) for callers that run tensors.
+    let mut kv_pairs = generation.as_ref().map(|g| g.kv.clone()).unwrap_or_default();
+    let compile_all = |kv_pairs: &[KvPair]| -> Result<Vec<CompiledEntry>, CompileError> {
+        let mut compiled = Vec::new();
+        for spec in &specs {
+            let mut g = graph.clone();
+            g.fix_dims(&spec.fixed);
+            let mut dim_bounds = opts.dim_bounds.clone();
+            dim_bounds.extend(spec.bounds.clone());
+            for target in targets {
+                let kv_cache = generation
+                    .as_ref()
+                    .filter(|_| spec.name != "main" && !kv_pairs.is_empty())
+                    .map(|g| (kv_pairs.to_vec(), g.max_context));
+                let topts = CompileOptions {
+                    target: target.clone(),
+                    require_bounds: true,
+                    dim_bounds: dim_bounds.clone(),
+                    kv_cache,
+                    ..opts.clone()
+                };
+                let c = compile_graph(g.clone(), &topts).map_err(|e| match &generation {
+                    Some(_) => CompileError::Options(format!("entry point '{}': {e}", spec.name)),
+                    None => e,
+                })?;
+                compiled.push(CompiledEntry { entry: spec.name.clone(), target: target.name.clone(), compiled: c });
+            }
         }
+        Ok(compiled)
+    };
+    let mut compiled = compile_all(&kv_pairs)?;
+    // Prefill and decode append to one cache, so they must keep the same tensors in place: when
+    // an entry point could not keep one the others kept, all copy it.
+    let kept = |c: &CompiledEntry| c.compiled.program.states.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    let stateful: Vec<&CompiledEntry> = compiled.iter().filter(|c| c.compiled.kv_cache.is_some()).collect();
+    if stateful.windows(2).any(|w| kept(w[0]) != kept(w[1])) {
+        let (keep, drop): (Vec<KvPair>, Vec<KvPair>) =
+            kv_pairs.into_iter().partition(|p| stateful.iter().all(|c| kept(c).contains(&p.past)));
+        notes.extend(
+            drop.iter()
+                .map(|p| format!("KV cache copied for {}: not every entry point could keep it in place", p.present)),
+        );
+        kv_pairs = keep;
+        compiled = compile_all(&kv_pairs)?;
     }
+    notes.extend(kv_cache_notes(&compiled));
     let cap = targets.iter().map(|t| t.largest_buffer()).min().unwrap_or(u64::MAX).min(MAX_WEIGHT_ENTRY);
     let mut programs: Vec<Program> = compiled.iter().map(|c| c.compiled.program.clone()).collect();
     let weights = pack_weights(&mut programs, compiled.iter().map(|c| c.compiled.weights.as_slice()).collect(), cap)?;
@@ -225,6 +252,27 @@ pub fn compile_bundle(
     }
     let manifest = write_bundle(out, BundleParts { manifest, programs: ProgramSet { programs }, weights, extra })?;
     Ok(BundleSummary { manifest, compiled, weight_bytes, generation, notes })
+}
+
+/// What became of the KV cache: kept in place, or copied each step and why (once per reason,
+/// though every entry point and target reports it).
+fn kv_cache_notes(compiled: &[CompiledEntry]) -> Vec<String> {
+    let mut notes: Vec<String> = Vec::new();
+    for ce in compiled {
+        let Some(r) = &ce.compiled.kv_cache else { continue };
+        let total = r.in_place + r.copied.len();
+        let mut lines = vec![match r.copied.len() {
+            0 => format!("KV cache kept in place: {total} tensors, each step writes only its new positions"),
+            n => format!("KV cache: {} of {total} tensors kept in place; {n} copied every step (below)", r.in_place),
+        }];
+        lines.extend(r.copied.iter().map(|c| format!("KV cache copied for {c}")));
+        for l in lines {
+            if !notes.contains(&l) {
+                notes.push(l);
+            }
+        }
+    }
+    notes
 }
 
 fn read(p: &Path) -> Result<Vec<u8>, CompileError> {

@@ -58,6 +58,8 @@ pub struct Graph {
     /// Graph outputs computed as pieces concatenated along an axis only when handed to the
     /// caller (outputs larger than the target's largest buffer): (output, pieces, axis).
     pub assembled: Vec<(ValueId, Vec<ValueId>, usize)>,
+    /// KV cache tensors kept in place between runs (see [`crate::passes::kv_cache`]).
+    pub states: Vec<crate::passes::kv_cache::KvState>,
 }
 
 impl Graph {

@@ -34,6 +34,8 @@ pub struct CompileOptions {
     pub max_context: Option<u64>,
     /// Causal LMs: most prompt tokens one `prefill` call takes.
     pub prefill_max: Option<u64>,
+    /// Causal LM entry points: the KV pairs to keep in place as states of this many positions.
+    pub kv_cache: Option<(Vec<kiln_formats::generation::KvPair>, u64)>,
 }
 
 impl Default for CompileOptions {
@@ -45,6 +47,7 @@ impl Default for CompileOptions {
             target: TargetLimits::cpu(),
             max_context: None,
             prefill_max: None,
+            kv_cache: None,
         }
     }
 }
@@ -57,6 +60,8 @@ pub struct Compiled {
     /// Op counts of the model as imported and after optimisation.
     pub ops_before: BTreeMap<String, usize>,
     pub ops_after: BTreeMap<String, usize>,
+    /// Which KV pairs were kept in place, for a causal LM entry point.
+    pub kv_cache: Option<passes::kv_cache::KvCacheReport>,
 }
 
 /// Reads an ONNX file (and its external data) into the IR, without optimising it.
@@ -77,6 +82,8 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     }
     let ops_before = g.op_counts();
     passes::optimize(&mut g)?;
+    let kv_cache =
+        opts.kv_cache.as_ref().map(|(pairs, capacity)| passes::kv_cache::keep_in_place(&mut g, pairs, *capacity));
     let limit = opts.target.largest_buffer();
     let mut splits = passes::split::split_oversized(&mut g, limit)?;
     let bound = |s: &str| opts.dim_bounds.get(s).map(|&b| (0, b as i64));
@@ -96,7 +103,7 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     let mut plan = plan::plan(&mut program, &opts.target)?;
     plan.splits =
         splits.iter().map(|s| format!("{} ({} bytes) into {} column blocks", s.value, s.bytes, s.blocks)).collect();
-    Ok(Compiled { program, weights, plan, ops_before, ops_after })
+    Ok(Compiled { program, weights, plan, ops_before, ops_after, kv_cache })
 }
 
 /// Fails naming every symbolic input dim without a bound, and the inputs it appears in.

@@ -5,7 +5,7 @@
 use crate::error::CompileError;
 use crate::ir::{Graph, ValueId};
 use kiln_formats::program::{
-    AssembledOutput, DimInfo, Program, Step, Storage, SymbolBound, ValueInfo, WeightRef, NO_VALUE,
+    AssembledOutput, DimInfo, Program, StateInfo, Step, Storage, SymbolBound, ValueInfo, WeightRef, NO_VALUE,
 };
 use kiln_formats::SharedBytes;
 use std::collections::{BTreeMap, HashMap};
@@ -102,6 +102,23 @@ pub fn lower(g: &Graph, bounds: &BTreeMap<String, u64>) -> Result<Lowered, Compi
             .ok_or_else(|| CompileError::Model("assembled value is not an output".into()))?;
         let pieces = pieces.iter().map(|&p| slot_of(p, &mut program, &mut weights)).collect::<Result<_, _>>()?;
         program.assembled.push(AssembledOutput { output: index as u32, pieces, axis: *axis as u32 });
+    }
+    for (i, st) in g.states.iter().enumerate() {
+        let [past, present] = [st.past, st.present].map(|v| slots.get(&v).copied());
+        let (Some(past), Some(present)) = (past, present) else {
+            return Err(CompileError::Model(format!("KV state '{}' is not read and written", g.values[st.past].name)));
+        };
+        for s in [past, present] {
+            program.values[s as usize].storage = Some(Storage::state(i as u32));
+        }
+        program.states.push(StateInfo {
+            name: g.values[st.past].name.clone(),
+            dtype: program.values[past as usize].dtype,
+            dims: st.dims.clone(),
+            axis: st.axis as u32,
+            past,
+            present,
+        });
     }
     program.symbols = bounds.iter().map(|(name, &max)| SymbolBound { name: name.clone(), max }).collect();
     Ok(Lowered { program, weights })

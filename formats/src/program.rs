@@ -41,6 +41,34 @@ pub struct Program {
     /// Outputs too large for one buffer, returned as the concatenation of pieces.
     #[prost(message, repeated, tag = "10")]
     pub assembled: Vec<AssembledOutput>,
+    /// Tensors kept across runs (the KV cache), which the caller owns and passes in.
+    #[prost(message, repeated, tag = "11")]
+    pub states: Vec<StateInfo>,
+}
+
+/// A tensor the caller keeps across runs: a KV cache tensor, allocated once for `dims` (the
+/// sequence axis `axis` at its full capacity) and filled a few positions per run. Slot `past`
+/// holds the positions filled before the run; slot `present` (written by one `kiln::KvAppend`
+/// step) those plus the run's new ones. Both are views of the state's buffer: their shape's
+/// `axis` is how many positions are filled, but items along the axes before it lie `dims[axis]`
+/// positions apart, so a reader must take that pitch (see `kiln::MatMul`'s `b_pitch`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StateInfo {
+    /// The name of the input the state replaces (e.g. `past_key_values.0.key`).
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// ONNX `TensorProto.DataType` number.
+    #[prost(int32, tag = "2")]
+    pub dtype: i32,
+    /// The buffer's shape, with `dims[axis]` the capacity in positions.
+    #[prost(uint64, repeated, tag = "3")]
+    pub dims: Vec<u64>,
+    #[prost(uint32, tag = "4")]
+    pub axis: u32,
+    #[prost(uint32, tag = "5")]
+    pub past: u32,
+    #[prost(uint32, tag = "6")]
+    pub present: u32,
 }
 
 /// An output computed as separate pieces (each within the buffer limit) and concatenated along
@@ -131,6 +159,8 @@ pub enum StorageKind {
     Weight = 2,
     /// Shares the bytes of slot `index` (reshape-like views).
     Alias = 3,
+    /// A view of state `index` ([`Program::states`]), which the caller owns.
+    State = 4,
 }
 
 /// A slot's storage assignment.
@@ -279,6 +309,9 @@ impl Storage {
     }
     pub fn alias(of: u32) -> Self {
         Storage { kind: StorageKind::Alias as i32, index: of, ..Default::default() }
+    }
+    pub fn state(index: u32) -> Self {
+        Storage { kind: StorageKind::State as i32, index, ..Default::default() }
     }
     pub fn arena(buffer: u32, offset: u64, capacity: u64) -> Self {
         Storage { kind: StorageKind::Arena as i32, index: buffer, offset, capacity }

@@ -31,8 +31,10 @@ impl KernelError {
 /// Loading or running a program failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("step {step} ({op} '{node}'): {source}")]
-    Step { step: usize, op: String, node: String, source: KernelError },
+    // `reason`, not `source`: the message already says it, and a source would repeat it in
+    // every printed error chain.
+    #[error("step {step} ({op} '{node}'): {reason}")]
+    Step { step: usize, op: String, node: String, reason: KernelError },
     #[error("input '{name}': {reason}")]
     Input { name: String, reason: String },
     #[error("value '{name}': {reason}")]

@@ -8,10 +8,12 @@ pub mod kernel;
 pub mod model;
 pub mod ops;
 pub mod session;
+pub mod state;
 pub mod verify;
 pub mod view;
 
 pub use error::{KernelError, RuntimeError};
 pub use model::Model;
 pub use session::{Profile, Session};
+pub use state::KvState;
 pub use view::{TensorMut, TensorRef};

@@ -13,8 +13,14 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Place {
     Dynamic,
-    Arena { buffer: usize, offset: usize, capacity: usize },
+    Arena {
+        buffer: usize,
+        offset: usize,
+        capacity: usize,
+    },
     Weight(usize),
+    /// A view of the caller's KV cache state (index into [`Program::states`]).
+    State(usize),
 }
 
 /// A program ready to run. Cheap to share between threads; each thread runs its own [`crate::Session`].
@@ -26,6 +32,8 @@ pub struct Model {
     /// For each slot, the slot that owns its bytes (itself unless it is a view).
     pub(crate) roots: Vec<usize>,
     pub(crate) places: Vec<Place>,
+    /// Bytes of each state's buffer.
+    pub(crate) state_bytes: Vec<usize>,
 }
 
 impl Model {
@@ -107,6 +115,18 @@ impl Model {
                     alias_of[i] = Some(s.index as usize);
                     Place::Dynamic
                 }
+                Ok(StorageKind::State) => {
+                    let state = program.states.get(s.index as usize).ok_or_else(|| {
+                        bad(format!("value '{}' is a view of state {} of {}", v.name, s.index, program.states.len()))
+                    })?;
+                    if state.past as usize != i && state.present as usize != i {
+                        return Err(bad(format!(
+                            "value '{}' is neither past nor present of state '{}'",
+                            v.name, state.name
+                        )));
+                    }
+                    Place::State(s.index as usize)
+                }
                 Err(_) => return Err(bad(format!("value '{}' has unknown storage kind {}", v.name, s.kind))),
             };
             places.push(place);
@@ -126,8 +146,12 @@ impl Model {
             roots.push(r);
         }
 
-        // Every slot is written once, by an input, a weight or one step, before it is read.
+        let state_bytes = check_states(&program, &dtypes, &places, &roots)?;
+        // Every slot is written once, by an input, a weight, a state or one step, before it is read.
         let mut written = vec![false; n];
+        for s in &program.states {
+            written[s.past as usize] = true;
+        }
         for &i in &program.inputs {
             let i = i as usize;
             if i >= n || written[i] {
@@ -162,11 +186,11 @@ impl Model {
                 written[o] = true;
             }
             let spec = OpSpec { op: &step.op, domain: &step.domain, opset: step.opset, attrs: Attrs(&step.attrs) };
-            let kernel = ops::build(&spec).map_err(|source| RuntimeError::Step {
+            let kernel = ops::build(&spec).map_err(|reason| RuntimeError::Step {
                 step: si,
                 op: step.op.clone(),
                 node: step.name.clone(),
-                source,
+                reason,
             })?;
             kernels.push(kernel);
         }
@@ -190,7 +214,7 @@ impl Model {
                 }
             }
         }
-        Ok(Arc::new(Model { program, kernels, weights, dtypes, roots, places }))
+        Ok(Arc::new(Model { program, kernels, weights, dtypes, roots, places, state_bytes }))
     }
 
     /// The program this model runs.
@@ -203,8 +227,119 @@ impl Model {
         self.program.inputs.iter().map(|&i| self.program.values[i as usize].name.as_str()).collect()
     }
 
+    /// Whether the program keeps a KV cache state between runs ([`crate::KvState`]).
+    pub fn has_state(&self) -> bool {
+        !self.program.states.is_empty()
+    }
+
     /// Names of the outputs, in the order [`crate::Session::run`] returns them.
     pub fn output_names(&self) -> Vec<&str> {
         self.program.outputs.iter().map(|&i| self.program.values[i as usize].name.as_str()).collect()
     }
+}
+
+/// Checks the program's states and returns their buffer sizes: each has a sane layout, its past
+/// and present slots match it, `present` is written by one `kiln::KvAppend` of its capacity, and
+/// every step that reads a state can read its pitched layout (an append, a `Shape`, or a product
+/// with the state as B and `b_pitch` equal to the capacity). No view may alias a state.
+fn check_states(
+    program: &Program,
+    dtypes: &[DType],
+    places: &[Place],
+    roots: &[usize],
+) -> Result<Vec<usize>, RuntimeError> {
+    let bad = |m: String| RuntimeError::Program(m);
+    let n = program.values.len();
+    let mut sizes = Vec::with_capacity(program.states.len());
+    for (i, s) in program.states.iter().enumerate() {
+        let err = |m: String| bad(format!("state {i} '{}': {m}", s.name));
+        let dtype = DType::from_onnx_code(s.dtype).ok_or_else(|| err(format!("unknown dtype {}", s.dtype)))?;
+        let axis = s.axis as usize;
+        let dims: Option<Vec<usize>> = s.dims.iter().map(|&d| usize::try_from(d).ok()).collect();
+        let size = dims.as_deref().and_then(|d| byte_size(dtype, d)).filter(|&b| b <= isize::MAX as usize);
+        let (Some(dims), Some(size)) = (dims, size) else {
+            return Err(err(format!("dims {:?} overflow", s.dims)));
+        };
+        if axis >= dims.len() {
+            return Err(err(format!("axis {axis} is outside rank {}", dims.len())));
+        }
+        for (what, slot) in [("past", s.past), ("present", s.present)] {
+            let slot = slot as usize;
+            if slot >= n || places[slot] != Place::State(i) || dtypes[slot] != dtype {
+                return Err(err(format!("its {what} slot {slot} is not a {dtype} view of it")));
+            }
+            let v = &program.values[slot];
+            let fits = v.dims.len() == dims.len()
+                && v.dims
+                    .iter()
+                    .zip(&dims)
+                    .enumerate()
+                    .all(|(a, (d, &c))| a == axis || !d.symbol.is_empty() || d.value == c as i64);
+            if !fits {
+                return Err(err(format!("its {what} value '{}' does not match dims {:?}", v.name, s.dims)));
+            }
+        }
+        if s.past == s.present
+            || program.inputs.contains(&s.past)
+            || (0..program.outputs.len())
+                .any(|o| program.output_slots(o).iter().any(|&x| x == s.past || x == s.present))
+        {
+            return Err(err("its past and present must be two slots, neither an input nor an output".into()));
+        }
+        sizes.push(size);
+    }
+    for (i, &r) in roots.iter().enumerate() {
+        if r != i && matches!(places[r], Place::State(_)) {
+            return Err(bad(format!(
+                "value '{}' is a view of KV state value '{}'",
+                program.values[i].name, program.values[r].name
+            )));
+        }
+    }
+    let state_of = |slot: u32| match places.get(slot as usize) {
+        Some(Place::State(i)) => Some(*i),
+        _ => None,
+    };
+    let mut appended = vec![false; program.states.len()];
+    for (si, step) in program.steps.iter().enumerate() {
+        let err = |m: String| bad(format!("step {si} ({} '{}'): {m}", step.op, step.name));
+        let attrs = Attrs(&step.attrs);
+        let kiln = step.domain == ops::KILN_DOMAIN;
+        if let Some(i) = step.outputs.iter().find_map(|&o| state_of(o)) {
+            let s = &program.states[i];
+            let ok = kiln
+                && step.op == ops::kv_cache::KV_APPEND
+                && step.outputs == [s.present]
+                && step.inputs.first() == Some(&s.past)
+                && attrs.int("capacity", -1).ok() == Some(s.dims[s.axis as usize] as i64)
+                && attrs.int("axis", -1).ok() == Some(s.axis as i64)
+                && !appended[i];
+            if !ok {
+                return Err(err(format!("writes KV state '{}' but is not its one append", s.name)));
+            }
+            appended[i] = true;
+        }
+        for (k, &x) in step.inputs.iter().enumerate() {
+            let Some(i) = (x != NO_VALUE).then(|| state_of(x)).flatten() else { continue };
+            let s = &program.states[i];
+            let rank = s.dims.len();
+            let product = kiln && matches!(step.op.as_str(), "MatMul" | "MatMulTransB");
+            let ok = match () {
+                _ if kiln && step.op == ops::kv_cache::KV_APPEND => k == 0 && x == s.past,
+                _ if product => {
+                    k == 1
+                        && s.axis as usize + 2 == rank
+                        && attrs.int("b_pitch", 0).ok() == Some(s.dims[s.axis as usize] as i64)
+                }
+                _ => step.op == "Shape" && step.domain.is_empty(),
+            };
+            if !ok {
+                return Err(err(format!("reads KV state '{}' but cannot read its pitched layout", s.name)));
+            }
+        }
+    }
+    if let Some(i) = appended.iter().position(|&a| !a) {
+        return Err(bad(format!("state {i} '{}' is never appended to", program.states[i].name)));
+    }
+    Ok(sizes)
 }

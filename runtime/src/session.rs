@@ -4,6 +4,7 @@
 use crate::error::{KernelError, RuntimeError};
 use crate::kernel::{RunCx, ShapeInput};
 use crate::model::{Model, Place};
+use crate::state::KvState;
 use crate::view::{TensorMut, TensorRef};
 use kiln_formats::program::NO_VALUE;
 use kiln_formats::tensor::{byte_size, read_i64};
@@ -21,6 +22,10 @@ pub struct Session {
     /// Where in-place steps copy a chunk of the input they overwrite.
     scratch: AlignedBuf,
     profile: Option<Profile>,
+    /// The KV cache of the run in progress (the caller's, swapped in for the run).
+    state: KvState,
+    /// The cache [`Session::run`] uses for a program that keeps one: emptied before each run.
+    own_state: Option<KvState>,
 }
 
 /// Where a session's time went, by op type; copying the caller's inputs in and the outputs out
@@ -63,6 +68,8 @@ impl Session {
             shapes,
             scratch: AlignedBuf::default(),
             profile: None,
+            state: KvState::default(),
+            own_state: None,
         }
     }
 
@@ -86,8 +93,30 @@ impl Session {
         &self.model
     }
 
-    /// Runs the program on `inputs` (in [`Model::input_names`] order) and returns the outputs.
+    /// Runs the program on `inputs` (in [`Model::input_names`] order) and returns the outputs. A
+    /// program that keeps a KV cache ([`Model::has_state`]) starts from an empty one.
     pub fn run(&mut self, inputs: &[TensorRef]) -> Result<Vec<Tensor>, RuntimeError> {
+        if !self.model.has_state() {
+            return self.run_steps(inputs);
+        }
+        let mut state = self.own_state.take().unwrap_or_else(|| KvState::new(&self.model));
+        state.clear();
+        let result = self.run_with_state(inputs, &mut state);
+        self.own_state = Some(state);
+        result
+    }
+
+    /// Runs the program after the positions already in `state` (made by [`KvState::new`] for
+    /// this program or one with the same states), appending this run's positions to it.
+    pub fn run_with_state(&mut self, inputs: &[TensorRef], state: &mut KvState) -> Result<Vec<Tensor>, RuntimeError> {
+        state.check(&self.model)?;
+        std::mem::swap(&mut self.state, state);
+        let result = self.run_steps(inputs);
+        std::mem::swap(&mut self.state, state);
+        result
+    }
+
+    fn run_steps(&mut self, inputs: &[TensorRef]) -> Result<Vec<Tensor>, RuntimeError> {
         let model = self.model.clone();
         let prog = &model.program;
         if inputs.len() != prog.inputs.len() {
@@ -105,14 +134,21 @@ impl Session {
         for (&slot, t) in prog.inputs.iter().zip(inputs) {
             self.set_input(slot as usize, t)?;
         }
+        for (i, s) in prog.states.iter().enumerate() {
+            self.shapes[s.past as usize] = self.state.filled_shape(i);
+        }
         self.record("(inputs)", started);
         for si in 0..prog.steps.len() {
             let started = self.profile.is_some().then(Instant::now);
             self.step(&model, si).map_err(|source| {
                 let step = &prog.steps[si];
-                RuntimeError::Step { step: si, op: step.op.clone(), node: step.name.clone(), source }
+                RuntimeError::Step { step: si, op: step.op.clone(), node: step.name.clone(), reason: source }
             })?;
             self.record(&prog.steps[si].op, started);
+        }
+        for (i, s) in prog.states.iter().enumerate() {
+            let filled = self.shapes[s.present as usize].get(s.axis as usize).copied().unwrap_or(0);
+            self.state.set_filled(i, filled);
         }
         let started = self.profile.is_some().then(Instant::now);
         let outputs = (0..prog.outputs.len()).map(|i| self.output(&model, i)).collect();
@@ -220,6 +256,15 @@ impl Session {
                 Ok(&mut self.arena[buffer].as_mut_slice()[offset..offset + len])
             }
             Place::Weight(_) => Err(KernelError::invalid("a constant cannot be written")),
+            Place::State(i) => {
+                let extent = self.state.extent(i, &self.shapes[slot]).ok_or_else(|| {
+                    KernelError::invalid(format!(
+                        "KV state value '{}' of shape {:?} does not fit the cache",
+                        model.program.values[slot].name, self.shapes[slot]
+                    ))
+                })?;
+                Ok(&mut self.state.buffer_mut(i).as_mut_slice()[..extent])
+            }
         }
     }
 
@@ -233,6 +278,10 @@ impl Session {
                 (self.arena[buffer].as_slice()[offset..].as_ptr(), len.min(capacity))
             }
             Place::Weight(w) => (model.weights[w].as_slice().as_ptr(), len.min(model.weights[w].len())),
+            // A state view spans its rows at the cache's pitch.
+            Place::State(i) => {
+                (self.state.buffer(i).as_slice().as_ptr(), self.state.extent(i, &self.shapes[root]).unwrap_or(0))
+            }
         }
     }
 
@@ -242,6 +291,12 @@ impl Session {
         let value_inputs = kernel.value_inputs();
 
         let in_slots: Vec<Option<usize>> = step.inputs.iter().map(|&i| (i != NO_VALUE).then_some(i as usize)).collect();
+        // The state a step appends to is handed to it as its output only; the input view of it
+        // carries just its shape.
+        let written_state = step.outputs.iter().find_map(|&o| match model.places[o as usize] {
+            Place::State(i) => Some(i),
+            _ => None,
+        });
         let in_dims: Vec<Vec<Dim>> = in_slots
             .iter()
             .map(|s| s.map(|s| self.shapes[s].iter().map(|&d| Dim::Known(d as i64)).collect()).unwrap_or_default())
@@ -250,6 +305,9 @@ impl Session {
             .iter()
             .map(|s| {
                 s.map(|s| {
+                    if written_state.is_some_and(|i| model.places[model.roots[s]] == Place::State(i)) {
+                        return &[][..];
+                    }
                     let (p, l) = self.bytes(model, s);
                     // SAFETY: a range inside live storage; nothing writes it during this step's inference.
                     unsafe { std::slice::from_raw_parts(p, l) }
@@ -321,7 +379,7 @@ impl Session {
             }
             all_views = false;
             let buf = self.storage_for(model, o, len)?;
-            out_ptrs.push(Some((buf.as_mut_ptr(), len)));
+            out_ptrs.push(Some((buf.as_mut_ptr(), buf.len())));
         }
         if all_views {
             return Ok(());

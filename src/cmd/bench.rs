@@ -53,9 +53,9 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Ops whose time is copying cache tensors: the exported `Concat(past, new)` and the copies of
-/// inputs into and outputs out of the session.
-const COPY_OPS: [&str; 3] = ["Concat", "(inputs)", "(outputs)"];
+/// Ops whose time is moving cache bytes: the exported `Concat(past, new)`, the in-place append
+/// of the new positions, and the copies of inputs into and outputs out of the session.
+const COPY_OPS: [&str; 4] = ["Concat", "KvAppend", "(inputs)", "(outputs)"];
 
 pub fn main(args: Args) -> Result<()> {
     if let Some(n) = args.threads {
@@ -132,7 +132,13 @@ pub fn main(args: Args) -> Result<()> {
         rows.push(json!({"context": ctx, "ms_per_token": per_token * 1e3, "tokens_per_s": 1.0 / per_token,
             "cache_copy_share": copy_share}));
     }
-    let cache = if lm.config().kv.is_empty() { "none (recomputes the sequence)" } else { "copied per step" };
+    let (kept, total) = (lm.kv_in_place(), lm.config().kv.len());
+    let (cache, key) = match kept {
+        _ if total == 0 => ("none (recomputes the sequence)".to_string(), "none"),
+        k if k == total => (format!("in place ({total} tensors, appended per step)"), "in_place"),
+        0 => ("copied per step".to_string(), "copied"),
+        k => (format!("{k} of {total} tensors in place, the rest copied per step"), "partly_in_place"),
+    };
     eprintln!("KV cache: {cache}; threads: {}", rayon::current_num_threads());
     if args.json {
         println!(
@@ -141,7 +147,7 @@ pub fn main(args: Args) -> Result<()> {
             "threads": rayon::current_num_threads(), "load_s": load_s, "prompt_len": args.prompt_len,
             "gen": args.gen, "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps,
             "peak_rss_bytes": peak_rss, "tokens": args.tokens,
-            "kv_cache": if lm.config().kv.is_empty() { "none" } else { "copied" }, "decode": rows})
+            "kv_cache": key, "decode": rows})
         );
     }
     Ok(())

@@ -4,6 +4,7 @@ pub mod const_fold;
 pub mod dce;
 pub mod grouped_query;
 pub mod infer;
+pub mod kv_cache;
 pub mod split;
 pub mod sym_values;
 pub mod transposed_weight;

@@ -31,7 +31,8 @@ pub fn mark(p: &mut Program) -> usize {
             boundary[s as usize] = true;
         }
     }
-    let plain = |i: usize| kind(i) != StorageKind::Weight as i32 && kind(i) != StorageKind::Alias as i32;
+    let plain =
+        |i: usize| ![StorageKind::Weight, StorageKind::Alias, StorageKind::State].map(|s| s as i32).contains(&kind(i));
 
     let mut marked = 0;
     for s in 0..p.steps.len() {

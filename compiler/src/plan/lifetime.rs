@@ -67,7 +67,8 @@ pub fn intervals(p: &Program) -> (Vec<Interval>, Vec<usize>) {
     let (mut planned, mut unbounded) = (Vec::new(), Vec::new());
     for i in 0..n {
         let k = kind(i);
-        if first[i] == usize::MAX || member[i] || k == StorageKind::Weight as i32 || k == StorageKind::Alias as i32 {
+        let elsewhere = [StorageKind::Weight, StorageKind::Alias, StorageKind::State].map(|s| s as i32);
+        if first[i] == usize::MAX || member[i] || elsewhere.contains(&k) {
             continue;
         }
         match bounded_bytes(&p.values[i]) {

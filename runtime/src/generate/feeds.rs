@@ -59,14 +59,14 @@ impl Feeds {
     }
 
     /// The inputs, in the model's order, for the last `new` of `tokens` after `cache` (the
-    /// previous pass's presents, or empty for the first pass). Cache tensors are referred to,
-    /// not copied.
+    /// previous pass's presents by KV pair, `None` for pairs kept in place, or empty for the
+    /// first pass). Cache tensors are referred to, not copied.
     pub fn build(
         model: &Model,
         cfg: &GenerationConfig,
         tokens: &[u32],
         new: usize,
-        cache: &[Tensor],
+        cache: &[Option<Tensor>],
     ) -> Result<Vec<Fed>, String> {
         let past = tokens.len() - new;
         let prog = model.program();
@@ -85,7 +85,7 @@ impl Feeds {
                         ints((past as i64..tokens.len() as i64).collect(), shape)
                     }
                     Feed::TokenTypes => ints(vec![0; new], &[1, new]),
-                    Feed::Past(k) if k < cache.len() => return Ok(Fed::Cache(k)),
+                    Feed::Past(k) if matches!(cache.get(k), Some(Some(_))) => return Ok(Fed::Cache(k)),
                     Feed::Past(k) => empty_past(info, cfg.kv[k].axis, dtype),
                 };
                 tensor.map(Fed::Owned)

@@ -1,5 +1,7 @@
 //! Text generation with a causal LM bundle: tokenize, run `prefill` on the prompt, then `decode`
-//! one token at a time, feeding each step's `present` KV tensors back as the next step's `past`.
+//! one token at a time. The KV cache is a [`KvState`] both entry points append to in place; any
+//! KV pair the compiler could not keep in place is fed back, `present` of one step as `past` of
+//! the next.
 //!
 //! A [`LanguageModel`] is the shareable, read-only part (programs, tokenizer, `generation.json`);
 //! each thread makes its own [`Generator`], which owns the sessions and the cache.
@@ -12,6 +14,7 @@ use crate::bundle::LoadedBundle;
 use crate::error::RuntimeError;
 use crate::model::Model;
 use crate::session::{Profile, Session};
+use crate::state::KvState;
 use crate::view::TensorRef;
 use feeds::{Fed, Feeds};
 use kiln_formats::generation::{GenerationConfig, GENERATION_ENTRY, TOKENIZER_ENTRY};
@@ -43,8 +46,8 @@ pub enum GenerateError {
     PromptTooLong { tokens: usize, max_context: u64 },
     #[error("the prompt is empty")]
     EmptyPrompt,
-    #[error("entry point '{entry}': {source}")]
-    Run { entry: String, source: Box<RuntimeError> },
+    #[error("entry point '{entry}': {error}")]
+    Run { entry: String, error: Box<RuntimeError> },
     #[error("entry point '{entry}': {reason}")]
     Output { entry: String, reason: String },
 }
@@ -128,8 +131,17 @@ impl LanguageModel {
         for (entry, model) in [("prefill", Some(&prefill)), ("decode", decode.as_ref())] {
             let Some(model) = model else { continue };
             Feeds::check(model, &config).map_err(|reason| GenerateError::Output { entry: entry.into(), reason })?;
+            // Both entry points append to one cache, so they must keep the same states.
+            KvState::new(&prefill)
+                .check(model)
+                .map_err(|e| GenerateError::Output { entry: entry.into(), reason: e.to_string() })?;
         }
         Ok(LanguageModel { config, tokenizer, prefill, decode })
+    }
+
+    /// How many of the config's KV pairs the bundle keeps in place (the rest are copied).
+    pub fn kv_in_place(&self) -> usize {
+        self.prefill.program().states.len()
     }
 
     pub fn config(&self) -> &GenerationConfig {
@@ -163,6 +175,7 @@ impl LanguageModel {
             lm: self.clone(),
             prefill: Session::new(self.prefill.clone()),
             decode: self.decode.as_ref().map(|m| Session::new(m.clone())),
+            state: self.prefill.has_state().then(|| KvState::new(&self.prefill)),
         }
     }
 }
@@ -172,6 +185,8 @@ pub struct Generator {
     lm: Arc<LanguageModel>,
     prefill: Session,
     decode: Option<Session>,
+    /// The KV cache kept in place, when the bundle keeps one.
+    state: Option<KvState>,
 }
 
 impl Generator {
@@ -209,7 +224,7 @@ impl Generator {
         let mut sampler = Sampler::new(opts.sampling.clone());
         let started = Instant::now();
         let mut tokens: Vec<u32> = prompt.to_vec();
-        let mut cache: Vec<Tensor> = Vec::new();
+        let mut cache: Vec<Option<Tensor>> = Vec::new();
         let mut logits = self.forward_prompt(&tokens, &mut cache)?;
         stats.prefill = started.elapsed();
         if let Some(d) = self.decode.as_mut() {
@@ -252,7 +267,7 @@ impl Generator {
 
     /// The last position's logits after the prompt: one prefill call when it fits, else a
     /// prefill of the first chunk and one decode step per remaining token.
-    fn forward_prompt(&mut self, tokens: &[u32], cache: &mut Vec<Tensor>) -> Result<Vec<f32>, GenerateError> {
+    fn forward_prompt(&mut self, tokens: &[u32], cache: &mut Vec<Option<Tensor>>) -> Result<Vec<f32>, GenerateError> {
         let chunk = (self.lm.config.prefill_max as usize).max(1);
         if tokens.len() <= chunk || self.lm.config.kv.is_empty() {
             return self.run_prefill(tokens, cache);
@@ -264,55 +279,82 @@ impl Generator {
         Ok(logits)
     }
 
-    fn run_prefill(&mut self, tokens: &[u32], cache: &mut Vec<Tensor>) -> Result<Vec<f32>, GenerateError> {
+    fn run_prefill(&mut self, tokens: &[u32], cache: &mut Vec<Option<Tensor>>) -> Result<Vec<f32>, GenerateError> {
         cache.clear();
-        run_step(&self.lm.config, "prefill", &mut self.prefill, tokens, tokens.len(), cache)
+        if let Some(state) = self.state.as_mut() {
+            state.clear();
+        }
+        let pass = Pass { entry: "prefill", tokens, new: tokens.len() };
+        pass.run(&self.lm.config, &mut self.prefill, cache, self.state.as_mut())
     }
 
-    fn run_decode(&mut self, tokens: &[u32], cache: &mut Vec<Tensor>) -> Result<Vec<f32>, GenerateError> {
+    fn run_decode(&mut self, tokens: &[u32], cache: &mut Vec<Option<Tensor>>) -> Result<Vec<f32>, GenerateError> {
         let session = self.decode.as_mut().ok_or_else(|| GenerateError::MissingEntry("decode".into()))?;
-        run_step(&self.lm.config, "decode", session, tokens, 1, cache)
+        let pass = Pass { entry: "decode", tokens, new: 1 };
+        pass.run(&self.lm.config, session, cache, self.state.as_mut())
     }
 }
 
-/// Runs one forward pass over the last `new` of `tokens` with `cache` as the past, replaces the
-/// cache with the presents, and returns the last position's logits.
-fn run_step(
-    cfg: &GenerationConfig,
-    entry: &str,
-    session: &mut Session,
-    tokens: &[u32],
+/// One forward pass: the last `new` of `tokens` through entry point `entry`.
+struct Pass<'a> {
+    entry: &'a str,
+    tokens: &'a [u32],
     new: usize,
-    cache: &mut Vec<Tensor>,
-) -> Result<Vec<f32>, GenerateError> {
-    let model = session.model().clone();
-    let feeds = Feeds::build(&model, cfg, tokens, new, cache)
-        .map_err(|reason| GenerateError::Output { entry: entry.into(), reason })?;
-    let refs: Vec<TensorRef> = feeds
-        .iter()
-        .map(|f| match f {
-            Fed::Owned(t) => TensorRef::from_tensor(t),
-            Fed::Cache(k) => TensorRef::from_tensor(&cache[*k]),
-        })
-        .collect();
-    let outputs =
-        session.run(&refs).map_err(|source| GenerateError::Run { entry: entry.into(), source: Box::new(source) })?;
-    drop(refs);
-    let mut outputs: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
-    let names = model.output_names();
-    let find = |name: &str| names.iter().position(|n| *n == name);
-    let out_err = |reason: String| GenerateError::Output { entry: entry.into(), reason };
-    let li = find(&cfg.logits).ok_or_else(|| out_err(format!("no output '{}'", cfg.logits)))?;
-    let logits = outputs[li].as_ref().map(last_row).transpose().map_err(out_err)?.unwrap_or_default();
-    if !cfg.kv.is_empty() {
+}
+
+impl Pass<'_> {
+    /// Runs the pass after the positions in `state` (appending to it) and in `cache` (replacing
+    /// it with the presents of pairs not kept in place), and returns the last position's logits.
+    fn run(
+        &self,
+        cfg: &GenerationConfig,
+        session: &mut Session,
+        cache: &mut Vec<Option<Tensor>>,
+        state: Option<&mut KvState>,
+    ) -> Result<Vec<f32>, GenerateError> {
+        let entry = self.entry;
+        let out_err = |reason: String| GenerateError::Output { entry: entry.into(), reason };
+        let model = session.model().clone();
+        let feeds = Feeds::build(&model, cfg, self.tokens, self.new, cache).map_err(out_err)?;
+        let refs: Vec<TensorRef> = feeds
+            .iter()
+            .map(|f| match f {
+                Fed::Owned(t) => TensorRef::from_tensor(t),
+                Fed::Cache(k) => TensorRef::from_tensor(cache[*k].as_ref().expect("fed only when present")),
+            })
+            .collect();
+        let past = self.tokens.len() - self.new;
+        let run_err = |source| GenerateError::Run { entry: entry.into(), error: Box::new(source) };
+        let outputs = match state {
+            Some(state) if model.has_state() => {
+                if state.positions() != past {
+                    return Err(out_err(format!(
+                        "the KV cache holds {} positions, expected {past}",
+                        state.positions()
+                    )));
+                }
+                session.run_with_state(&refs, state).map_err(run_err)?
+            }
+            _ => session.run(&refs).map_err(run_err)?,
+        };
+        drop(refs);
+        let mut outputs: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
+        let names = model.output_names();
+        let find = |name: &str| names.iter().position(|n| *n == name);
+        let li = find(&cfg.logits).ok_or_else(|| out_err(format!("no output '{}'", cfg.logits)))?;
+        let logits = outputs[li].as_ref().map(last_row).transpose().map_err(out_err)?.unwrap_or_default();
+        let kept = |past: &str| model.program().states.iter().any(|s| s.name == past);
         let mut presents = Vec::with_capacity(cfg.kv.len());
         for pair in &cfg.kv {
-            let i = find(&pair.present).ok_or_else(|| out_err(format!("no output '{}'", pair.present)))?;
-            presents.push(outputs[i].take().ok_or_else(|| out_err(format!("'{}' is read twice", pair.present)))?);
+            presents.push(match find(&pair.present) {
+                Some(i) => Some(outputs[i].take().ok_or_else(|| out_err(format!("'{}' is read twice", pair.present)))?),
+                None if kept(&pair.past) => None,
+                None => return Err(out_err(format!("no output '{}'", pair.present))),
+            });
         }
         *cache = presents;
+        Ok(logits)
     }
-    Ok(logits)
 }
 
 /// The logits of the last position of `[batch, sequence, vocab]` (batch 1), as f32.

@@ -20,18 +20,27 @@ pub const OPS: &[&str] = &["Gemm", "MatMul"];
 /// Prepares this family's kernel for `spec`, or `None` when the op is not in this family.
 pub fn build(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
     match spec.op {
-        "MatMul" => Some(Ok(Box::new(MatMul { trans_b: false }))),
+        "MatMul" => Some(Ok(Box::new(MatMul { trans_b: false, b_pitch: 0 }))),
         "Gemm" => Some(GemmOp::new(spec).map(|k| Box::new(k) as Box<dyn Kernel>)),
         _ => None,
     }
 }
 
-/// Kernels of the `kiln` domain this family owns.
+/// Kernels of the `kiln` domain this family owns: `MatMulTransB` and `MatMul`, both with an
+/// optional `b_pitch` (B is a KV cache state read in place).
 pub fn build_kiln(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
-    match spec.op {
-        "MatMulTransB" => Some(Ok(Box::new(MatMul { trans_b: true }))),
-        _ => None,
-    }
+    let trans_b = match spec.op {
+        "MatMulTransB" => true,
+        "MatMul" => false,
+        _ => return None,
+    };
+    let pitch = |p: i64| usize::try_from(p).map_err(|_| KernelError::attr("b_pitch", format!("{p} is negative")));
+    Some(
+        spec.attrs
+            .int("b_pitch", 0)
+            .and_then(pitch)
+            .map(|b_pitch| Box::new(MatMul { trans_b, b_pitch }) as Box<dyn Kernel>),
+    )
 }
 
 fn check_dtype(dt: DType, index: usize) -> Result<(), KernelError> {
@@ -54,6 +63,9 @@ fn same(a: &Dim, b: &Dim, what: &str) -> Result<(), KernelError> {
 /// (`kiln::MatMulTransB`, which the compiler makes of `MatMul(A, Transpose(B))`).
 struct MatMul {
     trans_b: bool,
+    /// When non-zero, B's data is a KV cache state: each B matrix is stored in `b_pitch` rows
+    /// (its second-to-last axis as stored), of which the shape's count are filled.
+    b_pitch: usize,
 }
 
 /// B's shape as the product sees it.
@@ -130,11 +142,12 @@ impl Kernel for MatMul {
         let sa = broadcast_strides(ab, &batch)?;
         let sb = broadcast_strides(bb, &batch)?;
         let nb: usize = batch.iter().product();
+        let mb = self.b_matrix_stride(b, bb)?;
         let out = outputs.get_mut(0).ok_or_else(|| KernelError::invalid("missing output"))?;
         if out.dtype != a.dtype || out.numel() != nb * m * n || out.data.len() != out.numel() * a.dtype.size() {
             return Err(KernelError::invalid("output does not match the product"));
         }
-        let p = Batched { m, n, k, batch: &batch, sa: &sa, sb: &sb, trans_b: self.trans_b };
+        let p = Batched { m, n, k, mb, batch: &batch, sa: &sa, sb: &sb, trans_b: self.trans_b };
         crate::with_float!(a.dtype, T => p.run_float(a.typed::<T>()?, b.typed::<T>()?, out.typed::<T>()?), _ => {
             crate::with_int!(a.dtype, T => p.run_int::<T>(bytemuck::cast_slice(a.data), bytemuck::cast_slice(b.data),
                 bytemuck::cast_slice_mut(out.data)),
@@ -144,11 +157,43 @@ impl Kernel for MatMul {
     }
 }
 
+impl MatMul {
+    /// Elements from one B matrix to the next: `k * n`, or the pitch's rows when B is read in
+    /// place from a state, after checking that every matrix the batch reads lies in B's data.
+    fn b_matrix_stride(&self, b: TensorRef, batch: &[usize]) -> Result<usize, KernelError> {
+        let es = b.dtype.size().max(1);
+        let stored = b.shape;
+        let dense: usize = stored.iter().rev().take(2).product();
+        if self.b_pitch == 0 {
+            return Ok(dense);
+        }
+        let r = stored.len();
+        if r < 2 || stored[r - 2] > self.b_pitch {
+            return Err(KernelError::input(
+                1,
+                format!("shape {stored:?} does not fit a pitch of {} rows", self.b_pitch),
+            ));
+        }
+        let stride = self.b_pitch * stored[r - 1];
+        let matrices: usize = batch.iter().product();
+        let needed = matrices.saturating_sub(1) * stride + dense;
+        if matrices > 0 && b.data.len() / es < needed {
+            return Err(KernelError::input(
+                1,
+                format!("{} bytes hold fewer than the {needed} elements of {matrices} pitched matrices", b.data.len()),
+            ));
+        }
+        Ok(stride)
+    }
+}
+
 /// A batch of products with broadcast batch strides (in matrices).
 struct Batched<'a> {
     m: usize,
     n: usize,
     k: usize,
+    /// Elements from one B matrix to the next.
+    mb: usize,
     batch: &'a [usize],
     sa: &'a [usize],
     sb: &'a [usize],
@@ -168,7 +213,7 @@ impl Batched<'_> {
 
     fn offsets(&self) -> Vec<(usize, usize)> {
         let mut v = Vec::with_capacity(self.batch.iter().product());
-        let (ma, mb) = (self.m * self.k, self.k * self.n);
+        let (ma, mb) = (self.m * self.k, self.mb);
         for_each_offsets(self.batch, [self.sa, self.sb], |_, [x, y]| v.push((x * ma, y * mb)));
         v
     }
@@ -413,6 +458,55 @@ mod tests {
         assert_close(&f32s(&y), &expect, 1e-3);
         let bad = Tensor::from_vec(&[4, 3], vec![0f32; 12]);
         assert!(run(&Tensor::from_vec(&[1, 5], vec![0f32; 5]), &bad).is_err());
+    }
+
+    #[test]
+    fn a_pitched_b_reads_only_the_filled_rows_of_each_matrix() {
+        use crate::kernel::{Attrs, OpSpec};
+        use crate::view::{TensorMut, TensorRef};
+        use kiln_formats::program::Attribute;
+        // Two heads of a cache with room for 5 positions of 3, of which 4 are filled; the
+        // unfilled row holds garbage the product must not see.
+        let (heads, cap, filled, d, m) = (2, 5, 4, 3, 2);
+        let mut state = vec![1e6f32; heads * cap * d];
+        let dense = seq(heads * filled * d, 0.5);
+        for h in 0..heads {
+            state[h * cap * d..(h * cap + filled) * d].copy_from_slice(&dense[h * filled * d..(h + 1) * filled * d]);
+        }
+        let q = seq(heads * m * d, 0.25);
+        for (op, b_shape, out_n) in
+            [("MatMulTransB", [1, heads, filled, d], filled), ("MatMul", [1, heads, filled, d], d)]
+        {
+            let k_dim = if op == "MatMul" { filled } else { d };
+            let a = seq(heads * m * k_dim, 0.25);
+            let a = if op == "MatMul" { a } else { q.clone() };
+            let attrs = [Attribute::int("b_pitch", cap as i64)];
+            let spec = OpSpec { op, domain: crate::ops::KILN_DOMAIN, opset: 1, attrs: Attrs(&attrs) };
+            let kernel = super::build_kiln(&spec).unwrap().unwrap();
+            let a_shape = [1, heads, m, k_dim];
+            let out_shape = [1, heads, m, out_n];
+            let mut out = vec![0f32; heads * m * out_n];
+            let run = |b: &[f32], pitched: bool, out: &mut [f32]| {
+                let k = if pitched {
+                    &kernel
+                } else {
+                    &super::build_kiln(&OpSpec { attrs: Attrs(&[]), ..spec }).unwrap().unwrap()
+                };
+                k.run(
+                    &[
+                        Some(TensorRef { dtype: DType::F32, shape: &a_shape, data: bytemuck::cast_slice(&a) }),
+                        Some(TensorRef { dtype: DType::F32, shape: &b_shape, data: bytemuck::cast_slice(b) }),
+                    ],
+                    &mut [TensorMut { dtype: DType::F32, shape: &out_shape, data: bytemuck::cast_slice_mut(out) }],
+                )
+            };
+            run(&state, true, &mut out).unwrap();
+            let mut expect = vec![0f32; out.len()];
+            run(&dense, false, &mut expect).unwrap();
+            assert_eq!(out, expect, "{op}");
+            // A buffer shorter than the pitch says is refused, not read past.
+            assert!(run(&state[..state.len() - d * 2], true, &mut out).is_err(), "{op}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod attention;
 pub mod binary;
 pub mod broadcast;
 pub mod cast;
+pub mod kv_cache;
 pub mod matmul;
 pub mod movement;
 pub mod norm;
@@ -35,6 +36,7 @@ const FAMILIES: &[Family] = &[
 pub fn build(spec: &OpSpec) -> Result<Box<dyn Kernel>, KernelError> {
     if spec.domain == KILN_DOMAIN {
         return matmul::build_kiln(spec)
+            .or_else(|| kv_cache::build_kiln(spec))
             .unwrap_or_else(|| Err(KernelError::unsupported(format!("op {}::{}", spec.domain, spec.op))));
     }
     if !matches!(spec.domain, "" | "ai.onnx") {

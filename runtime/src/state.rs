@@ -1,0 +1,95 @@
+//! KV cache states: the tensors a causal LM keeps from one forward pass to the next, allocated
+//! once for the context the bundle was compiled for and filled in place
+//! ([`kiln_formats::program::StateInfo`]). A [`KvState`] belongs to the caller, so one cache can
+//! serve several programs (a bundle's `prefill` and `decode`) and several caches one program.
+
+use crate::error::RuntimeError;
+use crate::model::Model;
+use kiln_formats::program::StateInfo;
+use kiln_formats::tensor::byte_size;
+use kiln_formats::{AlignedBuf, DType};
+
+/// The buffers of a program's states and how many positions of them are filled.
+#[derive(Debug, Default)]
+pub struct KvState {
+    layout: Vec<StateInfo>,
+    buffers: Vec<AlignedBuf>,
+    filled: Vec<usize>,
+}
+
+impl KvState {
+    /// Empty states for `model`'s program (none when it keeps no state).
+    pub fn new(model: &Model) -> KvState {
+        let layout = model.program.states.clone();
+        // Sizes were checked when the model was loaded.
+        let buffers = model.state_bytes.iter().map(|&b| AlignedBuf::zeroed(b)).collect();
+        KvState { filled: vec![0; layout.len()], layout, buffers }
+    }
+
+    /// Fails unless `model` declares exactly these states (names, types, capacities, order).
+    pub fn check(&self, model: &Model) -> Result<(), RuntimeError> {
+        let theirs = &model.program.states;
+        let same =
+            |a: &StateInfo, b: &StateInfo| (&a.name, a.dtype, &a.dims, a.axis) == (&b.name, b.dtype, &b.dims, b.axis);
+        if theirs.len() != self.layout.len() || !theirs.iter().zip(&self.layout).all(|(a, b)| same(a, b)) {
+            let names =
+                |l: &[StateInfo]| l.iter().map(|s| format!("{} {:?}", s.name, s.dims)).collect::<Vec<_>>().join(", ");
+            return Err(RuntimeError::Program(format!(
+                "the program keeps states [{}], this KV cache holds [{}]",
+                names(theirs),
+                names(&self.layout)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Forgets every position (the buffers stay allocated).
+    pub fn clear(&mut self) {
+        self.filled.iter_mut().for_each(|f| *f = 0);
+    }
+
+    /// Positions filled so far (the same in every state after a successful run).
+    pub fn positions(&self) -> usize {
+        self.filled.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Positions each state holds.
+    pub fn capacity(&self) -> Option<usize> {
+        self.layout.iter().map(|s| s.dims.get(s.axis as usize).copied().unwrap_or(0) as usize).min()
+    }
+
+    /// Bytes the states occupy.
+    pub fn bytes(&self) -> usize {
+        self.buffers.iter().map(AlignedBuf::len).sum()
+    }
+
+    /// The shape of state `i`'s filled part.
+    pub(crate) fn filled_shape(&self, i: usize) -> Vec<usize> {
+        let s = &self.layout[i];
+        let mut shape: Vec<usize> = s.dims.iter().map(|&d| d as usize).collect();
+        shape[s.axis as usize] = self.filled[i];
+        shape
+    }
+
+    /// Records how many positions state `i` holds after a run.
+    pub(crate) fn set_filled(&mut self, i: usize, positions: usize) {
+        self.filled[i] = positions;
+    }
+
+    /// Bytes of state `i` a view of `shape` spans: its rows before the axis, each a full capacity.
+    pub(crate) fn extent(&self, i: usize, shape: &[usize]) -> Option<usize> {
+        let s = &self.layout[i];
+        let mut pitched = shape.to_vec();
+        *pitched.get_mut(s.axis as usize)? = s.dims[s.axis as usize] as usize;
+        let dtype = DType::from_onnx_code(s.dtype)?;
+        byte_size(dtype, &pitched).filter(|&n| n <= self.buffers[i].len())
+    }
+
+    pub(crate) fn buffer(&self, i: usize) -> &AlignedBuf {
+        &self.buffers[i]
+    }
+
+    pub(crate) fn buffer_mut(&mut self, i: usize) -> &mut AlignedBuf {
+        &mut self.buffers[i]
+    }
+}
