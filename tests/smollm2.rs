@@ -6,6 +6,7 @@
 //! Without `KILN_SMOLLM2` the test is skipped, unless `KILN_REQUIRE_SMOLLM2=1` (set by `.ci/run`).
 
 use kiln_compiler::bundle::{compile_bundle, ModelSource};
+use kiln_compiler::passes::quantize::WeightFormat;
 use kiln_compiler::CompileOptions;
 use kiln_formats::bundle::OpenOptions;
 use kiln_formats::target::TargetLimits;
@@ -59,4 +60,104 @@ fn smollm2_answers_the_reference_token_for_token() {
     let text = lm.tokenizer().unwrap().decode(&generated, true).unwrap();
     assert_eq!(text, reference["text"].as_str().unwrap());
     assert_eq!(text, "The capital of France is Paris.");
+}
+
+/// Logits of every position of `ids` from the bundle's prefill entry point, `[positions][vocab]`.
+fn prefill_logits(loaded: &LoadedBundle, ids: &[u32]) -> Vec<Vec<f32>> {
+    use kiln_formats::Tensor;
+    let model = loaded.model("prefill", None).unwrap().clone();
+    let n = ids.len();
+    let inputs: Vec<Tensor> = model
+        .input_names()
+        .iter()
+        .map(|name| match *name {
+            "input_ids" => Tensor::from_vec(&[1, n], ids.iter().map(|&i| i as i64).collect()),
+            "attention_mask" => Tensor::from_vec(&[1, n], vec![1i64; n]),
+            "position_ids" => Tensor::from_vec(&[1, n], (0..n as i64).collect()),
+            other => panic!("unexpected input {other}"),
+        })
+        .collect();
+    let refs: Vec<_> = inputs.iter().map(kiln_runtime::TensorRef::from_tensor).collect();
+    let outputs = kiln_runtime::Session::new(model.clone()).run(&refs).unwrap();
+    let li = model.output_names().iter().position(|n| *n == "logits").unwrap();
+    let logits = outputs[li].as_slice::<f32>().unwrap();
+    logits.chunks(logits.len() / n).map(<[f32]>::to_vec).collect()
+}
+
+/// Perplexity of `ids` given its per-position logits (position i predicts token i + 1).
+fn perplexity(logits: &[Vec<f32>], ids: &[u32]) -> f64 {
+    let nll: f64 = (0..ids.len() - 1)
+        .map(|i| {
+            let row = &logits[i];
+            let max = row.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
+            let log_sum = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+            log_sum - row[ids[i + 1] as usize] as f64
+        })
+        .sum();
+    (nll / (ids.len() - 1) as f64).exp()
+}
+
+#[test]
+fn q8_weights_keep_the_answers_and_report_their_accuracy() {
+    let Some(folder) = model_folder() else {
+        eprintln!("skipped: KILN_SMOLLM2 is not set (scripts/fetch-smollm2.sh makes the model)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = |weights| {
+        let out = dir.path().join(format!("{weights:?}.kiln"));
+        let opts = CompileOptions { max_context: Some(256), weights, ..Default::default() };
+        compile_bundle(&ModelSource::resolve(&folder).unwrap(), &opts, &[TargetLimits::cpu()], &out).unwrap();
+        LoadedBundle::open(&out, OpenOptions::default()).unwrap()
+    };
+    let (f32b, q8b) = (bundle(WeightFormat::F32), bundle(WeightFormat::Q8));
+    let (f32lm, q8lm) = [&f32b, &q8b].map(|b| Arc::new(LanguageModel::from_bundle(b, None).unwrap())).into();
+
+    // Greedy agreement: the share of 24 generated tokens per prompt equal before the first
+    // difference, over a fixed set of chat prompts.
+    let prompts = [
+        "What is the capital of France?",
+        "Name three primary colours.",
+        "Write one sentence about the sea.",
+        "What is 12 plus 7?",
+    ];
+    let greedy = |lm: &Arc<LanguageModel>, prompt: &[u32]| {
+        let mut ids = Vec::new();
+        let opts = GenerateOptions { max_tokens: 24, ..Default::default() };
+        lm.generator()
+            .generate(prompt, &opts, |id| {
+                ids.push(id);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        ids
+    };
+    let (mut same, mut total) = (0, 0);
+    for p in prompts {
+        let ids = f32lm.encode(p, true).unwrap();
+        let (a, b) = (greedy(&f32lm, &ids), greedy(&q8lm, &ids));
+        same += a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        total += a.len();
+        if p.contains("France") {
+            assert_eq!(q8lm.tokenizer().unwrap().decode(&b, true).unwrap(), "The capital of France is Paris.");
+        }
+    }
+    let agreement = same as f64 / total as f64;
+
+    // Logits and perplexity on a short fixed text.
+    let text = "The sun rises in the east and sets in the west. Water boils at one hundred degrees \
+                Celsius at sea level, and ice melts when it is warmed above zero degrees.";
+    let ids = f32lm.encode(text, false).unwrap();
+    let (lf, lq) = (prefill_logits(&f32b, &ids), prefill_logits(&q8b, &ids));
+    let diffs: Vec<f32> = lf.iter().flatten().zip(lq.iter().flatten()).map(|(a, b)| (a - b).abs()).collect();
+    let max = diffs.iter().fold(0f32, |m, &d| m.max(d));
+    let mean = diffs.iter().map(|&d| d as f64).sum::<f64>() / diffs.len() as f64;
+    let (pf, pq) = (perplexity(&lf, &ids), perplexity(&lq, &ids));
+    eprintln!(
+        "q8 vs f32 on SmolLM2: greedy agreement {agreement:.3} ({same}/{total} tokens), logits max |diff| {max:.4}, \
+         mean {mean:.5}; perplexity f32 {pf:.3}, q8 {pq:.3} ({} tokens)",
+        ids.len()
+    );
+    assert!(agreement >= 0.75, "greedy agreement {agreement}");
+    assert!((pq / pf - 1.0).abs() < 0.05, "perplexity f32 {pf}, q8 {pq}");
 }

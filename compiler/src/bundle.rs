@@ -197,6 +197,11 @@ pub fn compile_bundle(
         compiled = compile_all(&kv_pairs)?;
     }
     notes.extend(kv_cache_notes(&compiled));
+    if let Some((q, kept)) = compiled.first().and_then(|c| c.compiled.quantized) {
+        notes.push(format!(
+            "weights: {q} products read q8 weights; {kept} kept f32 (not a 2-D weight of whole 32-blocks)"
+        ));
+    }
     let cap = targets.iter().map(|t| t.largest_buffer()).min().unwrap_or(u64::MAX).min(MAX_WEIGHT_ENTRY);
     let mut programs: Vec<Program> = compiled.iter().map(|c| c.compiled.program.clone()).collect();
     let weights = pack_weights(&mut programs, compiled.iter().map(|c| c.compiled.weights.as_slice()).collect(), cap)?;

@@ -36,6 +36,8 @@ pub struct CompileOptions {
     pub prefill_max: Option<u64>,
     /// Causal LM entry points: the KV pairs to keep in place as states of this many positions.
     pub kv_cache: Option<(Vec<kiln_formats::generation::KvPair>, u64)>,
+    /// How products' weights are stored (`--weights`).
+    pub weights: passes::quantize::WeightFormat,
 }
 
 impl Default for CompileOptions {
@@ -48,6 +50,7 @@ impl Default for CompileOptions {
             max_context: None,
             prefill_max: None,
             kv_cache: None,
+            weights: passes::quantize::WeightFormat::F32,
         }
     }
 }
@@ -62,6 +65,8 @@ pub struct Compiled {
     pub ops_after: BTreeMap<String, usize>,
     /// Which KV pairs were kept in place, for a causal LM entry point.
     pub kv_cache: Option<passes::kv_cache::KvCacheReport>,
+    /// With `--weights q8`: (weights quantized, products left in f32).
+    pub quantized: Option<(usize, usize)>,
 }
 
 /// Reads an ONNX file (and its external data) into the IR, without optimising it.
@@ -98,12 +103,16 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     };
     splits.extend(passes::split::split_outputs(&mut g, limit, &bytes)?);
     passes::transposed_weight::pretranspose(&mut g);
+    let quantized = match opts.weights {
+        passes::quantize::WeightFormat::F32 => None,
+        passes::quantize::WeightFormat::Q8 => Some(passes::quantize::q8(&mut g)),
+    };
     let ops_after = g.op_counts();
     let Lowered { mut program, weights } = lower::lower(&g, &opts.dim_bounds)?;
     let mut plan = plan::plan(&mut program, &opts.target)?;
     plan.splits =
         splits.iter().map(|s| format!("{} ({} bytes) into {} column blocks", s.value, s.bytes, s.blocks)).collect();
-    Ok(Compiled { program, weights, plan, ops_before, ops_after, kv_cache })
+    Ok(Compiled { program, weights, plan, ops_before, ops_after, kv_cache, quantized })
 }
 
 /// Fails naming every symbolic input dim without a bound, and the inputs it appears in.

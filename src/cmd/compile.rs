@@ -4,6 +4,7 @@ use super::common::PlanArgs;
 use super::progress::phase;
 use anyhow::{bail, Context, Result};
 use kiln_compiler::bundle::{compile_bundle, ModelSource};
+use kiln_compiler::passes::quantize::WeightFormat;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -27,6 +28,10 @@ pub struct Args {
     /// Causal LMs: most prompt tokens one prefill call takes (default 1024, or --dim SEQUENCE=..N).
     #[arg(long, value_name = "N")]
     prefill_max: Option<u64>,
+    /// How products' weights are stored: f32 as exported, or q8 (int8 in blocks of 32 with one
+    /// f32 scale each, read directly by the kernels; embeddings and norms stay f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    weights: Weights,
     /// Plan and verify only: write no bundle and read no weight.
     #[arg(long)]
     plan_only: bool,
@@ -35,11 +40,22 @@ pub struct Args {
     json: bool,
 }
 
+/// `--weights` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Weights {
+    F32,
+    Q8,
+}
+
 pub fn main(args: Args) -> Result<()> {
     let started = Instant::now();
     let (mut opts, targets) = args.plan.options()?;
     opts.max_context = args.max_context;
     opts.prefill_max = args.prefill_max;
+    opts.weights = match args.weights {
+        Weights::F32 => WeightFormat::F32,
+        Weights::Q8 => WeightFormat::Q8,
+    };
     let mut source = ModelSource::resolve(&args.model)?;
     if let Some(t) = &args.tokenizer {
         source.tokenizer = Some(t.clone());

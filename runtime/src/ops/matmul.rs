@@ -2,6 +2,7 @@
 //! Gemm (2-D, optional transposes, `alpha * A'B' + beta * C` with C broadcast to [M, N]).
 
 pub(crate) mod gemm;
+pub mod q8;
 
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
@@ -32,7 +33,7 @@ pub fn build_kiln(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>>
     let trans_b = match spec.op {
         "MatMulTransB" => true,
         "MatMul" => false,
-        _ => return None,
+        _ => return q8::build_kiln(spec),
     };
     let pitch = |p: i64| usize::try_from(p).map_err(|_| KernelError::attr("b_pitch", format!("{p} is negative")));
     Some(

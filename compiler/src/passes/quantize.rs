@@ -1,0 +1,131 @@
+//! `--weights q8`: the weights products read as `kiln::MatMulTransB(A, W)` (W a 2-D f32 constant
+//! of `n` rows of `k`, `k` a multiple of 32) are stored as int8 blocks with one scale each and
+//! read by `kiln::MatMulQ8`, a quarter of the bytes per decoded token. Embedding tables read by
+//! `Gather`, norms, biases and products over activations stay f32.
+
+use crate::ir::{Graph, Value};
+use kiln_formats::bytes::ByteOwner;
+use kiln_formats::{AlignedBuf, DType, Dim, SharedBytes};
+use kiln_runtime::ops::matmul::q8::{quantize_row, row_bytes, BLOCK, MATMUL_Q8};
+use kiln_runtime::ops::KILN_DOMAIN;
+use std::sync::{Arc, OnceLock};
+
+/// Weights a compile stores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+    #[default]
+    F32,
+    /// int8 in blocks of 32, one f32 scale per block.
+    Q8,
+}
+
+/// A weight quantized on first read (planning never reads weights).
+struct Quantized {
+    src: SharedBytes,
+    k: usize,
+    copy: OnceLock<AlignedBuf>,
+}
+
+impl ByteOwner for Quantized {
+    fn bytes(&self) -> &[u8] {
+        self.copy
+            .get_or_init(|| {
+                let rows: &[f32] = bytemuck::cast_slice(self.src.as_slice());
+                let rb = row_bytes(self.k);
+                let mut out = AlignedBuf::zeroed(rows.len() / self.k * rb);
+                for (src, dst) in rows.chunks_exact(self.k).zip(out.as_mut_slice().chunks_exact_mut(rb)) {
+                    quantize_row(src, dst);
+                }
+                out
+            })
+            .as_slice()
+    }
+}
+
+/// Quantizes every eligible weight; returns (quantized, f32 products left as they are).
+pub fn q8(g: &mut Graph) -> (usize, usize) {
+    let (mut done, mut kept) = (0, 0);
+    for i in 0..g.nodes.len() {
+        let n = &g.nodes[i];
+        if n.domain != KILN_DOMAIN || n.op != "MatMulTransB" || n.attrs.iter().any(|a| a.name == "b_pitch") {
+            continue;
+        }
+        let (Some(Some(a)), Some(Some(w))) = (n.inputs.first().copied(), n.inputs.get(1).copied()) else { continue };
+        let wv = &g.values[w];
+        let Some(bytes) = wv.constant.clone() else { continue };
+        let shape = wv.known_shape();
+        let eligible = match (&shape, wv.dtype, g.values[a].dtype) {
+            (Some(s), Some(DType::F32), Some(DType::F32)) => {
+                s.len() == 2 && s[1] % BLOCK == 0 && s[1] > 0 && bytes.len() == s[0] * s[1] * 4
+            }
+            _ => false,
+        };
+        if !eligible {
+            kept += 1;
+            continue;
+        }
+        let (rows, k) = (shape.as_ref().map_or(0, |s| s[0]), shape.as_ref().map_or(0, |s| s[1]));
+        let len = rows * row_bytes(k);
+        let owner = Quantized { src: bytes, k, copy: OnceLock::new() };
+        let id = g.add_value(Value {
+            name: format!("{}.q8", wv.name),
+            dtype: Some(DType::U8),
+            shape: Some(vec![Dim::Known(rows as i64), Dim::Known(row_bytes(k) as i64)]),
+            constant: Some(SharedBytes::lazy(Arc::new(owner), len)),
+            sym_value: None,
+        });
+        let n = &mut g.nodes[i];
+        n.op = MATMUL_Q8.into();
+        n.inputs[1] = Some(id);
+        n.attrs = vec![kiln_formats::program::Attribute::int("k", k as i64)];
+        done += 1;
+    }
+    (done, kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Node;
+
+    #[test]
+    fn transposed_f32_weights_become_q8_and_others_stay() {
+        let f32v = |name: &str, dims: &[i64], constant: Option<SharedBytes>| Value {
+            name: name.into(),
+            dtype: Some(DType::F32),
+            shape: Some(dims.iter().map(|&d| Dim::Known(d)).collect()),
+            constant,
+            sym_value: None,
+        };
+        let w: Vec<f32> = (0..3 * 64).map(|i| i as f32 * 0.01).collect();
+        let odd: Vec<f32> = vec![1.0; 3 * 20];
+        let mut g = Graph {
+            values: vec![
+                f32v("a", &[1, 64], None),
+                f32v("w", &[3, 64], Some(SharedBytes::copy_from(bytemuck::cast_slice(&w)))),
+                f32v("y", &[1, 3], None),
+                f32v("b", &[1, 20], None),
+                f32v("odd", &[3, 20], Some(SharedBytes::copy_from(bytemuck::cast_slice(&odd)))),
+                f32v("z", &[1, 3], None),
+            ],
+            ..Default::default()
+        };
+        let product = |a, w, y| Node {
+            name: "p".into(),
+            op: "MatMulTransB".into(),
+            domain: KILN_DOMAIN.into(),
+            opset: 1,
+            attrs: vec![],
+            inputs: vec![Some(a), Some(w)],
+            outputs: vec![y],
+        };
+        g.nodes = vec![product(0, 1, 2), product(3, 4, 5)];
+        assert_eq!(q8(&mut g), (1, 1), "k = 20 is not a whole number of blocks");
+        let n = &g.nodes[0];
+        assert_eq!(n.op, MATMUL_Q8);
+        let q = &g.values[n.inputs[1].unwrap()];
+        assert_eq!(q.known_shape(), Some(vec![3, row_bytes(64)]));
+        assert_eq!(q.constant.as_ref().unwrap().as_slice().len(), 3 * row_bytes(64));
+        assert_eq!(g.nodes[1].op, "MatMulTransB");
+    }
+}
