@@ -34,6 +34,9 @@ pub struct CompileOptions {
     pub max_context: Option<u64>,
     /// Causal LMs: most prompt tokens one `prefill` call takes.
     pub prefill_max: Option<u64>,
+    /// Most arena bytes one plan may ask the runtime to allocate (`--max-memory`); a larger plan
+    /// is refused with both numbers. `None`: no limit.
+    pub max_memory: Option<u64>,
 }
 
 impl Default for CompileOptions {
@@ -45,6 +48,7 @@ impl Default for CompileOptions {
             target: TargetLimits::cpu(),
             max_context: None,
             prefill_max: None,
+            max_memory: None,
         }
     }
 }
@@ -94,9 +98,23 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     let ops_after = g.op_counts();
     let Lowered { mut program, weights } = lower::lower(&g, &opts.dim_bounds)?;
     let mut plan = plan::plan(&mut program, &opts.target)?;
+    check_memory(&plan, opts)?;
     plan.splits =
         splits.iter().map(|s| format!("{} ({} bytes) into {} column blocks", s.value, s.bytes, s.blocks)).collect();
     Ok(Compiled { program, weights, plan, ops_before, ops_after })
+}
+
+/// Refuses a plan whose arena exceeds `--max-memory`: a session of it could not be allocated, or
+/// would take memory the user did not agree to give.
+fn check_memory(plan: &plan::PlanReport, opts: &CompileOptions) -> Result<(), CompileError> {
+    match opts.max_memory {
+        Some(limit) if plan.arena_bytes > limit => Err(CompileError::TooLarge {
+            what: format!("the memory plan (target {}) needs an arena of", plan.target),
+            bytes: plan.arena_bytes,
+            limit,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Fails naming every symbolic input dim without a bound, and the inputs it appears in.

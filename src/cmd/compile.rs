@@ -1,9 +1,10 @@
 //! `kiln compile MODEL -o OUT.kiln`: compile an ONNX model (or export folder) into a bundle.
 
-use super::common::PlanArgs;
+use super::common::{physical_memory, PlanArgs};
 use super::progress::phase;
 use anyhow::{bail, Context, Result};
 use kiln_compiler::bundle::{compile_bundle, ModelSource};
+use kiln_formats::target::parse_size;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -27,6 +28,10 @@ pub struct Args {
     /// Causal LMs: most prompt tokens one prefill call takes (default 1024, or --dim SEQUENCE=..N).
     #[arg(long, value_name = "N")]
     prefill_max: Option<u64>,
+    /// Largest arena one entry point's plan may need, e.g. 8GiB (default: half the machine's
+    /// physical memory); a larger plan is refused, naming both numbers.
+    #[arg(long, value_name = "SIZE")]
+    max_memory: Option<String>,
     /// Plan and verify only: write no bundle and read no weight.
     #[arg(long)]
     plan_only: bool,
@@ -40,6 +45,10 @@ pub fn main(args: Args) -> Result<()> {
     let (mut opts, targets) = args.plan.options()?;
     opts.max_context = args.max_context;
     opts.prefill_max = args.prefill_max;
+    opts.max_memory = match &args.max_memory {
+        Some(s) => Some(parse_size(s).map_err(anyhow::Error::msg).context("--max-memory")?),
+        None => physical_memory().map(|m| m / 2),
+    };
     let mut source = ModelSource::resolve(&args.model)?;
     if let Some(t) = &args.tokenizer {
         source.tokenizer = Some(t.clone());
