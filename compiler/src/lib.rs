@@ -81,6 +81,7 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     }
     let ops_before = g.op_counts();
     passes::optimize(&mut g)?;
+    check_sizes(&g, opts)?;
     let limit = opts.target.largest_buffer();
     let mut splits = passes::split::split_oversized(&mut g, limit)?;
     let bound = |s: &str| opts.dim_bounds.get(s).map(|&b| (0, b as i64));
@@ -102,6 +103,28 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     plan.splits =
         splits.iter().map(|s| format!("{} ({} bytes) into {} column blocks", s.value, s.bytes, s.blocks)).collect();
     Ok(Compiled { program, weights, plan, ops_before, ops_after })
+}
+
+/// Refuses a value whose largest byte size does not fit in 64 bits. The planner would otherwise
+/// take it for a value sized at run time (its size is unknown to it), and compile a model no run
+/// could ever hold.
+fn check_sizes(g: &Graph, opts: &CompileOptions) -> Result<(), CompileError> {
+    let bound = |s: &str| opts.dim_bounds.get(s).map(|&b| (0, b as i64));
+    for v in &g.values {
+        let (Some(shape), Some(dtype)) = (&v.shape, v.dtype) else { continue };
+        let Some(dims) =
+            shape.iter().map(|d| d.bounds(&bound).map(|(_, hi)| hi.max(0) as u64)).collect::<Option<Vec<_>>>()
+        else {
+            continue;
+        };
+        if dims.iter().try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d)).is_none() {
+            return Err(CompileError::Model(format!(
+                "value '{}': {dtype} shape {dims:?} is more bytes than 64 bits can count (its byte size overflows)",
+                v.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a plan whose arena exceeds `--max-memory`: a session of it could not be allocated, or
