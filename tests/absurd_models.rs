@@ -70,6 +70,25 @@ fn a_plan_over_max_memory_is_refused_with_both_numbers() {
     save(&relu(&["1024"]), &p);
     let o = kiln_limited(&["compile", p.to_str().unwrap(), "--plan-only", "--max-memory", "8KiB"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // `kiln run` on an .onnx file plans and allocates at once: the same default limit applies.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.onnx");
+    let m = model(
+        vec![node("Expand", &["x", "shape"], &["y"])],
+        vec![value_info("x", 1, &["1"])],
+        vec![value_info("y", 1, &["1000000000000"])],
+        vec![int64_tensor("shape", &[1], &[1_000_000_000_000])],
+    );
+    save(&m, &p);
+    let npy = dir.path().join("x.npy");
+    kiln_formats::npy::write_npy(&npy, &kiln_formats::Tensor::from_vec(&[1], vec![1f32])).unwrap();
+    let o = kiln_limited(&["run", p.to_str().unwrap(), "--input", &format!("x={}", npy.display())]);
+    assert_eq!(o.status.code(), Some(1), "status {:?}: {}", o.status, stderr(&o));
+    assert!(
+        stderr(&o).contains("needs an arena of 4000000000") && stderr(&o).contains("--max-memory"),
+        "{}",
+        stderr(&o)
+    );
     let o = kiln_limited(&["compile", p.to_str().unwrap(), "--plan-only", "--max-memory", "lots"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("--max-memory"), "{}", stderr(&o));

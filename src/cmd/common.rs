@@ -113,7 +113,8 @@ pub fn load_model(
         let model = loaded.model("main", Some("cpu")).or_else(|| loaded.entries.first().map(|(_, m)| m));
         return Ok(model.context("the bundle has no entry point")?.clone());
     }
-    let opts = CompileOptions::default();
+    // The plan is allocated right away, so it must fit the machine (as `compile`'s default limit).
+    let opts = CompileOptions { max_memory: physical_memory().map(|m| m / 2), ..CompileOptions::default() };
     let path = &kiln_compiler::bundle::ModelSource::resolve(path)?.onnx;
     let mut graph =
         super::progress::phase(format!("importing {}", path.display()), || kiln_compiler::import_file(path, &opts))
