@@ -21,32 +21,38 @@ python="$CACHE/py-gen/bin/python"
 (cd "$ROOT" && cargo build --release --quiet --bin kiln)
 kiln="${CARGO_TARGET_DIR:-$ROOT/target}/release/kiln"
 mkdir -p "$CACHE/bench"
-bundle="$CACHE/bench/smollm2.kiln"
-if [[ ! -f "$bundle" || "$kiln" -nt "$bundle" || "$model/model.onnx" -nt "$bundle" ]]; then
-    "$kiln" --quiet compile "$model" -o "$bundle" --max-context 512 >&2
-fi
+for weights in f32 q8; do
+    bundle="$CACHE/bench/smollm2-$weights.kiln"
+    if [[ ! -f "$bundle" || "$kiln" -nt "$bundle" || "$model/model.onnx" -nt "$bundle" ]]; then
+        "$kiln" --quiet compile "$model" -o "$bundle" --max-context 512 --weights "$weights" >&2
+    fi
+done
 
 ort="$("$python" "$ROOT/bench/ort_bench.py" --model "$model/model.onnx" --prompt-len "$PROMPT_LEN" \
     --gen "$GEN" --threads "$THREADS" --repeats "$REPEATS")"
-kj="$("$kiln" --quiet bench "$bundle" --prompt-len "$PROMPT_LEN" --gen "$GEN" --repeats "$REPEATS" \
-    --threads "$THREADS" --json 2>/dev/null)"
+bench() {
+    "$kiln" --quiet bench "$CACHE/bench/smollm2-$1.kiln" --prompt-len "$PROMPT_LEN" --gen "$GEN" \
+        --repeats "$REPEATS" --threads "$THREADS" --json 2>/dev/null
+}
+kj="$(bench f32)"
+kq="$(bench q8)"
 
-"$python" - "$ort" "$kj" "$THREADS" "$PROMPT_LEN" "$GEN" <<'PY'
+"$python" - "$ort" "$kj" "$kq" "$THREADS" "$PROMPT_LEN" "$GEN" <<'PY'
 import json, platform, sys
-ort, kiln = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-threads, prompt_len, gen = sys.argv[3:6]
+ort, kiln, q8 = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+threads, prompt_len, gen = sys.argv[4:7]
 print(f"SmolLM2-135M-Instruct fp32, {threads} threads, prompt {prompt_len} tokens, {gen} generated; "
       f"{platform.machine()} {platform.processor() or ''}".strip())
 print()
-print(f"| measure | kiln | {ort['engine']} | kiln / onnxruntime |")
-print("|---|---|---|---|")
+print(f"| measure | kiln f32 | kiln q8 | {ort['engine']} fp32 | kiln f32 / onnxruntime | kiln q8 / onnxruntime |")
+print("|---|---|---|---|---|---|")
 rows = [("load (s, lower is better)", "load_s", True), ("prefill tokens/s", "prefill_tokens_per_s", False),
         ("decode tokens/s", "decode_tokens_per_s", False), ("peak RSS (MiB, lower is better)", "peak_rss_bytes", True)]
 for label, key, lower in rows:
-    k, o = kiln[key], ort[key]
-    if k is None or o is None:
-        print(f"| {label} | {k} | {o} | n/a |")
+    k, q, o = kiln[key], q8[key], ort[key]
+    if k is None or q is None or o is None:
+        print(f"| {label} | {k} | {q} | {o} | n/a | n/a |")
         continue
     scale = 1 / (1 << 20) if key == "peak_rss_bytes" else 1
-    print(f"| {label} | {k * scale:.3g} | {o * scale:.3g} | {k / o:.2f} |")
+    print(f"| {label} | {k * scale:.3g} | {q * scale:.3g} | {o * scale:.3g} | {k / o:.2f} | {q / o:.2f} |")
 PY

@@ -4,14 +4,12 @@
 use crate::causal_lm::{self, Companions, EntrySpec, DEFAULT_CONTEXT_CAP, DEFAULT_MAX_CONTEXT, DEFAULT_PREFILL_MAX};
 use crate::error::CompileError;
 use crate::{check_bounds, compile_graph, import_file, CompileOptions, Compiled};
-use kiln_formats::bundle::manifest::{
-    DimSig, EntryPoint, FormatVersion, Manifest, PlanSummary, Producer, Source, TensorSig,
-};
+use kiln_formats::bundle::manifest::{EntryPoint, FormatVersion, Manifest, PlanSummary, Producer, Source, TensorSig};
 use kiln_formats::bundle::{hex, write_bundle, BundleParts, WeightEntry, FORMAT_VERSION, TENSOR_ALIGN};
 use kiln_formats::generation::{GenerationConfig, KvPair, GENERATION_ENTRY, TOKENIZER_ENTRY};
 use kiln_formats::program::{Program, ProgramSet, ValueInfo, WeightRef};
 use kiln_formats::target::TargetLimits;
-use kiln_formats::{DType, SharedBytes};
+use kiln_formats::SharedBytes;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -294,21 +292,7 @@ fn file_sha256(p: &Path) -> Result<String, CompileError> {
 
 /// The manifest's description of a program input or output.
 pub fn signature(v: &ValueInfo) -> TensorSig {
-    TensorSig {
-        name: v.name.clone(),
-        dtype: v.dtype().map_or("unknown", DType::name).to_string(),
-        dims: v
-            .dims
-            .iter()
-            .map(|d| {
-                if d.symbol.is_empty() {
-                    DimSig { value: Some(d.value), symbol: None, max: None }
-                } else {
-                    DimSig { value: None, symbol: Some(d.symbol.clone()), max: (d.value >= 0).then_some(d.value) }
-                }
-            })
-            .collect(),
-    }
+    TensorSig::of(v)
 }
 
 /// Packs every program's constants into weight entries of at most `cap` bytes (a constant larger

@@ -15,6 +15,8 @@ pub enum CompileError {
     Unsupported(Vec<String>),
     #[error("{0}")]
     Options(String),
+    #[error("{what} {bytes} bytes, above the memory limit of {limit} bytes (--max-memory)")]
+    TooLarge { what: String, bytes: u64, limit: u64 },
 }
 
 impl CompileError {

@@ -11,9 +11,21 @@ use kiln_formats::program::{AttrKind, Attribute, TensorValue};
 use kiln_formats::{DType, Dim, SharedBytes};
 use std::collections::{HashMap, VecDeque};
 
+/// Most nodes a graph may have. The memory planner's time grows with the square of the number of
+/// values (a million-node chain planned for hours), and real models stay far below this: a
+/// 70B-parameter transformer has about 10 000 nodes.
+pub const MAX_NODES: usize = 100_000;
+
 /// Imports a decoded model. `fixed` maps symbolic input dims to the values they are fixed at.
 pub fn import(mut model: OnnxModel, fixed: &HashMap<String, i64>) -> Result<Graph, CompileError> {
     let mut gp = model.proto.graph.take().ok_or_else(|| CompileError::Model("no graph".into()))?;
+    if gp.node.len() > MAX_NODES {
+        return Err(CompileError::Model(format!(
+            "the graph '{}' has {} nodes; kiln compiles at most {MAX_NODES} (planning time grows with the square of the node count)",
+            gp.name,
+            gp.node.len()
+        )));
+    }
     let mut g = Graph { name: gp.name.clone(), ..Default::default() };
     for o in &model.proto.opset_import {
         let d = if o.domain == "ai.onnx" { String::new() } else { o.domain.clone() };

@@ -38,6 +38,9 @@ pub struct CompileOptions {
     pub kv_cache: Option<(Vec<kiln_formats::generation::KvPair>, u64)>,
     /// How products' weights are stored (`--weights`).
     pub weights: passes::quantize::WeightFormat,
+    /// Most arena bytes one plan may ask the runtime to allocate (`--max-memory`); a larger plan
+    /// is refused with both numbers. `None`: no limit.
+    pub max_memory: Option<u64>,
 }
 
 impl Default for CompileOptions {
@@ -51,6 +54,7 @@ impl Default for CompileOptions {
             prefill_max: None,
             kv_cache: None,
             weights: passes::quantize::WeightFormat::F32,
+            max_memory: None,
         }
     }
 }
@@ -89,6 +93,7 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     passes::optimize(&mut g)?;
     let kv_cache =
         opts.kv_cache.as_ref().map(|(pairs, capacity)| passes::kv_cache::keep_in_place(&mut g, pairs, *capacity));
+    check_sizes(&g, opts)?;
     let limit = opts.target.largest_buffer();
     let mut splits = passes::split::split_oversized(&mut g, limit)?;
     let bound = |s: &str| opts.dim_bounds.get(s).map(|&b| (0, b as i64));
@@ -110,9 +115,45 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     let ops_after = g.op_counts();
     let Lowered { mut program, weights } = lower::lower(&g, &opts.dim_bounds)?;
     let mut plan = plan::plan(&mut program, &opts.target)?;
+    check_memory(&plan, opts)?;
     plan.splits =
         splits.iter().map(|s| format!("{} ({} bytes) into {} column blocks", s.value, s.bytes, s.blocks)).collect();
     Ok(Compiled { program, weights, plan, ops_before, ops_after, kv_cache, quantized })
+}
+
+/// Refuses a value whose largest byte size does not fit in 64 bits. The planner would otherwise
+/// take it for a value sized at run time (its size is unknown to it), and compile a model no run
+/// could ever hold.
+fn check_sizes(g: &Graph, opts: &CompileOptions) -> Result<(), CompileError> {
+    let bound = |s: &str| opts.dim_bounds.get(s).map(|&b| (0, b as i64));
+    for v in &g.values {
+        let (Some(shape), Some(dtype)) = (&v.shape, v.dtype) else { continue };
+        let Some(dims) =
+            shape.iter().map(|d| d.bounds(&bound).map(|(_, hi)| hi.max(0) as u64)).collect::<Option<Vec<_>>>()
+        else {
+            continue;
+        };
+        if dims.iter().try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d)).is_none() {
+            return Err(CompileError::Model(format!(
+                "value '{}': {dtype} shape {dims:?} is more bytes than 64 bits can count (its byte size overflows)",
+                v.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a plan whose arena exceeds `--max-memory`: a session of it could not be allocated, or
+/// would take memory the user did not agree to give.
+fn check_memory(plan: &plan::PlanReport, opts: &CompileOptions) -> Result<(), CompileError> {
+    match opts.max_memory {
+        Some(limit) if plan.arena_bytes > limit => Err(CompileError::TooLarge {
+            what: format!("the memory plan (target {}) needs an arena of", plan.target),
+            bytes: plan.arena_bytes,
+            limit,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Fails naming every symbolic input dim without a bound, and the inputs it appears in.

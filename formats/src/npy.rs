@@ -3,7 +3,7 @@
 use crate::dtype::DType;
 use crate::error::FormatError;
 use crate::tensor::{byte_size, Tensor};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::Path;
 
 const MAGIC: &[u8] = b"\x93NUMPY";
@@ -124,8 +124,13 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), FormatError> {
 /// Reads every array of a `.npz` archive, in archive order, named without the `.npy` suffix.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>, FormatError> {
     let file = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
-    let bad = |reason: String| FormatError::Invalid(format!("{}: not a valid .npz file: {reason}", path.display()));
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
+    read_npz_from(file, &path.display().to_string())
+}
+
+/// Reads every array of a `.npz` archive held by `reader`; `what` names the source in errors.
+pub fn read_npz_from(reader: impl Read + Seek, what: &str) -> Result<Vec<(String, Tensor)>, FormatError> {
+    let bad = |reason: String| FormatError::Invalid(format!("{what}: not a valid .npz file: {reason}"));
+    let mut zip = zip::ZipArchive::new(reader).map_err(|e| bad(e.to_string()))?;
     let mut out = Vec::new();
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| bad(e.to_string()))?;
@@ -135,7 +140,7 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>, FormatError> {
         // Bound the read by the declared size so a lying header cannot exhaust memory.
         (&mut entry).take(size).read_to_end(&mut bytes).map_err(|e| bad(format!("entry {name}: {e}")))?;
         let key = name.strip_suffix(".npy").unwrap_or(&name).to_string();
-        out.push((key, from_npy_bytes(&bytes, &format!("{}:{name}", path.display()))?));
+        out.push((key, from_npy_bytes(&bytes, &format!("{what}:{name}"))?));
     }
     Ok(out)
 }

@@ -197,7 +197,10 @@ pub fn read_tensor_proto(bytes: &[u8], source: &str) -> Result<(String, crate::T
 /// Tensor bytes from the typed repeated fields (`float_data`, `int64_data`, ...).
 fn typed_fields(t: &TensorProto, dtype: DType, want: usize) -> Result<AlignedBuf, FormatError> {
     let n = want / dtype.size();
-    let mut out: Vec<u8> = Vec::with_capacity(want);
+    // Not `with_capacity(want)`: `want` comes from the dims, which may claim far more than the
+    // field holds (found by fuzzing: 10^16 bytes for an empty field). Each branch checks the
+    // field's count first, so `out` only ever grows to data that is there.
+    let mut out: Vec<u8> = Vec::new();
     let count_err = |field: &str, got: usize| {
         FormatError::tensor(&t.name, format!("{field} holds {got} values but dims {:?} need {n}", t.dims))
     };
@@ -271,6 +274,17 @@ mod tests {
         let (m, mut t) = model_with(t);
         let d = m.take_tensor(&mut t).unwrap();
         assert_eq!(d.bytes.as_slice(), [(-1i64).to_le_bytes(), 5i64.to_le_bytes()].concat());
+    }
+
+    #[test]
+    fn huge_dims_over_an_empty_typed_field_are_named_not_allocated() {
+        let mut t = TensorProto::new();
+        t.name = "w".into();
+        t.data_type = 1;
+        t.dims = vec![1_000_000, 1_000_000, 1_000];
+        let (m, mut t) = model_with(t);
+        let err = m.take_tensor(&mut t).unwrap_err().to_string();
+        assert!(err.contains("'w'") && err.contains("float_data holds 0 values"), "{err}");
     }
 
     #[test]

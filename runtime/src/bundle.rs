@@ -4,7 +4,7 @@
 
 use crate::error::RuntimeError;
 use crate::model::Model;
-use kiln_formats::bundle::manifest::EntryPoint;
+use kiln_formats::bundle::manifest::{EntryPoint, TensorSig};
 use kiln_formats::bundle::{Bundle, BundleError, OpenOptions, TENSOR_ALIGN};
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +20,38 @@ pub enum LoadError {
     Misaligned { entry: String, target: String, index: usize, offset: u64, weight_entry: u32 },
     #[error("manifest: {0}")]
     Manifest(String),
+    #[error("entry point '{entry}': the manifest's signature has {which} {manifest}, its program has {program}")]
+    Signature { entry: String, which: String, manifest: String, program: String },
+}
+
+/// The manifest's inputs and outputs of `ep` must be its program's: callers size and name their
+/// tensors from the manifest, so a manifest that lies would feed a program what it does not take.
+fn check_signature(ep: &EntryPoint, prog: &kiln_formats::program::Program) -> Result<(), LoadError> {
+    for (which, sigs, slots) in [("input", &ep.inputs, &prog.inputs), ("output", &ep.outputs, &prog.outputs)] {
+        let n = sigs.len().max(slots.len());
+        for i in 0..n {
+            let want = slots.get(i).and_then(|&s| prog.values.get(s as usize)).map(TensorSig::of);
+            let have = sigs.get(i);
+            if have != want.as_ref() {
+                let show = |s: Option<&TensorSig>| s.map_or_else(|| "nothing".to_string(), |s| s.to_string());
+                return Err(LoadError::Signature {
+                    entry: ep.name.clone(),
+                    which: format!("{which} {i}"),
+                    manifest: show(have),
+                    program: show(want.as_ref()),
+                });
+            }
+        }
+    }
+    if ep.plan.buffers != prog.buffers || ep.plan.alignment != prog.alignment {
+        return Err(LoadError::Signature {
+            entry: ep.name.clone(),
+            which: "plan".into(),
+            manifest: format!("buffers {:?} aligned to {}", ep.plan.buffers, ep.plan.alignment),
+            program: format!("buffers {:?} aligned to {}", prog.buffers, prog.alignment),
+        });
+    }
+    Ok(())
 }
 
 /// A validated bundle with a ready model per entry point.
@@ -59,6 +91,7 @@ impl LoadedBundle {
                     });
                 }
             }
+            check_signature(ep, &prog)?;
             let model = Model::new(prog, &weights).map_err(|source| LoadError::Program {
                 entry: ep.name.clone(),
                 target: ep.target.clone(),

@@ -222,6 +222,11 @@ impl Model {
         &self.program
     }
 
+    /// Bytes a session of this model allocates up front: the sum of its arena buffers.
+    pub fn arena_bytes(&self) -> u64 {
+        self.program.buffers.iter().fold(0u64, |a, &b| a.saturating_add(b))
+    }
+
     /// Names of the inputs, in the order [`crate::Session::run`] takes them.
     pub fn input_names(&self) -> Vec<&str> {
         self.program.inputs.iter().map(|&i| self.program.values[i as usize].name.as_str()).collect()

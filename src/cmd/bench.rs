@@ -2,10 +2,8 @@
 //! (the numbers `bench/compare.sh` sets beside onnxruntime's), and optionally decode speed at
 //! several context lengths with how much of each token's time goes to copying the KV cache.
 
-use super::progress::phase;
 use anyhow::{bail, Context, Result};
 use kiln_formats::bundle::OpenOptions;
-use kiln_runtime::bundle::LoadedBundle;
 use kiln_runtime::generate::{GenerateOptions, LanguageModel};
 use serde_json::json;
 use std::ops::ControlFlow;
@@ -35,6 +33,10 @@ pub struct Args {
     /// Threads for the kernels (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Read the bundle into memory instead of mapping it: a copy of the weights, but immune to
+    /// the file being truncated or rewritten while kiln runs (see README, "Files that change underneath").
+    #[arg(long)]
+    no_mmap: bool,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -66,10 +68,10 @@ pub fn main(args: Args) -> Result<()> {
     }
     // Load as a server would: checksums verified, the model and one generator ready to run.
     let started = Instant::now();
-    let loaded = phase(format!("loading {}", args.bundle.display()), || {
-        LoadedBundle::open(&args.bundle, OpenOptions { verify_checksums: true })
-    })
-    .with_context(|| format!("loading {}", args.bundle.display()))?;
+    let loaded = super::common::open_bundle(
+        &args.bundle,
+        OpenOptions { read_into_memory: args.no_mmap, ..OpenOptions::default() },
+    )?;
     let lm = Arc::new(LanguageModel::from_bundle(&loaded, Some("cpu"))?);
     let mut generator = lm.generator();
     let load_s = started.elapsed().as_secs_f64();

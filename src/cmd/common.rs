@@ -58,8 +58,13 @@ impl PlanArgs {
     }
 }
 
-/// Whether `path` is a kiln bundle (a zip file) rather than an ONNX model.
+/// Whether `path` is a kiln bundle (a zip file, or a file named `.kiln`) rather than an ONNX
+/// model. The name counts too, so that a damaged bundle gets the bundle loader's error (which
+/// names the damage) instead of an ONNX decoding error.
 pub fn is_bundle(path: &Path) -> bool {
+    if path.extension().is_some_and(|e| e == "kiln") && path.is_file() {
+        return true;
+    }
     let mut magic = [0u8; 4];
     std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok()
         && &magic == b"PK\x03\x04"
@@ -95,8 +100,7 @@ pub fn load_model(
         if !opts.verify_checksums {
             eprintln!("warning: checksums not verified (--no-verify-checksums)");
         }
-        let loaded = super::progress::phase(format!("loading {}", path.display()), || LoadedBundle::open(path, opts))
-            .with_context(|| format!("loading {}", path.display()))?;
+        let loaded = open_bundle(path, opts)?;
         if let Some(name) = entry {
             let names: Vec<&str> = loaded.entries.iter().map(|(ep, _)| ep.name.as_str()).collect();
             let model = loaded.model(name, Some("cpu")).or_else(|| loaded.model(name, None));
@@ -109,7 +113,8 @@ pub fn load_model(
         let model = loaded.model("main", Some("cpu")).or_else(|| loaded.entries.first().map(|(_, m)| m));
         return Ok(model.context("the bundle has no entry point")?.clone());
     }
-    let opts = CompileOptions::default();
+    // The plan is allocated right away, so it must fit the machine (as `compile`'s default limit).
+    let opts = CompileOptions { max_memory: physical_memory().map(|m| m / 2), ..CompileOptions::default() };
     let path = &kiln_compiler::bundle::ModelSource::resolve(path)?.onnx;
     let mut graph =
         super::progress::phase(format!("importing {}", path.display()), || kiln_compiler::import_file(path, &opts))
@@ -168,6 +173,36 @@ fn dims_from_inputs(g: &kiln_compiler::Graph, given: &HashMap<String, Tensor>) -
 /// Output names can hold '/' or ':' (e.g. `present.0/key`); keep file names flat.
 pub fn file_name_for(name: &str) -> String {
     name.chars().map(|c| if c.is_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect()
+}
+
+/// Opens a bundle as `run`, `check` and `bench` use it: every loader check, then a refusal of an
+/// entry point whose arena is larger than this machine's memory (allocating it would abort the
+/// process instead of failing with a message).
+pub fn open_bundle(path: &Path, opts: OpenOptions) -> Result<LoadedBundle> {
+    let loaded = super::progress::phase(format!("loading {}", path.display()), || LoadedBundle::open(path, opts))
+        .with_context(|| format!("loading {}", path.display()))?;
+    if let Some(memory) = physical_memory() {
+        for (ep, model) in &loaded.entries {
+            let arena = model.arena_bytes();
+            if arena > memory {
+                bail!(
+                    "{}: entry point '{}' (target {}) needs an arena of {arena} bytes, more than this machine's memory ({memory} bytes)",
+                    path.display(),
+                    ep.name,
+                    ep.target
+                );
+            }
+        }
+    }
+    Ok(loaded)
+}
+
+/// Physical memory of the machine (Linux: MemTotal); `None` where the platform does not say.
+pub fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
 }
 
 /// Peak resident memory of this process (Linux: VmHWM); `None` where the platform does not say.

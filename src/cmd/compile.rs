@@ -1,10 +1,11 @@
 //! `kiln compile MODEL -o OUT.kiln`: compile an ONNX model (or export folder) into a bundle.
 
-use super::common::PlanArgs;
+use super::common::{physical_memory, PlanArgs};
 use super::progress::phase;
 use anyhow::{bail, Context, Result};
 use kiln_compiler::bundle::{compile_bundle, ModelSource};
 use kiln_compiler::passes::quantize::WeightFormat;
+use kiln_formats::target::parse_size;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -32,6 +33,10 @@ pub struct Args {
     /// f32 scale each, read directly by the kernels; embeddings and norms stay f32).
     #[arg(long, value_enum, default_value = "f32")]
     weights: Weights,
+    /// Largest arena one entry point's plan may need, e.g. 8GiB (default: half the machine's
+    /// physical memory); a larger plan is refused, naming both numbers.
+    #[arg(long, value_name = "SIZE")]
+    max_memory: Option<String>,
     /// Plan and verify only: write no bundle and read no weight.
     #[arg(long)]
     plan_only: bool,
@@ -55,6 +60,10 @@ pub fn main(args: Args) -> Result<()> {
     opts.weights = match args.weights {
         Weights::F32 => WeightFormat::F32,
         Weights::Q8 => WeightFormat::Q8,
+    };
+    opts.max_memory = match &args.max_memory {
+        Some(s) => Some(parse_size(s).map_err(anyhow::Error::msg).context("--max-memory")?),
+        None => physical_memory().map(|m| m / 2),
     };
     let mut source = ModelSource::resolve(&args.model)?;
     if let Some(t) = &args.tokenizer {

@@ -3,7 +3,6 @@
 
 use anyhow::{bail, Context, Result};
 use kiln_formats::bundle::OpenOptions;
-use kiln_runtime::bundle::LoadedBundle;
 use kiln_runtime::generate::{GenerateOptions, LanguageModel, Sampling, StopReason};
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -67,7 +66,7 @@ pub fn main(path: &Path, args: &GenArgs, opts: OpenOptions) -> Result<()> {
         bail!("--prompt needs a bundle: compile {} with `kiln compile` first", path.display());
     }
     let started = Instant::now();
-    let loaded = LoadedBundle::open(path, opts).with_context(|| format!("loading {}", path.display()))?;
+    let loaded = super::common::open_bundle(path, opts)?;
     let lm = Arc::new(LanguageModel::from_bundle(&loaded, Some("cpu")).with_context(|| path.display().to_string())?);
     let load_secs = started.elapsed().as_secs_f64();
 

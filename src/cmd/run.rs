@@ -24,6 +24,10 @@ pub struct Args {
     /// Skip hashing the bundle's entries at load (faster; structure is still checked).
     #[arg(long)]
     no_verify_checksums: bool,
+    /// Read the bundle into memory instead of mapping it: a copy of the weights, but immune to
+    /// the file being truncated or rewritten while kiln runs (see README, "Files that change underneath").
+    #[arg(long)]
+    no_mmap: bool,
     /// Entry point of the bundle to run on tensors (default: main, else the first).
     #[arg(long)]
     entry: Option<String>,
@@ -38,7 +42,7 @@ pub fn main(args: Args) -> Result<()> {
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("--threads")?;
     }
-    let opts = OpenOptions { verify_checksums: !args.no_verify_checksums };
+    let opts = OpenOptions { verify_checksums: !args.no_verify_checksums, read_into_memory: args.no_mmap };
     if args.gen.wanted() {
         return super::generate::main(&args.model, &args.gen, opts);
     }

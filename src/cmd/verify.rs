@@ -11,6 +11,10 @@ use std::path::PathBuf;
 pub struct Args {
     /// A .kiln bundle.
     bundle: PathBuf,
+    /// Read the bundle into memory instead of mapping it: a copy of the weights, but immune to
+    /// the file being truncated or rewritten while kiln runs (see README, "Files that change underneath").
+    #[arg(long)]
+    no_mmap: bool,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -19,7 +23,7 @@ pub struct Args {
 pub fn main(args: Args) -> Result<()> {
     let bundle = args.bundle.display().to_string();
     let opened = phase(format!("verifying {bundle}: checksums, alignment, plans"), || {
-        LoadedBundle::open(&args.bundle, OpenOptions::default())
+        LoadedBundle::open(&args.bundle, OpenOptions { read_into_memory: args.no_mmap, ..OpenOptions::default() })
     });
     let loaded = match opened {
         Ok(l) => l,

@@ -63,6 +63,15 @@ pub fn f32_tensor(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
     t
 }
 
+pub fn int64_tensor(name: &str, dims: &[i64], values: &[i64]) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.data_type = 7;
+    t.dims = dims.to_vec();
+    t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    t
+}
+
 /// A tensor whose data lives in `location` at `offset`.
 pub fn external_tensor(name: &str, dims: &[i64], location: &str, offset: u64, length: u64) -> TensorProto {
     let mut t = TensorProto::new();

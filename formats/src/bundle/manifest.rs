@@ -85,6 +85,44 @@ pub struct TensorSig {
     pub dims: Vec<DimSig>,
 }
 
+impl TensorSig {
+    /// The signature a program value has in the manifest: fixed dims by value, symbolic dims by
+    /// name with their upper bound.
+    pub fn of(v: &crate::program::ValueInfo) -> TensorSig {
+        TensorSig {
+            name: v.name.clone(),
+            dtype: v.dtype().map_or("unknown", crate::DType::name).to_string(),
+            dims: v
+                .dims
+                .iter()
+                .map(|d| {
+                    if d.symbol.is_empty() {
+                        DimSig { value: Some(d.value), symbol: None, max: None }
+                    } else {
+                        DimSig { value: None, symbol: Some(d.symbol.clone()), max: (d.value >= 0).then_some(d.value) }
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for TensorSig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dims: Vec<String> = self
+            .dims
+            .iter()
+            .map(|d| match (&d.symbol, d.value, d.max) {
+                (Some(s), _, Some(m)) => format!("{s}<={m}"),
+                (Some(s), _, None) => s.clone(),
+                (None, Some(v), _) => v.to_string(),
+                (None, None, _) => "?".into(),
+            })
+            .collect();
+        write!(f, "'{}' {} [{}]", self.name, self.dtype, dims.join(", "))
+    }
+}
+
 /// A dim: fixed (`value`) or symbolic (`symbol`, with the bound `max` the plan allows).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DimSig {

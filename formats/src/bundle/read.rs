@@ -39,11 +39,14 @@ fn entry_err(entry: &str, reason: impl Into<String>) -> BundleError {
 pub struct OpenOptions {
     /// Hash every entry and compare with the manifest (the default; reads the whole file once).
     pub verify_checksums: bool,
+    /// Read the whole file into memory instead of mapping it (`--no-mmap`): costs a copy of the
+    /// weights, but a file truncated or rewritten by another process afterwards cannot fault.
+    pub read_into_memory: bool,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { verify_checksums: true }
+        OpenOptions { verify_checksums: true, read_into_memory: false }
     }
 }
 
@@ -55,10 +58,13 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Maps and validates the bundle at `path`.
+    /// Maps (or, with [`OpenOptions::read_into_memory`], reads) and validates the bundle at `path`.
     pub fn open(path: &Path, opts: OpenOptions) -> Result<Bundle, BundleError> {
         let io = |e| BundleError::Io { path: path.display().to_string(), source: e };
-        let file = std::fs::File::open(path).map_err(io)?;
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        if opts.read_into_memory {
+            return Bundle::from_bytes(read_aligned(&mut file).map_err(io)?, opts);
+        }
         // SAFETY: read-only map. A file truncated by another process while mapped can still fault
         // on access; kiln's policy (README) is that bundles are replaced by rename, never rewritten
         // in place, which is what `kiln compile` does.
@@ -76,7 +82,13 @@ impl Bundle {
             )));
         }
         let listing = std::panic::catch_unwind(|| list_entries(data))
-            .map_err(|_| BundleError::NotBundle("the zip directory could not be parsed".into()))??;
+            .map_err(|_| {
+                BundleError::NotBundle(format!("the zip directory of the file ({file_len} bytes) could not be parsed"))
+            })?
+            .map_err(|e| match e {
+                BundleError::NotBundle(m) => BundleError::NotBundle(format!("{m} (the file is {file_len} bytes)")),
+                e => e,
+            })?;
         let mut ranges = HashMap::new();
         for (name, stored, start, len) in listing {
             if name.starts_with('/') || name.contains('\\') || name.split('/').any(|c| c == ".." || c.is_empty()) {
@@ -96,6 +108,7 @@ impl Bundle {
                 return Err(entry_err(&name, "appears twice"));
             }
         }
+        check_disjoint(&ranges)?;
         let m = ranges.get(MANIFEST).cloned().ok_or_else(|| BundleError::NotBundle(format!("no {MANIFEST} entry")))?;
         let raw: serde_json::Value =
             serde_json::from_slice(&data[m.clone()]).map_err(|e| BundleError::Manifest(format!("not JSON: {e}")))?;
@@ -189,10 +202,77 @@ impl Bundle {
     }
 }
 
+/// No two entries may share a byte: an archive whose directory points two names at one range
+/// would let one checksummed entry stand in for another.
+fn check_disjoint(ranges: &HashMap<String, Range<usize>>) -> Result<(), BundleError> {
+    let mut sorted: Vec<(&String, &Range<usize>)> = ranges.iter().filter(|(_, r)| !r.is_empty()).collect();
+    sorted.sort_by_key(|(n, r)| (r.start, r.end, n.as_str()));
+    for pair in sorted.windows(2) {
+        let ((a, ra), (b, rb)) = (pair[0], pair[1]);
+        if rb.start < ra.end {
+            return Err(entry_err(
+                b,
+                format!("bytes {}..{} overlap entry '{a}' (bytes {}..{})", rb.start, rb.end, ra.start, ra.end),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The names of the central directory's records, as the end record declares them (`None` when it
+/// defers to a zip64 record, or the directory cannot be walked: the zip reader then decides).
+fn central_names(data: &[u8]) -> Option<Vec<String>> {
+    const EOCD: usize = 22;
+    let u16_at = |i: usize| data.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u32_at = |i: usize| data.get(i..i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let last = data.len().checked_sub(EOCD)?;
+    // The end record closes the file, followed only by its comment (at most 65535 bytes).
+    let eocd = (last.saturating_sub(u16::MAX as usize)..=last)
+        .rev()
+        .find(|&i| data[i..i + 4] == *b"PK\x05\x06" && u16_at(i + 20).map(|c| i + EOCD + c) == Some(data.len()))?;
+    let (total, mut pos) = (u16_at(eocd + 10)?, u32_at(eocd + 16)?);
+    if total == u16::MAX as usize || pos == u32::MAX as usize {
+        return None;
+    }
+    let mut names = Vec::with_capacity(total);
+    for _ in 0..total {
+        if data.get(pos..pos + 4)? != b"PK\x01\x02" {
+            return None;
+        }
+        let (n, e, c) = (u16_at(pos + 28)?, u16_at(pos + 30)?, u16_at(pos + 32)?);
+        names.push(String::from_utf8_lossy(data.get(pos + 46..pos + 46 + n)?).into_owned());
+        pos += 46 + n + e + c;
+    }
+    Some(names)
+}
+
+/// The whole file in a 64-byte aligned buffer (weights are used in place, so their alignment
+/// inside the buffer must be what it is in the file).
+fn read_aligned(file: &mut std::fs::File) -> std::io::Result<SharedBytes> {
+    use std::io::Read;
+    let len = file.metadata()?.len();
+    let len = usize::try_from(len).map_err(|_| std::io::Error::other(format!("{len} bytes do not fit in memory")))?;
+    let mut buf = crate::AlignedBuf::zeroed(len);
+    file.read_exact(buf.as_mut_slice())?;
+    // A file that grew since the length was read is refused rather than half read.
+    let mut probe = [0u8; 1];
+    if file.read(&mut probe)? != 0 {
+        return Err(std::io::Error::other("the file grew while it was being read"));
+    }
+    Ok(SharedBytes::new(Arc::new(buf)))
+}
+
 /// (name, stored?, data start, data length) of every entry in the central directory.
 fn list_entries(data: &[u8]) -> Result<Vec<(String, bool, u64, u64)>, BundleError> {
     let bad = |e: zip::result::ZipError| BundleError::NotBundle(format!("invalid zip archive: {e}"));
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(data)).map_err(bad)?;
+    // The zip crate keeps one record per name, so a second record under a name already seen
+    // vanishes from its listing; the count the end record declares still shows it.
+    if let Some(names) = central_names(data).filter(|n| n.len() != zip.len()) {
+        let mut seen = std::collections::HashSet::new();
+        let twice = names.iter().find(|n| !seen.insert(n.as_str())).cloned().unwrap_or_default();
+        return Err(entry_err(&twice, "appears twice in the central directory"));
+    }
     let mut out = Vec::with_capacity(zip.len());
     for i in 0..zip.len() {
         let f = zip.by_index_raw(i).map_err(bad)?;

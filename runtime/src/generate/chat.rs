@@ -3,6 +3,11 @@
 
 use minijinja::{context, Environment, Error, ErrorKind};
 
+/// Template instructions one render may execute. A chat template comes from the bundle, so it is
+/// untrusted: without a bound, `{% for i in range(100000) %}{% for j in range(100000) %}` runs
+/// for hours. Real chat templates render one message in a few hundred instructions.
+pub const FUEL: u64 = 10_000_000;
+
 /// The prompt text for one user `message` under `template`.
 pub fn render(
     template: &str,
@@ -11,6 +16,7 @@ pub fn render(
     eos_token: Option<&str>,
 ) -> Result<String, Error> {
     let mut env = Environment::new();
+    env.set_fuel(Some(FUEL));
     // Templates are written for Python's Jinja: string methods such as .strip() and
     // .startswith(), and a raise_exception helper transformers provides.
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -45,6 +51,17 @@ mod tests {
     fn python_string_methods_and_special_tokens_work() {
         let t = "{{ bos_token }}{% for m in messages %}{{ m.content.strip().upper() }}{% endfor %}{{ eos_token }}";
         assert_eq!(render(t, " x ", Some("<s>"), Some("</s>")).unwrap(), "<s>X</s>");
+    }
+
+    #[test]
+    fn a_template_that_loops_for_ever_runs_out_of_fuel() {
+        let started = std::time::Instant::now();
+        let t = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let err = render(t, "x", None, None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::OutOfFuel, "{err}");
+        assert!(started.elapsed().as_secs() < 30, "took {:?}", started.elapsed());
+        // A real template stays far below the limit.
+        assert!(render(CHATML, &"word ".repeat(10_000), None, None).is_ok());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod chat;
 mod feeds;
 pub mod sampler;
+pub mod tokenizer;
 
 use crate::bundle::LoadedBundle;
 use crate::error::RuntimeError;
@@ -108,7 +109,7 @@ impl LanguageModel {
         let config: GenerationConfig =
             serde_json::from_slice(raw.as_slice()).map_err(|e| GenerateError::Config(e.to_string()))?;
         let tokenizer = match bundle.bundle.entry(TOKENIZER_ENTRY) {
-            Some(b) => Some(Tokenizer::from_bytes(b.as_slice()).map_err(|e| GenerateError::Tokenizer(e.to_string()))?),
+            Some(b) => Some(tokenizer::parse(b.as_slice()).map_err(|e| GenerateError::Tokenizer(e.to_string()))?),
             None => None,
         };
         let target = target.or_else(|| bundle.entries.first().map(|(ep, _)| ep.target.as_str()));
@@ -165,8 +166,7 @@ impl LanguageModel {
         } else {
             (text.to_string(), true)
         };
-        let enc = tok.encode(text, special).map_err(|e| GenerateError::Tokenizer(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        tokenizer::encode(tok, &text, special).map_err(|e| GenerateError::Tokenizer(e.to_string()))
     }
 
     /// A generator with its own sessions (one per thread).
