@@ -95,6 +95,18 @@ fn a_plan_over_max_memory_is_refused_with_both_numbers() {
 }
 
 #[test]
+fn a_huge_constant_is_not_allocated_to_fold_it() {
+    // ConstantOfShape of a constant shape: constant folding would run it now, at compile time.
+    let m = model(
+        vec![node("ConstantOfShape", &["shape"], &["c"]), node("Add", &["x", "c"], &["y"])],
+        vec![value_info("x", 1, &["1"])],
+        vec![value_info("y", 1, &["1000000000000"])],
+        vec![int64_tensor("shape", &[1], &[1_000_000_000_000])],
+    );
+    refused(&m, &[], &["needs an arena of", "--max-memory"]);
+}
+
+#[test]
 fn byte_sizes_that_overflow_are_named() {
     // 2^40 · 2^40 · 4 bytes does not fit in u64.
     refused(&relu(&["1099511627776", "1099511627776"]), &[], &["'x'", "overflow"]);

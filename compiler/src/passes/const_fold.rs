@@ -7,6 +7,7 @@
 use super::infer::kernel_for;
 use crate::error::CompileError;
 use crate::ir::Graph;
+use kiln_formats::tensor::byte_size;
 use kiln_formats::{DType, SharedBytes, Tensor};
 use kiln_runtime::{TensorMut, TensorRef};
 
@@ -65,10 +66,12 @@ fn fold_constant_inputs(g: &mut Graph, ni: usize) -> Result<bool, CompileError> 
         let (Some(shape), Some(dt)) = (v.known_shape(), v.dtype) else {
             return Ok(false);
         };
-        let t = match Tensor::zeros(dt, &shape) {
-            Ok(t) if t.bytes().len() <= MAX_FOLDED_BYTES => t,
-            _ => return Ok(false),
-        };
+        // Size before allocating: a shape of 10^12 elements must not be allocated to learn that
+        // it is too big to fold.
+        if byte_size(dt, &shape).is_none_or(|b| b > MAX_FOLDED_BYTES) {
+            return Ok(false);
+        }
+        let Ok(t) = Tensor::zeros(dt, &shape) else { return Ok(false) };
         outputs.push(t);
     }
     let kernel = kernel_for(node).map_err(|e| CompileError::node(node, e))?;
