@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod error;
 pub mod generate;
 pub mod kernel;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod session;

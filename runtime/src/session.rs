@@ -26,6 +26,8 @@ pub struct Session {
     state: KvState,
     /// The cache [`Session::run`] uses for a program that keeps one: emptied before each run.
     own_state: Option<KvState>,
+    /// Most bytes the values sized at run time (outside the plan) may hold together.
+    dynamic_limit: Option<usize>,
 }
 
 /// Where a session's time went, by op type; copying the caller's inputs in and the outputs out
@@ -70,7 +72,14 @@ impl Session {
             profile: None,
             state: KvState::default(),
             own_state: None,
+            dynamic_limit: crate::memory::default_dynamic_limit(),
         }
+    }
+
+    /// Bounds the bytes this session allocates at run time for values whose size the plan could
+    /// not know (data-dependent shapes); default half the machine's memory, `None` for no bound.
+    pub fn set_dynamic_limit(&mut self, bytes: Option<usize>) {
+        self.dynamic_limit = bytes;
     }
 
     /// Starts (or stops) recording time per op type; starting clears what was recorded.
@@ -243,6 +252,17 @@ impl Session {
     fn storage_for(&mut self, model: &Model, slot: usize, len: usize) -> Result<&mut [u8], KernelError> {
         match model.places[slot] {
             Place::Dynamic => {
+                if let Some(limit) = self.dynamic_limit {
+                    let others: usize =
+                        self.dynamic.iter().map(AlignedBuf::len).sum::<usize>() - self.dynamic[slot].len();
+                    if others.saturating_add(len) > limit {
+                        return Err(KernelError::invalid(format!(
+                            "value '{}' needs {len} bytes at run time; with the {others} bytes of other run-time \
+                             values that exceeds the session's limit of {limit} bytes",
+                            model.program.values[slot].name
+                        )));
+                    }
+                }
                 self.dynamic[slot].resize(len);
                 Ok(self.dynamic[slot].as_mut_slice())
             }
@@ -529,6 +549,52 @@ fn describe_dims(info: &kiln_formats::program::ValueInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::{chunk_shape, repeat_axis};
+
+    #[test]
+    fn a_run_time_size_over_the_limit_is_refused_by_name() {
+        use crate::{Model, Session, TensorRef};
+        use kiln_formats::program::{DimInfo, Program, Step, Storage, ValueInfo};
+        use kiln_formats::DType;
+        let value = |name: &str, dtype: DType, dims: Vec<DimInfo>| ValueInfo {
+            name: name.into(),
+            dtype: dtype.onnx_code(),
+            dims,
+            storage: Some(Storage::dynamic()),
+        };
+        let sym = |s: &str| DimInfo { value: -1, symbol: s.into() };
+        // y = Expand(x, shape): y's size is whatever the shape input says.
+        let program = Program {
+            values: vec![
+                value("x", DType::F32, vec![DimInfo { value: 1, symbol: String::new() }]),
+                value("shape", DType::I64, vec![DimInfo { value: 2, symbol: String::new() }]),
+                value("y", DType::F32, vec![sym("a"), sym("b")]),
+            ],
+            steps: vec![Step {
+                op: "Expand".into(),
+                inputs: vec![0, 1],
+                outputs: vec![2],
+                opset: 13,
+                ..Default::default()
+            }],
+            inputs: vec![0, 1],
+            outputs: vec![2],
+            alignment: 64,
+            ..Default::default()
+        };
+        let model = Model::new(program, &[]).unwrap();
+        let mut session = Session::new(model);
+        session.set_dynamic_limit(Some(1 << 20));
+        let x = [1f32];
+        let run = |session: &mut Session, dims: [i64; 2]| {
+            session.run(&[
+                TensorRef { dtype: DType::F32, shape: &[1], data: bytemuck::cast_slice(&x) },
+                TensorRef { dtype: DType::I64, shape: &[2], data: bytemuck::cast_slice(&dims) },
+            ])
+        };
+        assert_eq!(run(&mut session, [16, 16]).unwrap()[0].shape, vec![16, 16]);
+        let err = run(&mut session, [1 << 20, 1 << 20]).unwrap_err().to_string();
+        assert!(err.contains("value 'y' needs 4398046511104 bytes") && err.contains("limit of 1048576"), "{err}");
+    }
 
     #[test]
     fn broadcast_operands_repeat_a_trailing_block_or_not() {

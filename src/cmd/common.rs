@@ -197,13 +197,7 @@ pub fn open_bundle(path: &Path, opts: OpenOptions) -> Result<LoadedBundle> {
     Ok(loaded)
 }
 
-/// Physical memory of the machine (Linux: MemTotal); `None` where the platform does not say.
-pub fn physical_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kb.checked_mul(1024)
-}
+pub use kiln_runtime::memory::physical_memory;
 
 /// Peak resident memory of this process (Linux: VmHWM); `None` where the platform does not say.
 pub fn peak_memory_bytes() -> Option<u64> {
