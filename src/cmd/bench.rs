@@ -59,6 +59,16 @@ fn median(v: &mut [f64]) -> f64 {
 /// of the new positions, and the copies of inputs into and outputs out of the session.
 const COPY_OPS: [&str; 4] = ["Concat", "KvAppend", "(inputs)", "(outputs)"];
 
+/// The twelve op types that took longest, with their share of the time.
+fn print_profile(p: &kiln_runtime::Profile) {
+    let mut ops: Vec<_> = p.ops.iter().collect();
+    ops.sort_by_key(|(_, (d, _))| std::cmp::Reverse(*d));
+    for (op, (d, calls)) in ops.iter().take(12) {
+        let share = d.as_secs_f64() / p.total().as_secs_f64().max(1e-12) * 100.0;
+        eprintln!("    {op:<16} {share:>5.1}%  {calls} calls");
+    }
+}
+
 pub fn main(args: Args) -> Result<()> {
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("--threads")?;
@@ -86,12 +96,17 @@ pub fn main(args: Args) -> Result<()> {
     let prompt = bench_prompt(args.prompt_len);
     let opts = GenerateOptions { max_tokens: args.gen, stop_at_eos: false, ..Default::default() };
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    generator.set_profiling(args.profile);
     for _ in 0..args.repeats {
         let stats = generator.generate(&prompt, &opts, |_| ControlFlow::Continue(()))?;
         prefill.push(args.prompt_len as f64 / stats.prefill.as_secs_f64().max(1e-12));
         decode.push((stats.generated_tokens - 1) as f64 / stats.decode.as_secs_f64().max(1e-12));
     }
     let (prefill_tps, decode_tps) = (median(&mut prefill), median(&mut decode));
+    if let (true, (Some(p), _)) = (args.profile, generator.take_profile()) {
+        eprintln!("prefill time by op ({} tokens, all repeats):", args.prompt_len);
+        print_profile(&p);
+    }
     let peak_rss = super::common::peak_memory_bytes();
     eprintln!("load: {load_s:.3}s (checksums verified)");
     eprintln!("prefill: {prefill_tps:.1} tokens/s ({} tokens, median of {})", args.prompt_len, args.repeats);
@@ -116,12 +131,7 @@ pub fn main(args: Args) -> Result<()> {
         let stats = generator.generate(&prompt, &opts, |_| ControlFlow::Continue(()))?;
         let (_, decode) = generator.take_profile();
         if let (true, Some(p)) = (args.profile, &decode) {
-            let mut ops: Vec<_> = p.ops.iter().collect();
-            ops.sort_by_key(|(_, (d, _))| std::cmp::Reverse(*d));
-            for (op, (d, calls)) in ops.iter().take(12) {
-                let share = d.as_secs_f64() / p.total().as_secs_f64().max(1e-12) * 100.0;
-                eprintln!("    {op:<16} {share:>5.1}%  {calls} calls");
-            }
+            print_profile(p);
         }
         let per_token = stats.decode.as_secs_f64() / args.tokens as f64;
         let copy_share = decode
