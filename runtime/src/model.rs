@@ -329,14 +329,14 @@ fn check_states(
             let s = &program.states[i];
             let rank = s.dims.len();
             let product = kiln && matches!(step.op.as_str(), "MatMul" | "MatMulTransB");
-            let ok = match () {
-                _ if kiln && step.op == ops::kv_cache::KV_APPEND => k == 0 && x == s.past,
-                _ if product => {
-                    k == 1
-                        && s.axis as usize + 2 == rank
-                        && attrs.int("b_pitch", 0).ok() == Some(s.dims[s.axis as usize] as i64)
-                }
-                _ => step.op == "Shape" && step.domain.is_empty(),
+            let ok = if kiln && step.op == ops::kv_cache::KV_APPEND {
+                k == 0 && x == s.past
+            } else if product {
+                k == 1
+                    && s.axis as usize + 2 == rank
+                    && attrs.int("b_pitch", 0).ok() == Some(s.dims[s.axis as usize] as i64)
+            } else {
+                step.op == "Shape" && step.domain.is_empty()
             };
             if !ok {
                 return Err(err(format!("reads KV state '{}' but cannot read its pitched layout", s.name)));

@@ -28,19 +28,7 @@ impl KvState {
 
     /// Fails unless `model` declares exactly these states (names, types, capacities, order).
     pub fn check(&self, model: &Model) -> Result<(), RuntimeError> {
-        let theirs = &model.program.states;
-        let same =
-            |a: &StateInfo, b: &StateInfo| (&a.name, a.dtype, &a.dims, a.axis) == (&b.name, b.dtype, &b.dims, b.axis);
-        if theirs.len() != self.layout.len() || !theirs.iter().zip(&self.layout).all(|(a, b)| same(a, b)) {
-            let names =
-                |l: &[StateInfo]| l.iter().map(|s| format!("{} {:?}", s.name, s.dims)).collect::<Vec<_>>().join(", ");
-            return Err(RuntimeError::Program(format!(
-                "the program keeps states [{}], this KV cache holds [{}]",
-                names(theirs),
-                names(&self.layout)
-            )));
-        }
-        Ok(())
+        same_states(&self.layout, &model.program.states)
     }
 
     /// Forgets every position (the buffers stay allocated).
@@ -51,16 +39,6 @@ impl KvState {
     /// Positions filled so far (the same in every state after a successful run).
     pub fn positions(&self) -> usize {
         self.filled.iter().copied().max().unwrap_or(0)
-    }
-
-    /// Positions each state holds.
-    pub fn capacity(&self) -> Option<usize> {
-        self.layout.iter().map(|s| s.dims.get(s.axis as usize).copied().unwrap_or(0) as usize).min()
-    }
-
-    /// Bytes the states occupy.
-    pub fn bytes(&self) -> usize {
-        self.buffers.iter().map(AlignedBuf::len).sum()
     }
 
     /// The shape of state `i`'s filled part.
@@ -92,4 +70,20 @@ impl KvState {
     pub(crate) fn buffer_mut(&mut self, i: usize) -> &mut AlignedBuf {
         &mut self.buffers[i]
     }
+}
+
+/// Fails unless two programs keep the same states (names, types, capacities, order), so that one
+/// [`KvState`] serves both. Compares layouts only: nothing is allocated.
+pub fn same_states(ours: &[StateInfo], theirs: &[StateInfo]) -> Result<(), RuntimeError> {
+    let same =
+        |a: &StateInfo, b: &StateInfo| (&a.name, a.dtype, &a.dims, a.axis) == (&b.name, b.dtype, &b.dims, b.axis);
+    if theirs.len() == ours.len() && theirs.iter().zip(ours).all(|(a, b)| same(a, b)) {
+        return Ok(());
+    }
+    let names = |l: &[StateInfo]| l.iter().map(|s| format!("{} {:?}", s.name, s.dims)).collect::<Vec<_>>().join(", ");
+    Err(RuntimeError::Program(format!(
+        "the program keeps states [{}], this KV cache holds [{}]",
+        names(theirs),
+        names(ours)
+    )))
 }

@@ -133,8 +133,7 @@ impl LanguageModel {
             let Some(model) = model else { continue };
             Feeds::check(model, &config).map_err(|reason| GenerateError::Output { entry: entry.into(), reason })?;
             // Both entry points append to one cache, so they must keep the same states.
-            KvState::new(&prefill)
-                .check(model)
+            crate::state::same_states(&prefill.program().states, &model.program().states)
                 .map_err(|e| GenerateError::Output { entry: entry.into(), reason: e.to_string() })?;
         }
         Ok(LanguageModel { config, tokenizer, prefill, decode })

@@ -34,11 +34,6 @@ impl KvAppend {
             .map_err(|_| KernelError::attr("capacity", format!("{capacity} is not a position count")))?;
         Ok(KvAppend { axis: spec.attrs.req_int("axis")?, capacity })
     }
-
-    /// Positions along the axis a state of this op holds.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
 }
 
 impl Kernel for KvAppend {

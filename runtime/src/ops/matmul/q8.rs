@@ -111,25 +111,18 @@ impl Kernel for MatMulQ8 {
     }
 }
 
-/// Few rows of A: every output is a dot product over blocks, W streamed once in column chunks.
+/// Few rows of A (decode's one): every output is a dot product over blocks, W streamed once per
+/// row of A in column chunks across threads.
 fn dot_rows(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) {
-    let m = a.len() / k;
     let rb = row_bytes(k);
     let chunk = n.div_ceil(rayon::current_num_threads() * 4).max(16);
-    let mut cols = vec![0f32; m * n];
-    // Column-major scratch so each thread writes one contiguous chunk.
-    cols.par_chunks_mut(chunk * m).enumerate().for_each(|(ci, out)| {
-        for (jj, o) in out.chunks_mut(m).enumerate() {
-            let row = &w[(ci * chunk + jj) * rb..(ci * chunk + jj + 1) * rb];
-            for (i, v) in o.iter_mut().enumerate() {
-                *v = dot(&a[i * k..(i + 1) * k], row);
+    for (ar, yr) in a.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
+        yr.par_chunks_mut(chunk).enumerate().for_each(|(ci, out)| {
+            for (jj, v) in out.iter_mut().enumerate() {
+                let j = ci * chunk + jj;
+                *v = dot(ar, &w[j * rb..(j + 1) * rb]);
             }
-        }
-    });
-    for (j, col) in cols.chunks(m).enumerate() {
-        for (i, &v) in col.iter().enumerate() {
-            y[i * n + j] = v;
-        }
+        });
     }
 }
 
