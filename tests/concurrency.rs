@@ -3,6 +3,7 @@
 //! generation (greedy and seeded sampling) over one bundle at the same time, too.
 
 mod common;
+use common::{generate_ids, greedy_reference};
 use kiln_compiler::bundle::{compile_bundle, ModelSource};
 use kiln_compiler::CompileOptions;
 use kiln_formats::bundle::OpenOptions;
@@ -11,7 +12,6 @@ use kiln_formats::target::TargetLimits;
 use kiln_runtime::bundle::LoadedBundle;
 use kiln_runtime::generate::{GenerateOptions, LanguageModel, Sampling};
 use kiln_runtime::{Session, TensorRef};
-use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -56,24 +56,8 @@ fn eight_threads_match_one() {
     });
 }
 
-/// (prompt ids, the greedy ids after them) recorded for a fixture.
-fn reference(fixture: &Path) -> (Vec<u32>, Vec<u32>) {
-    let text = std::fs::read_to_string(fixture.join("greedy.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ids = |k: &str| v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-    (ids("prompt_ids"), ids("generated_ids"))
-}
-
 fn generate(lm: &Arc<LanguageModel>, prompt: &[u32], sampling: Sampling, n: usize) -> Vec<u32> {
-    let mut ids = Vec::new();
-    let opts = GenerateOptions { max_tokens: n, sampling, stop_at_eos: false };
-    lm.generator()
-        .generate(prompt, &opts, |id| {
-            ids.push(id);
-            ControlFlow::Continue(())
-        })
-        .unwrap();
-    ids
+    generate_ids(lm, prompt, &GenerateOptions { max_tokens: n, sampling, stop_at_eos: false }).0
 }
 
 #[test]
@@ -106,7 +90,7 @@ fn runs_and_generations_on_ten_threads_match_one_at_a_time() {
         let refs: Vec<TensorRef> = tensors.iter().map(TensorRef::from_tensor).collect();
         Session::new(model.clone()).run(&refs).unwrap()
     };
-    let (prompt, expected) = reference(&fixture);
+    let (prompt, expected) = greedy_reference(&fixture);
     let sampled = Sampling { temperature: 0.8, top_k: 0, top_p: 0.9, seed: 7 };
 
     // One at a time first: the references every thread must reproduce.

@@ -3,7 +3,7 @@
 //! `examples/export/export.py`, and the CLI's tokenizer, chat, sampling and error paths.
 
 mod common;
-use common::{run_kiln, stderr};
+use common::{fixture, generate_ids, greedy_reference, run_kiln, stderr};
 use kiln_compiler::bundle::{compile_bundle, ModelSource};
 use kiln_compiler::CompileOptions;
 use kiln_formats::bundle::OpenOptions;
@@ -11,7 +11,7 @@ use kiln_formats::target::TargetLimits;
 use kiln_runtime::bundle::LoadedBundle;
 use kiln_runtime::generate::{GenerateError, GenerateOptions, LanguageModel, Sampling, StopReason};
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 const LMS: [&str; 8] = [
@@ -25,16 +25,8 @@ const LMS: [&str; 8] = [
     "llama-dynamo-kv",
 ];
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-/// (prompt ids, the 32 greedy ids after them).
 fn reference(name: &str) -> (Vec<u32>, Vec<u32>) {
-    let text = std::fs::read_to_string(fixture(name).join("greedy.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ids = |k: &str| v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-    (ids("prompt_ids"), ids("generated_ids"))
+    greedy_reference(&fixture(name))
 }
 
 fn compile(name: &str, opts: &CompileOptions, out: &Path) -> Arc<LanguageModel> {
@@ -44,15 +36,8 @@ fn compile(name: &str, opts: &CompileOptions, out: &Path) -> Arc<LanguageModel> 
 }
 
 fn greedy(lm: &Arc<LanguageModel>, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut ids = Vec::new();
     let opts = GenerateOptions { max_tokens: n, stop_at_eos: false, ..Default::default() };
-    let stats = lm
-        .generator()
-        .generate(prompt, &opts, |id| {
-            ids.push(id);
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let (ids, stats) = generate_ids(lm, prompt, &opts);
     assert_eq!(stats.generated_tokens, ids.len());
     ids
 }

@@ -3,6 +3,8 @@
 //! reference ids; the loader refuses programs that would read a state's pitched layout wrongly;
 //! a stateful entry point run on its own starts from an empty cache.
 
+mod common;
+use common::{fixture, generate_ids, greedy_reference};
 use kiln_compiler::bundle::{compile_bundle, ModelSource};
 use kiln_compiler::{causal_lm, compile_graph, import_file, CompileOptions};
 use kiln_formats::bundle::OpenOptions;
@@ -13,33 +15,17 @@ use kiln_formats::Tensor;
 use kiln_runtime::bundle::LoadedBundle;
 use kiln_runtime::generate::{GenerateOptions, LanguageModel};
 use kiln_runtime::{Model, Session, TensorRef};
-use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 const KV_LMS: [&str; 4] = ["gpt2-ts-kv", "gpt2-dynamo-kv", "llama-ts-kv", "llama-dynamo-kv"];
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
 fn reference(name: &str) -> (Vec<u32>, Vec<u32>) {
-    let text = std::fs::read_to_string(fixture(name).join("greedy.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ids = |k: &str| v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-    (ids("prompt_ids"), ids("generated_ids"))
+    greedy_reference(&fixture(name))
 }
 
 fn greedy(lm: &Arc<LanguageModel>, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut ids = Vec::new();
-    let opts = GenerateOptions { max_tokens: n, stop_at_eos: false, ..Default::default() };
-    lm.generator()
-        .generate(prompt, &opts, |id| {
-            ids.push(id);
-            ControlFlow::Continue(())
-        })
-        .unwrap();
-    ids
+    generate_ids(lm, prompt, &GenerateOptions { max_tokens: n, stop_at_eos: false, ..Default::default() }).0
 }
 
 /// The bundle's language model (every pair the compiler can keep in place kept).

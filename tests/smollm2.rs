@@ -5,6 +5,8 @@
 //!
 //! Without `KILN_SMOLLM2` the test is skipped, unless `KILN_REQUIRE_SMOLLM2=1` (set by `.ci/run`).
 
+mod common;
+use common::generate_ids;
 use kiln_compiler::bundle::{compile_bundle, ModelSource};
 use kiln_compiler::passes::quantize::WeightFormat;
 use kiln_compiler::CompileOptions;
@@ -12,7 +14,6 @@ use kiln_formats::bundle::OpenOptions;
 use kiln_formats::target::TargetLimits;
 use kiln_runtime::bundle::LoadedBundle;
 use kiln_runtime::generate::{GenerateOptions, LanguageModel, StopReason};
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -46,15 +47,7 @@ fn smollm2_answers_the_reference_token_for_token() {
 
     let prompt = lm.encode(reference["prompt"].as_str().unwrap(), true).unwrap();
     assert_eq!(prompt, ids("prompt_ids"), "chat template or tokenizer differs from transformers'");
-    let mut generated = Vec::new();
-    let opts = GenerateOptions { max_tokens: 32, ..Default::default() };
-    let stats = lm
-        .generator()
-        .generate(&prompt, &opts, |id| {
-            generated.push(id);
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let (generated, stats) = generate_ids(&lm, &prompt, &GenerateOptions { max_tokens: 32, ..Default::default() });
     assert_eq!(generated, ids("generated_ids"));
     assert_eq!(stats.stop, StopReason::Eos);
     let text = lm.tokenizer().unwrap().decode(&generated, true).unwrap();
@@ -122,15 +115,7 @@ fn q8_weights_keep_the_answers_and_report_their_accuracy() {
         "What is 12 plus 7?",
     ];
     let greedy = |lm: &Arc<LanguageModel>, prompt: &[u32]| {
-        let mut ids = Vec::new();
-        let opts = GenerateOptions { max_tokens: 24, ..Default::default() };
-        lm.generator()
-            .generate(prompt, &opts, |id| {
-                ids.push(id);
-                ControlFlow::Continue(())
-            })
-            .unwrap();
-        ids
+        generate_ids(lm, prompt, &GenerateOptions { max_tokens: 24, ..Default::default() }).0
     };
     let (mut same, mut total) = (0, 0);
     for p in prompts {

@@ -8,6 +8,37 @@ use onnx_protobuf::{
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+/// Folder of a committed fixture model (`tests/fixtures/NAME`).
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// (prompt ids, the greedy ids after them) that `examples/export/export.py` recorded in a
+/// fixture's `greedy.json`.
+pub fn greedy_reference(fixture: &Path) -> (Vec<u32>, Vec<u32>) {
+    let text = std::fs::read_to_string(fixture.join("greedy.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids = |k: &str| v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    (ids("prompt_ids"), ids("generated_ids"))
+}
+
+/// The ids a fresh generator of `lm` generates after `prompt`, and its stats.
+pub fn generate_ids(
+    lm: &std::sync::Arc<kiln_runtime::generate::LanguageModel>,
+    prompt: &[u32],
+    opts: &kiln_runtime::generate::GenerateOptions,
+) -> (Vec<u32>, kiln_runtime::generate::GenerateStats) {
+    let mut ids = Vec::new();
+    let stats = lm
+        .generator()
+        .generate(prompt, opts, |id| {
+            ids.push(id);
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    (ids, stats)
+}
+
 /// Path of the built `kiln` binary.
 pub fn kiln() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kiln"))
