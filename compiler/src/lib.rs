@@ -8,6 +8,7 @@ pub mod import;
 pub mod ir;
 pub mod lower;
 pub mod passes;
+pub mod placement;
 pub mod plan;
 
 pub use error::CompileError;
@@ -71,6 +72,8 @@ pub struct Compiled {
     pub kv_cache: Option<passes::kv_cache::KvCacheReport>,
     /// With `--weights q8`: (weights quantized, products left in f32).
     pub quantized: Option<(usize, usize)>,
+    /// For the GPU target: which steps run where.
+    pub placement: Option<placement::PlacementReport>,
 }
 
 /// Reads an ONNX file (and its external data) into the IR, without optimising it.
@@ -114,11 +117,12 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     };
     let ops_after = g.op_counts();
     let Lowered { mut program, weights } = lower::lower(&g, &opts.dim_bounds)?;
+    let placement = (opts.target.name == "gpu").then(|| placement::place(&mut program));
     let mut plan = plan::plan(&mut program, &opts.target)?;
     check_memory(&plan, opts)?;
     plan.splits =
         splits.iter().map(|s| format!("{} ({} bytes) into {} column blocks", s.value, s.bytes, s.blocks)).collect();
-    Ok(Compiled { program, weights, plan, ops_before, ops_after, kv_cache, quantized })
+    Ok(Compiled { program, weights, plan, ops_before, ops_after, kv_cache, quantized, placement })
 }
 
 /// Refuses a value whose largest byte size does not fit in 64 bits. The planner would otherwise

@@ -88,6 +88,7 @@ pub fn lower(g: &Graph, bounds: &BTreeMap<String, u64>) -> Result<Lowered, Compi
             name: n.name.clone(),
             opset: n.opset,
             in_place: 0,
+            device: 0,
         });
     }
     for &o in &g.outputs {

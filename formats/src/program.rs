@@ -204,9 +204,27 @@ pub struct Step {
     /// an input that dies at this step: the plan gives both the same arena range); 0 for none.
     #[prost(uint32, tag = "8")]
     pub in_place: u32,
+    /// Where the step runs ([`Device`]): every step of a CPU program runs on CPU; a GPU program
+    /// places each step when it is compiled, and its data crosses between devices only through
+    /// `kiln::ToGpu` / `kiln::ToCpu` steps.
+    #[prost(enumeration = "Device", tag = "9")]
+    pub device: i32,
+}
+
+/// The device a step runs on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, prost::Enumeration)]
+#[repr(i32)]
+pub enum Device {
+    Cpu = 0,
+    Gpu = 1,
 }
 
 impl Step {
+    /// Whether the step is placed on the GPU.
+    pub fn on_gpu(&self) -> bool {
+        self.device == Device::Gpu as i32
+    }
+
     /// The input slot output 0 overwrites, if the plan made this step in place.
     pub fn in_place_input(&self) -> Option<u32> {
         let j = (self.in_place as usize).checked_sub(1)?;

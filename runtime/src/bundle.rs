@@ -66,8 +66,15 @@ impl LoadedBundle {
         Self::from_bundle(Bundle::open(path, opts)?)
     }
 
-    /// Prepares every entry point of an opened bundle.
+    /// Prepares every entry point of an opened bundle, all on CPU.
     pub fn from_bundle(bundle: Bundle) -> Result<LoadedBundle, LoadError> {
+        Self::from_bundle_on(bundle, None)
+    }
+
+    /// Prepares every entry point of an opened bundle; with `gpu`, the entry points compiled for
+    /// the GPU target are loaded onto it (their plans checked against its limits, their weights
+    /// uploaded). Without it they run every step on CPU.
+    pub fn from_bundle_on(bundle: Bundle, gpu: Option<Arc<crate::gpu::Gpu>>) -> Result<LoadedBundle, LoadError> {
         let programs = bundle.programs()?.programs;
         let weights = bundle.weight_entries()?;
         let mut entries = Vec::new();
@@ -92,7 +99,12 @@ impl LoadedBundle {
                 }
             }
             check_signature(ep, &prog)?;
-            let model = Model::new(prog, &weights).map_err(|source| LoadError::Program {
+            let model = match &gpu {
+                #[cfg(feature = "gpu")]
+                Some(gpu) if ep.target == "gpu" => Model::new_on_gpu(prog, &weights, gpu.clone()),
+                _ => Model::new(prog, &weights),
+            };
+            let model = model.map_err(|source| LoadError::Program {
                 entry: ep.name.clone(),
                 target: ep.target.clone(),
                 source: Box::new(source),
@@ -103,6 +115,11 @@ impl LoadedBundle {
             return Err(LoadError::Manifest("the bundle has no entry points".into()));
         }
         Ok(LoadedBundle { bundle, entries })
+    }
+
+    /// Whether the bundle holds programs compiled for `target`.
+    pub fn has_target(&self, target: &str) -> bool {
+        self.entries.iter().any(|(ep, _)| ep.target == target)
     }
 
     /// The model of entry point `name` for `target`, or the first entry point named `name`.

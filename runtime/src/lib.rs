@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod error;
 pub mod generate;
+pub mod gpu;
 pub mod kernel;
 pub mod memory;
 pub mod model;

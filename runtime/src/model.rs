@@ -4,7 +4,7 @@
 use crate::error::RuntimeError;
 use crate::kernel::{Attrs, Kernel, OpSpec};
 use crate::ops;
-use kiln_formats::program::{Program, StorageKind, NO_VALUE};
+use kiln_formats::program::{Device, Program, StorageKind, NO_VALUE};
 use kiln_formats::tensor::byte_size;
 use kiln_formats::{DType, SharedBytes};
 use std::sync::Arc;
@@ -34,6 +34,12 @@ pub struct Model {
     pub(crate) places: Vec<Place>,
     /// Bytes of each state's buffer.
     pub(crate) state_bytes: Vec<usize>,
+    /// Each slot's device: where the step that makes its bytes runs (inputs, constants: CPU).
+    pub(crate) homes: Vec<Device>,
+    /// The device side, when the model was loaded onto a GPU ([`Model::new_on_gpu`]); without
+    /// it, every step runs on CPU whatever its placement.
+    #[cfg(feature = "gpu")]
+    pub(crate) gpu: Option<crate::gpu::exec::GpuModel>,
 }
 
 impl Model {
@@ -214,7 +220,74 @@ impl Model {
                 }
             }
         }
-        Ok(Arc::new(Model { program, kernels, weights, dtypes, roots, places, state_bytes }))
+        let mut homes = vec![Device::Cpu; n];
+        for step in &program.steps {
+            for &o in &step.outputs {
+                homes[o as usize] = if step.on_gpu() { Device::Gpu } else { Device::Cpu };
+            }
+        }
+        let homes = roots.iter().map(|&r| homes[r]).collect();
+        Ok(Arc::new(Model {
+            program,
+            kernels,
+            weights,
+            dtypes,
+            roots,
+            places,
+            state_bytes,
+            homes,
+            #[cfg(feature = "gpu")]
+            gpu: None,
+        }))
+    }
+
+    /// Like [`Model::new`], then checks the program's placement and plan against `gpu`'s limits
+    /// and uploads the weights its GPU steps read. The program's GPU steps then run on `gpu`.
+    #[cfg(feature = "gpu")]
+    pub fn new_on_gpu(
+        program: Program,
+        entries: &[SharedBytes],
+        gpu: Arc<crate::gpu::Gpu>,
+    ) -> Result<Arc<Model>, RuntimeError> {
+        let model = Model::new(program, entries)?;
+        let mut model = Arc::try_unwrap(model).map_err(|_| RuntimeError::Program("model is shared".into()))?;
+        let value_inputs = |si: usize| model.kernels[si].value_inputs().to_vec();
+        let prepared = crate::gpu::exec::prepare(
+            gpu,
+            &model.program,
+            &model.places,
+            &model.roots,
+            &model.homes,
+            &model.weights,
+            &value_inputs,
+        )
+        .map_err(|e| RuntimeError::Program(e.to_string()))?;
+        model.gpu = Some(prepared);
+        Ok(Arc::new(model))
+    }
+
+    /// The GPU this model runs its GPU steps on, if it was loaded onto one.
+    #[cfg(feature = "gpu")]
+    pub fn gpu(&self) -> Option<&Arc<crate::gpu::Gpu>> {
+        self.gpu.as_ref().map(|g| &g.gpu)
+    }
+
+    /// Whether GPU steps run on a GPU (else every step runs on CPU).
+    pub fn runs_on_gpu(&self) -> bool {
+        #[cfg(feature = "gpu")]
+        return self.gpu.is_some();
+        #[cfg(not(feature = "gpu"))]
+        false
+    }
+
+    /// Steps placed on (GPU, CPU), transfers excluded.
+    pub fn placement_counts(&self) -> (usize, usize) {
+        let transfers = |s: &&kiln_formats::program::Step| {
+            s.domain == ops::KILN_DOMAIN && matches!(s.op.as_str(), "ToGpu" | "ToCpu")
+        };
+        let gpu = self.program.steps.iter().filter(|s| s.on_gpu() && !transfers(s)).count();
+        let cpu = self.program.steps.iter().filter(|s| !s.on_gpu() && !transfers(s)).count();
+        (gpu, cpu)
     }
 
     /// The program this model runs.

@@ -28,6 +28,9 @@ pub struct Session {
     own_state: Option<KvState>,
     /// Most bytes the values sized at run time (outside the plan) may hold together.
     dynamic_limit: Option<usize>,
+    /// Device memory, when the model runs its GPU steps on a GPU.
+    #[cfg(feature = "gpu")]
+    gpu: Option<crate::gpu::exec::GpuMemory>,
 }
 
 /// Where a session's time went, by op type; copying the caller's inputs in and the outputs out
@@ -54,7 +57,25 @@ impl Profile {
 impl Session {
     /// A session with its arena allocated once, up front.
     pub fn new(model: Arc<Model>) -> Session {
-        let arena = model.program.buffers.iter().map(|&b| AlignedBuf::zeroed(b as usize)).collect();
+        // With a GPU, the host allocates only the buffers holding host values.
+        let mut on_host = vec![!model.runs_on_gpu(); model.program.buffers.len()];
+        for (i, p) in model.places.iter().enumerate() {
+            if let (Place::Arena { buffer, .. }, kiln_formats::program::Device::Cpu) = (p, model.homes[i]) {
+                on_host[*buffer] = true;
+            }
+        }
+        let arena = model
+            .program
+            .buffers
+            .iter()
+            .zip(on_host)
+            .map(|(&b, host)| if host { AlignedBuf::zeroed(b as usize) } else { AlignedBuf::default() })
+            .collect();
+        #[cfg(feature = "gpu")]
+        let gpu = model
+            .gpu
+            .as_ref()
+            .map(|g| crate::gpu::exec::GpuMemory::new(g, &model.program, &model.places, &model.homes));
         let n = model.program.values.len();
         // Constants have fixed shapes, checked against their bytes when the model was loaded.
         let shapes = (0..n)
@@ -73,6 +94,8 @@ impl Session {
             state: KvState::default(),
             own_state: None,
             dynamic_limit: crate::memory::default_dynamic_limit(),
+            #[cfg(feature = "gpu")]
+            gpu,
         }
     }
 
@@ -154,6 +177,15 @@ impl Session {
                 RuntimeError::Step { step: si, op: step.op.clone(), node: step.name.clone(), reason: source }
             })?;
             self.record(&prog.steps[si].op, started);
+        }
+        #[cfg(feature = "gpu")]
+        if let (Some(mem), Some(gm)) = (self.gpu.as_mut(), model.gpu.as_ref()) {
+            mem.finish(gm).map_err(|reason| RuntimeError::Step {
+                step: prog.steps.len(),
+                op: "(end of run)".into(),
+                node: String::new(),
+                reason,
+            })?;
         }
         for (i, s) in prog.states.iter().enumerate() {
             let filled = self.shapes[s.present as usize].get(s.axis as usize).copied().unwrap_or(0);
@@ -291,6 +323,9 @@ impl Session {
     /// Pointer and current byte length of a slot's data.
     fn bytes(&self, model: &Model, slot: usize) -> (*const u8, usize) {
         let root = model.roots[slot];
+        if self.on_device(model, slot) {
+            return ([].as_ptr(), 0);
+        }
         let len = byte_size(model.dtypes[slot], &self.shapes[slot]).unwrap_or(0);
         match model.places[root] {
             Place::Dynamic => (self.dynamic[root].as_slice().as_ptr(), len.min(self.dynamic[root].len())),
@@ -303,6 +338,13 @@ impl Session {
                 (self.state.buffer(i).as_slice().as_ptr(), self.state.extent(i, &self.shapes[root]).unwrap_or(0))
             }
         }
+    }
+
+    /// Whether `slot`'s bytes are in device memory (so the host cannot read them).
+    fn on_device(&self, model: &Model, slot: usize) -> bool {
+        model.runs_on_gpu()
+            && model.homes[slot] == kiln_formats::program::Device::Gpu
+            && !matches!(model.places[model.roots[slot]], Place::Weight(_))
     }
 
     fn step(&mut self, model: &Model, si: usize) -> Result<(), KernelError> {
@@ -324,7 +366,7 @@ impl Session {
         let in_data: Vec<Option<&[u8]>> = in_slots
             .iter()
             .map(|s| {
-                s.map(|s| {
+                s.filter(|&s| !self.on_device(model, s)).map(|s| {
                     if written_state.is_some_and(|i| model.places[model.roots[s]] == Place::State(i)) {
                         return &[][..];
                     }
@@ -369,6 +411,10 @@ impl Session {
             )));
         }
         drop(shape_inputs);
+        #[cfg(feature = "gpu")]
+        if model.runs_on_gpu() && (step.on_gpu() || step.op == crate::gpu::support::TO_CPU) {
+            return self.gpu_step(model, si, &outs, &in_slots, &in_values);
+        }
 
         let mut all_views = true;
         let mut out_ptrs = Vec::with_capacity(step.outputs.len());
@@ -430,6 +476,95 @@ impl Session {
             outputs.push(TensorMut { dtype: model.dtypes[o], shape: &self.shapes[o], data });
         }
         kernel.run(&inputs, &mut outputs)
+    }
+}
+
+#[cfg(feature = "gpu")]
+impl Session {
+    /// Runs step `si` on the device (or, for a `kiln::ToCpu`, copies its input back to the host).
+    fn gpu_step(
+        &mut self,
+        model: &Model,
+        si: usize,
+        outs: &[crate::kernel::OutputInfo],
+        in_slots: &[Option<usize>],
+        in_values: &[Option<Vec<Dim>>],
+    ) -> Result<(), KernelError> {
+        use crate::gpu::exec::StepContext;
+        use crate::gpu::kernels::Call;
+        use crate::gpu::support::{TO_CPU, TO_GPU};
+        let step = &model.program.steps[si];
+        let name = |i: usize| model.program.values[i].name.as_str();
+        let mut views = 0;
+        for (k, &o) in step.outputs.iter().enumerate() {
+            let o = o as usize;
+            let info = &outs[k];
+            if info.dtype != model.dtypes[o] {
+                return Err(KernelError::invalid(format!(
+                    "output '{}' is {} but the program declares {}",
+                    name(o),
+                    info.dtype,
+                    model.dtypes[o]
+                )));
+            }
+            self.shapes[o] = crate::kernel::concrete(&info.shape)?;
+            if model.roots[o] != o {
+                let root = model.roots[o];
+                let (len, root_len) = (self.len_of(model, o), self.len_of(model, root));
+                if len != root_len {
+                    return Err(KernelError::invalid(format!(
+                        "view '{}' has {len} bytes, its source {root_len}",
+                        name(o)
+                    )));
+                }
+                views += 1;
+            }
+        }
+        if views == step.outputs.len() {
+            return Ok(());
+        }
+        let gm = model.gpu.as_ref().ok_or_else(|| KernelError::invalid("no GPU"))?;
+        let x = in_slots.first().copied().flatten();
+        if step.domain == crate::ops::KILN_DOMAIN && (step.op == TO_GPU || step.op == TO_CPU) {
+            let (x, o) = (x.ok_or_else(|| KernelError::input(0, "is required"))?, step.outputs[0] as usize);
+            let len = self.len_of(model, o);
+            if step.op == TO_GPU {
+                let (p, l) = self.bytes(model, x);
+                // SAFETY: `bytes` returns a range inside live host storage.
+                let data = unsafe { std::slice::from_raw_parts(p, l.min(len)) };
+                let mem = self.gpu.as_mut().ok_or_else(|| KernelError::invalid("no GPU memory"))?;
+                return mem.upload(gm, &model.places, model.roots[o], name(o), data);
+            }
+            let out = self.storage_for(model, o, len)?;
+            let (ptr, out_len) = (out.as_mut_ptr(), out.len());
+            // SAFETY: the range was just sized for this output, in host storage no input shares.
+            let out = unsafe { std::slice::from_raw_parts_mut(ptr, out_len) };
+            let mem = self.gpu.as_mut().ok_or_else(|| KernelError::invalid("no GPU memory"))?;
+            return mem.download(gm, &model.places, model.roots[x], name(x), out);
+        }
+        let inputs: Vec<Option<Vec<usize>>> = in_slots.iter().map(|s| s.map(|s| self.shapes[s].clone())).collect();
+        let values: Vec<Option<Vec<i64>>> =
+            in_values.iter().map(|v| v.as_ref().map(|v| v.iter().filter_map(Dim::known).collect())).collect();
+        let outputs: Vec<Vec<usize>> = step.outputs.iter().map(|&o| self.shapes[o as usize].clone()).collect();
+        let ctx = StepContext {
+            step: si,
+            places: &model.places,
+            inputs: in_slots.iter().map(|s| s.map(|s| (model.roots[s], self.len_of(model, s), name(s)))).collect(),
+            outputs: step
+                .outputs
+                .iter()
+                .map(|&o| (model.roots[o as usize], self.len_of(model, o as usize), name(o as usize)))
+                .collect(),
+        };
+        let mem = self.gpu.as_mut().ok_or_else(|| KernelError::invalid("no GPU memory"))?;
+        mem.run(gm, &ctx, &Call { inputs: &inputs, values: &values, outputs: &outputs })
+    }
+}
+
+impl Session {
+    /// Bytes of `slot` at its current shape.
+    fn len_of(&self, model: &Model, slot: usize) -> usize {
+        byte_size(model.dtypes[slot], &self.shapes[slot]).unwrap_or(0)
     }
 }
 

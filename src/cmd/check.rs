@@ -32,6 +32,9 @@ pub struct Args {
     /// Entry point of the bundle to check (default: main, else the first).
     #[arg(long)]
     entry: Option<String>,
+    /// Where to run (see `kiln run --device`).
+    #[arg(long, value_enum, default_value_t = super::device::DeviceFlag::Cpu)]
+    device: super::device::DeviceFlag,
 }
 
 /// The worst element of a comparison.
@@ -68,7 +71,7 @@ fn compare(got: &Tensor, exp: &Tensor, rtol: f64, atol: f64) -> Result<Option<Wo
 
 pub fn main(args: Args) -> Result<()> {
     let given = read_inputs(&[], Some(&args.inputs))?;
-    let model = load_model(&args.model, &given, OpenOptions::default(), args.entry.as_deref())?;
+    let model = load_model(&args.model, &given, OpenOptions::default(), args.entry.as_deref(), args.device)?;
     let inputs = order_inputs(&model, &given)?;
     let outputs = phase("running", || Session::new(model.clone()).run(&inputs))?;
     let expected = npy::read_npz(&args.expect)?;

@@ -1,6 +1,7 @@
 //! Pieces several subcommands share: plan options, loading a model from ONNX or a bundle, and
 //! reading input tensors.
 
+use super::device::DeviceFlag;
 use anyhow::{bail, Context, Result};
 use kiln_compiler::CompileOptions;
 use kiln_formats::bundle::OpenOptions;
@@ -95,23 +96,28 @@ pub fn load_model(
     given: &HashMap<String, Tensor>,
     opts: OpenOptions,
     entry: Option<&str>,
+    device: DeviceFlag,
 ) -> Result<Arc<Model>> {
     if is_bundle(path) {
         if !opts.verify_checksums {
             eprintln!("warning: checksums not verified (--no-verify-checksums)");
         }
-        let loaded = open_bundle(path, opts)?;
+        let (loaded, chosen) = super::device::open_on(path, opts, device)?;
+        let target = chosen.target;
         if let Some(name) = entry {
             let names: Vec<&str> = loaded.entries.iter().map(|(ep, _)| ep.name.as_str()).collect();
-            let model = loaded.model(name, Some("cpu")).or_else(|| loaded.model(name, None));
+            let model = loaded.model(name, Some(target)).or_else(|| loaded.model(name, None));
             return Ok(model
                 .with_context(|| {
                     format!("the bundle has no entry point '{name}'; pass --entry with one of: {}", names.join(", "))
                 })?
                 .clone());
         }
-        let model = loaded.model("main", Some("cpu")).or_else(|| loaded.entries.first().map(|(_, m)| m));
+        let model = loaded.model("main", Some(target)).or_else(|| loaded.entries.first().map(|(_, m)| m));
         return Ok(model.context("the bundle has no entry point")?.clone());
+    }
+    if device == DeviceFlag::Gpu {
+        bail!("--device gpu runs bundles: compile {} with --target gpu first", path.display());
     }
     // The plan is allocated right away, so it must fit the machine (as `compile`'s default limit).
     let opts = CompileOptions { max_memory: physical_memory().map(|m| m / 2), ..CompileOptions::default() };
@@ -181,6 +187,12 @@ pub fn file_name_for(name: &str) -> String {
 pub fn open_bundle(path: &Path, opts: OpenOptions) -> Result<LoadedBundle> {
     let loaded = super::progress::phase(format!("loading {}", path.display()), || LoadedBundle::open(path, opts))
         .with_context(|| format!("loading {}", path.display()))?;
+    check_arenas(path, &loaded)?;
+    Ok(loaded)
+}
+
+/// Refuses an entry point whose arena is larger than this machine's memory.
+pub fn check_arenas(path: &Path, loaded: &LoadedBundle) -> Result<()> {
     if let Some(memory) = physical_memory() {
         for (ep, model) in &loaded.entries {
             let arena = model.arena_bytes();
@@ -194,7 +206,7 @@ pub fn open_bundle(path: &Path, opts: OpenOptions) -> Result<LoadedBundle> {
             }
         }
     }
-    Ok(loaded)
+    Ok(())
 }
 
 pub use kiln_runtime::memory::physical_memory;

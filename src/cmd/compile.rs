@@ -97,6 +97,7 @@ pub fn main(args: Args) -> Result<()> {
                 "strategy": c.plan.strategy,
                 "unplanned": c.plan.unplanned,
                 "splits": c.plan.splits,
+                "placement": c.placement,
             })
         })
         .collect();
@@ -123,9 +124,7 @@ pub fn main(args: Args) -> Result<()> {
         println!("{report}");
     }
     eprintln!("compiled {} -> {} in {secs:.2}s", args.model.display(), output.display());
-    eprintln!(
-        "  nodes: {ops_before} imported, {ops_after} after shape and constant folding; all placed on cpu kernels"
-    );
+    eprintln!("  nodes: {ops_before} imported, {ops_after} after shape and constant folding");
     eprintln!("  weights: {} bytes in {} entries", summary.weight_bytes, report["weight_entries"]);
     for ce in &summary.compiled {
         let (c, target) = (&ce.compiled, format!("{}/{}", ce.entry, ce.target));
@@ -142,6 +141,15 @@ pub fn main(args: Args) -> Result<()> {
         }
         if !c.plan.unplanned.is_empty() {
             eprintln!("  plan[{target}]: {} values sized at run time (data-dependent shapes)", c.plan.unplanned.len());
+        }
+        if let Some(p) = &c.placement {
+            eprintln!(
+                "  place[{target}]: {} steps on GPU, {} on CPU; {} transfers to GPU, {} to CPU",
+                p.gpu_steps, p.cpu_steps, p.transfers.0, p.transfers.1
+            );
+            for (op, (n, why)) in &p.cpu_ops {
+                eprintln!("  place[{target}]: {op} x{n} on CPU: {why}");
+            }
         }
     }
     for note in &summary.notes {

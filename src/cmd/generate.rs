@@ -52,7 +52,7 @@ impl GenArgs {
     }
 }
 
-pub fn main(path: &Path, args: &GenArgs, opts: OpenOptions) -> Result<()> {
+pub fn main(path: &Path, args: &GenArgs, opts: OpenOptions, device: super::device::DeviceFlag) -> Result<()> {
     if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
         bail!("--temperature must be a finite number >= 0, got {}", args.temperature);
     }
@@ -66,8 +66,9 @@ pub fn main(path: &Path, args: &GenArgs, opts: OpenOptions) -> Result<()> {
         bail!("--prompt needs a bundle: compile {} with `kiln compile` first", path.display());
     }
     let started = Instant::now();
-    let loaded = super::common::open_bundle(path, opts)?;
-    let lm = Arc::new(LanguageModel::from_bundle(&loaded, Some("cpu")).with_context(|| path.display().to_string())?);
+    let (loaded, chosen) = super::device::open_on(path, opts, device)?;
+    let lm =
+        Arc::new(LanguageModel::from_bundle(&loaded, Some(chosen.target)).with_context(|| path.display().to_string())?);
     let load_secs = started.elapsed().as_secs_f64();
 
     let prompt = match (&args.prompt, &args.prompt_ids) {
@@ -120,6 +121,11 @@ pub fn main(path: &Path, args: &GenArgs, opts: OpenOptions) -> Result<()> {
     if args.stats {
         let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
         eprintln!("load: {load_secs:.3}s");
+        let (on_gpu, on_cpu) = lm.prefill_model().placement_counts();
+        match &chosen.gpu {
+            Some(_) => eprintln!("device: {} ({on_gpu} ops on GPU, {on_cpu} on CPU per prefill)", chosen.describe()),
+            None => eprintln!("device: {}", chosen.describe()),
+        }
         eprintln!(
             "prefill: {} tokens in {:.3}s ({:.1} tokens/s)",
             stats.prompt_tokens,

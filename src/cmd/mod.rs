@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod common;
 pub mod compile;
+pub mod device;
 pub mod generate;
 pub mod hint;
 pub mod inspect;

@@ -1,6 +1,7 @@
 //! `kiln run MODEL|BUNDLE --input NAME=FILE.npy ...`: run a model on tensors.
 
 use super::common::{file_name_for, load_model, order_inputs, read_inputs};
+use super::device::DeviceFlag;
 use super::generate::GenArgs;
 use anyhow::{Context, Result};
 use kiln_formats::bundle::OpenOptions;
@@ -31,6 +32,10 @@ pub struct Args {
     /// Entry point of the bundle to run on tensors (default: main, else the first).
     #[arg(long)]
     entry: Option<String>,
+    /// Where to run: cpu, gpu (the bundle's GPU plan on the GPU), or auto (the GPU when there is
+    /// an adapter and the bundle has a GPU plan).
+    #[arg(long, value_enum, default_value_t = DeviceFlag::Cpu)]
+    device: DeviceFlag,
     /// Threads for the kernels (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -44,10 +49,10 @@ pub fn main(args: Args) -> Result<()> {
     }
     let opts = OpenOptions { verify_checksums: !args.no_verify_checksums, read_into_memory: args.no_mmap };
     if args.gen.wanted() {
-        return super::generate::main(&args.model, &args.gen, opts);
+        return super::generate::main(&args.model, &args.gen, opts, args.device);
     }
     let given = read_inputs(&args.inputs, args.npz.as_deref())?;
-    let model = load_model(&args.model, &given, opts, args.entry.as_deref())?;
+    let model = load_model(&args.model, &given, opts, args.entry.as_deref(), args.device)?;
     let inputs = order_inputs(&model, &given)?;
     let outputs = Session::new(model.clone()).run(&inputs)?;
     let names = model.output_names();

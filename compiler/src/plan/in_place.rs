@@ -37,7 +37,8 @@ pub fn mark(p: &mut Program) -> usize {
     let mut marked = 0;
     for s in 0..p.steps.len() {
         let step = &p.steps[s];
-        if !in_place_capable(&step.op, &step.domain) || step.outputs.len() != 1 || step.in_place != 0 {
+        // A GPU kernel may not bind one range as both input and output.
+        if step.on_gpu() || !in_place_capable(&step.op, &step.domain) || step.outputs.len() != 1 || step.in_place != 0 {
             continue;
         }
         if step.attrs.iter().any(|a| a.name == "broadcast") {

@@ -8,7 +8,7 @@ pub mod place;
 pub mod svg;
 
 use crate::error::CompileError;
-use kiln_formats::program::{Program, Storage};
+use kiln_formats::program::{Device, Program, Storage};
 use kiln_formats::target::TargetLimits;
 use kiln_runtime::verify::verify;
 use lifetime::{intervals, lower_bound};
@@ -87,14 +87,48 @@ fn search(
     limit: u64,
     target: &TargetLimits,
 ) -> Result<((place::Placement, String), (Vec<lifetime::Interval>, Vec<usize>), u64), CompileError> {
-    let (ivs, unbounded) = intervals(p);
+    let (all, unbounded) = intervals(p);
+    // A GPU program keeps host and device values in separate buffers, so each side allocates
+    // only its own.
+    let homes = crate::placement::homes(p);
+    let mut groups: Vec<Vec<lifetime::Interval>> = Vec::new();
+    for device in [Device::Cpu, Device::Gpu] {
+        let group: Vec<_> = all.iter().filter(|iv| homes[iv.slot] == device).cloned().collect();
+        if !group.is_empty() || groups.is_empty() {
+            groups.push(group);
+        }
+    }
+    let mut merged = place::Placement { slots: vec![], buffers: vec![] };
+    let mut names = Vec::new();
+    let mut ivs = Vec::new();
+    let mut lower = 0;
+    for group in groups {
+        let ((placement, name), group_lower) = search_group(p, &group, align, limit, target)?;
+        let shift = merged.buffers.len();
+        merged.slots.extend(placement.slots.iter().map(|&(b, o)| (b + shift, o)));
+        merged.buffers.extend(placement.buffers);
+        names.push(name);
+        ivs.extend(group);
+        lower += group_lower;
+    }
+    Ok(((merged, names.join(" + ")), (ivs, unbounded), lower))
+}
+
+/// The smallest placement the strategies find for one device's intervals, and its lower bound.
+fn search_group(
+    p: &Program,
+    ivs: &[lifetime::Interval],
+    align: u64,
+    limit: u64,
+    target: &TargetLimits,
+) -> Result<((place::Placement, String), u64), CompileError> {
     if let Some(big) = ivs.iter().find(|iv| iv.size.next_multiple_of(align) > limit) {
         return Err(CompileError::Model(format!(
             "value '{}' needs {} bytes, more than the {} target's largest buffer ({limit} bytes), and kiln cannot split it",
             p.values[big.slot].name, big.size, target.name
         )));
     }
-    let lower = lower_bound(&ivs, align);
+    let lower = lower_bound(ivs, align);
     let mut orders = vec![Order::Size, Order::Breadth, Order::Duration, Order::Area, Order::FirstUse];
     // Jittered restarts while the program is small enough for them to be cheap (placement is
     // quadratic in the number of values).
@@ -103,7 +137,7 @@ fn search(
     let mut best: Option<(place::Placement, String)> = None;
     'search: for order in orders {
         for fit in [Fit::First, Fit::Best] {
-            let candidate = place(&ivs, align, limit, order, fit);
+            let candidate = place(ivs, align, limit, order, fit);
             if best.as_ref().is_none_or(|(b, _)| candidate.total() < b.total()) {
                 let name = match order {
                     Order::Jittered(seed) => format!("jittered #{seed}/{fit:?}").to_lowercase(),
@@ -118,7 +152,7 @@ fn search(
         }
     }
     let best = best.unwrap_or((place::Placement { slots: vec![], buffers: vec![] }, "none".into()));
-    Ok((best, (ivs, unbounded), lower))
+    Ok((best, lower))
 }
 
 #[cfg(test)]

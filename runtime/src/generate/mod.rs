@@ -103,6 +103,11 @@ impl Default for GenerateOptions {
 }
 
 impl LanguageModel {
+    /// The model that runs the prompt.
+    pub fn prefill_model(&self) -> &Arc<Model> {
+        &self.prefill
+    }
+
     /// The causal LM in `bundle` for `target` (the first target when `None`).
     pub fn from_bundle(bundle: &LoadedBundle, target: Option<&str>) -> Result<LanguageModel, GenerateError> {
         let raw = bundle.bundle.entry(GENERATION_ENTRY).ok_or(GenerateError::NotCausalLm)?;

@@ -10,6 +10,7 @@ pub mod movement;
 pub mod norm;
 pub mod num;
 pub mod reduce;
+pub mod transfer;
 pub mod unary;
 
 use crate::error::KernelError;
@@ -37,6 +38,7 @@ pub fn build(spec: &OpSpec) -> Result<Box<dyn Kernel>, KernelError> {
     if spec.domain == KILN_DOMAIN {
         return matmul::build_kiln(spec)
             .or_else(|| kv_cache::build_kiln(spec))
+            .or_else(|| transfer::build_kiln(spec))
             .unwrap_or_else(|| Err(KernelError::unsupported(format!("op {}::{}", spec.domain, spec.op))));
     }
     if !matches!(spec.domain, "" | "ai.onnx") {

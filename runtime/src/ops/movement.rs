@@ -3,7 +3,7 @@
 //! per op or small group under `movement/`; shared helpers in `common` and the strided-view copy
 //! behind Transpose, Slice, Expand and Tile in `strided`.
 
-mod common;
+pub(crate) mod common;
 mod concat;
 mod constant;
 mod expand;
@@ -12,7 +12,7 @@ mod range;
 mod reshape;
 mod scatter;
 mod shape;
-mod slice;
+pub(crate) mod slice;
 mod split;
 mod strided;
 #[cfg(test)]

@@ -155,7 +155,7 @@ pub(super) fn wrap_index(v: i64, dim: usize) -> Result<usize, KernelError> {
 }
 
 /// Resolves a list of possibly negative axes against `rank`, rejecting duplicates.
-pub(super) fn normalize_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>, KernelError> {
+pub(crate) fn normalize_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>, KernelError> {
     let mut out = Vec::with_capacity(axes.len());
     for &a in axes {
         let n = crate::kernel::normalize_axis(a, rank)?;

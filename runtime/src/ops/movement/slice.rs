@@ -37,7 +37,7 @@ impl Slice {
 }
 
 /// The first element and element count of slicing a dim of size `d`.
-pub(super) fn known_slice(d: i64, start: i64, end: i64, step: i64) -> Result<(i64, i64), KernelError> {
+pub(crate) fn known_slice(d: i64, start: i64, end: i64, step: i64) -> Result<(i64, i64), KernelError> {
     if step == 0 {
         return Err(KernelError::invalid("slice step must not be 0"));
     }

@@ -1,0 +1,49 @@
+// Reduction over any set of axes, one invocation per output element. The input is read through
+// its strides twice: over the kept axes (the reduced ones set to 1) for the output element's
+// start, and over the reduced axes (the kept ones set to 1) for the elements it folds.
+// P: [n, rank, kind (0 sum, 1 mean, 2 max, 3 min), count, kept[8], reduced[8], strides[8]].
+@group(0) @binding(1) var<storage, read_write> X: array<f32>;
+@group(0) @binding(2) var<storage, read_write> O: array<f32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if (i >= P[0]) {
+        return;
+    }
+    let rank = P[1];
+    let kind = P[2];
+    var rem = i;
+    var base = 0u;
+    for (var d = 0u; d < rank; d++) {
+        let ax = rank - 1u - d;
+        base += (rem % P[4u + ax]) * P[20u + ax];
+        rem = rem / P[4u + ax];
+    }
+    var acc = 0.0;
+    if (kind == 2u) {
+        acc = -3.402823e38;
+    } else if (kind == 3u) {
+        acc = 3.402823e38;
+    }
+    for (var r = 0u; r < P[3]; r++) {
+        var rr = r;
+        var at = base;
+        for (var d = 0u; d < rank; d++) {
+            let ax = rank - 1u - d;
+            at += (rr % P[12u + ax]) * P[20u + ax];
+            rr = rr / P[12u + ax];
+        }
+        let x = X[at];
+        switch kind {
+            case 2u: { acc = max(acc, x); }
+            case 3u: { acc = min(acc, x); }
+            default: { acc += x; }
+        }
+    }
+    if (kind == 1u) {
+        acc = acc / f32(P[3]);
+    }
+    O[i] = acc;
+}
