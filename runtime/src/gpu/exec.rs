@@ -49,7 +49,7 @@ pub(crate) fn prepare(
         }
         match place {
             Place::Arena { buffer, offset, capacity } => {
-                if offset as u64 % align != 0 {
+                if !(offset as u64).is_multiple_of(align) {
                     return Err(GpuError::Limit(format!(
                         "value '{}' is at arena offset {offset}, which is not a multiple of this device's \
                          storage offset alignment ({align} bytes); recompile for this device",

@@ -180,3 +180,21 @@ pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ALL;
+    use crate::gpu::Gpu;
+
+    #[test]
+    fn every_kernel_compiles_on_this_device() {
+        let gpu = match Gpu::open() {
+            Ok(g) => g,
+            Err(e) if std::env::var("KILN_REQUIRE_GPU").as_deref() == Ok("1") => panic!("{e}"),
+            Err(e) => return eprintln!("skipped: {e}"),
+        };
+        for shader in ALL {
+            gpu.pipeline(shader).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}

@@ -9,10 +9,13 @@ use crate::ops::movement::slice::known_slice;
 use kiln_formats::program::Step;
 use kiln_formats::DType;
 
+/// Slice's starts, ends and axes when they are attributes (before opset 10).
+type SliceAttrs = (Vec<i64>, Vec<i64>, Option<Vec<i64>>);
+
 pub(crate) enum Movement {
     Transpose(Option<Vec<i64>>),
-    /// Attribute starts, ends, axes before opset 10; inputs after.
-    Slice(Option<(Vec<i64>, Vec<i64>, Option<Vec<i64>>)>),
+    /// Attributes before opset 10; inputs after.
+    Slice(Option<SliceAttrs>),
     Expand,
     Concat(i64),
     Split(i64),
