@@ -1,6 +1,7 @@
 //! The GPU backend on the adapter wgpu finds (Mesa's lavapipe in CI, `KILN_REQUIRE_GPU=1` there,
 //! so these tests fail rather than skip without one): the exported fixtures match the CPU and
-//! onnxruntime within 1e-4, greedy generation equals the CPU's, a table larger than the device's
+//! onnxruntime within 1e-4, greedy generation (KV cache in place in device memory) equals the
+//! CPU's, a table larger than the device's
 //! binding limit runs split, and an op without a GPU kernel runs on CPU between GPU steps.
 
 mod common;
@@ -117,6 +118,8 @@ fn greedy_generation_equals_the_cpu() {
         let on_gpu = Arc::new(LanguageModel::from_bundle(&loaded, Some("gpu")).unwrap());
         let on_cpu = Arc::new(LanguageModel::from_bundle(&loaded, Some("cpu")).unwrap());
         assert!(on_gpu.prefill_model().runs_on_gpu() && !on_cpu.prefill_model().runs_on_gpu());
+        // The KV cache stays in device memory, appended to in place, as on the CPU.
+        assert_eq!(on_gpu.kv_in_place(), on_cpu.kv_in_place(), "{name}");
         let (prompt, reference) = greedy_reference(&fixture(name));
         let opts = GenerateOptions { max_tokens: 12, stop_at_eos: false, ..Default::default() };
         let (gpu_ids, _) = generate_ids(&on_gpu, &prompt, &opts);
@@ -124,6 +127,16 @@ fn greedy_generation_equals_the_cpu() {
         assert_eq!(gpu_ids, cpu_ids, "{name}: GPU and CPU greedy ids differ");
         assert_eq!(gpu_ids[..], reference[..12], "{name}: GPU greedy ids differ from the exporter's");
         eprintln!("{name}: 12 greedy tokens on the GPU equal the CPU's and the reference");
+        if on_gpu.kv_in_place() > 0 {
+            // A cache in host memory cannot serve the GPU program (nor the other way round).
+            let host_cache = kiln_runtime::KvState::new(on_cpu.prefill_model());
+            let ids = Tensor::from_vec(&[1, 1], vec![1i64]);
+            let mut session = Session::new(on_gpu.prefill_model().clone());
+            let inputs: Vec<TensorRef> =
+                on_gpu.prefill_model().input_names().iter().map(|_| TensorRef::from_tensor(&ids)).collect();
+            let err = session.run_with_state(&inputs, &mut { host_cache }).unwrap_err().to_string();
+            assert!(err.contains("keeps its KV cache in GPU memory, this cache lives in host memory"), "{err}");
+        }
     }
 }
 

@@ -161,9 +161,7 @@ pub fn compile_bundle(
             for target in targets {
                 let kv_cache = generation
                     .as_ref()
-                    // The GPU keeps the exported past/present signature: its states would have
-                    // to live in device memory, which the runtime does not do yet.
-                    .filter(|_| spec.name != "main" && !kv_pairs.is_empty() && target.name != "gpu")
+                    .filter(|_| spec.name != "main" && !kv_pairs.is_empty())
                     .map(|g| (kv_pairs.to_vec(), g.max_context));
                 let topts = CompileOptions {
                     target: target.clone(),

@@ -44,11 +44,34 @@ pub fn place(p: &mut Program) -> PlacementReport {
     // None: a constant, readable on both devices.
     let mut home: Vec<Option<Device>> =
         (0..n).map(|i| (kind(p, root[i]) != StorageKind::Weight as i32).then_some(Device::Cpu)).collect();
+    // A KV state lives on the GPU when its append and every product reading it have GPU
+    // kernels (they read its pitched layout in place, so it cannot be copied across); else
+    // all of them run on CPU.
+    let mut forced_cpu = vec![false; p.steps.len()];
+    for st in &p.states {
+        let slots = [st.past, st.present];
+        let users: Vec<usize> = (0..p.steps.len())
+            .filter(|&si| {
+                let step = &p.steps[si];
+                !support::reads_shapes_only(step)
+                    && (step.outputs.iter().chain(&step.inputs)).any(|i| slots.contains(i))
+            })
+            .collect();
+        let dtype = |i: u32| p.values.get(i as usize).and_then(ValueInfo::dtype);
+        let on_gpu = users.iter().all(|&si| support::check(&p.steps[si], &dtype).is_ok());
+        for &si in &users {
+            forced_cpu[si] |= !on_gpu;
+        }
+        let device = if on_gpu { Device::Gpu } else { Device::Cpu };
+        for slot in slots {
+            home[slot as usize] = Some(device);
+        }
+    }
     // (slot, device) → the slot holding its copy on that device.
     let mut copies: HashMap<(usize, i32), u32> = HashMap::new();
     let mut steps = Vec::with_capacity(p.steps.len());
     let old_steps = std::mem::take(&mut p.steps);
-    for mut step in old_steps {
+    for (si, mut step) in old_steps.into_iter().enumerate() {
         let dtype = |i: u32| p.values.get(i as usize).and_then(ValueInfo::dtype);
         let views_only =
             !step.outputs.is_empty() && step.outputs.iter().all(|&o| kind(p, o as usize) == StorageKind::Alias as i32);
@@ -60,7 +83,11 @@ pub fn place(p: &mut Program) -> PlacementReport {
             let data = step.inputs.first().copied().filter(|&i| i != NO_VALUE);
             data.and_then(|i| home[root[i as usize]]).unwrap_or(Device::Cpu)
         } else {
-            match support::check(&step, &dtype) {
+            let check = match forced_cpu[si] {
+                true => Err("reads a KV cache kept in host memory (another of its readers has no GPU kernel)".into()),
+                false => support::check(&step, &dtype),
+            };
+            match check {
                 Ok(()) => Device::Gpu,
                 Err(reason) => {
                     if !support::reads_shapes_only(&step) && !is_shape_arithmetic(&step, &dtype) {

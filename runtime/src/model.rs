@@ -226,6 +226,10 @@ impl Model {
                 homes[o as usize] = if step.on_gpu() { Device::Gpu } else { Device::Cpu };
             }
         }
+        // A state lives where its append runs.
+        for st in &program.states {
+            homes[st.past as usize] = homes[st.present as usize];
+        }
         let homes = roots.iter().map(|&r| homes[r]).collect();
         Ok(Arc::new(Model {
             program,
@@ -270,6 +274,14 @@ impl Model {
     #[cfg(feature = "gpu")]
     pub fn gpu(&self) -> Option<&Arc<crate::gpu::Gpu>> {
         self.gpu.as_ref().map(|g| &g.gpu)
+    }
+
+    /// The device holding this model's KV states, when it appends to them on a GPU.
+    #[cfg(feature = "gpu")]
+    pub(crate) fn state_device(&self) -> Option<&wgpu::Device> {
+        let gpu = self.gpu.as_ref()?;
+        let first = self.program.states.first()?;
+        (self.homes[first.present as usize] == Device::Gpu).then_some(&gpu.gpu.device)
     }
 
     /// Whether GPU steps run on a GPU (else every step runs on CPU).

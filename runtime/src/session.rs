@@ -549,6 +549,7 @@ impl Session {
         let ctx = StepContext {
             step: si,
             places: &model.places,
+            states: &self.state.device,
             inputs: in_slots.iter().map(|s| s.map(|s| (model.roots[s], self.len_of(model, s), name(s)))).collect(),
             outputs: step
                 .outputs

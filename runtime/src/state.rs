@@ -13,22 +13,55 @@ use kiln_formats::{AlignedBuf, DType};
 #[derive(Debug, Default)]
 pub struct KvState {
     layout: Vec<StateInfo>,
+    /// Host buffers (empty when the states live on the GPU).
     buffers: Vec<AlignedBuf>,
+    /// Bytes of each state.
+    sizes: Vec<usize>,
     filled: Vec<usize>,
+    /// Device buffers, when the model keeps its states on the GPU.
+    #[cfg(feature = "gpu")]
+    pub(crate) device: Vec<wgpu::Buffer>,
 }
 
 impl KvState {
-    /// Empty states for `model`'s program (none when it keeps no state).
+    /// Empty states for `model`'s program (none when it keeps no state), in host memory or, for
+    /// a model that appends to them on the GPU, in device memory.
     pub fn new(model: &Model) -> KvState {
         let layout = model.program.states.clone();
         // Sizes were checked when the model was loaded.
-        let buffers = model.state_bytes.iter().map(|&b| AlignedBuf::zeroed(b)).collect();
-        KvState { filled: vec![0; layout.len()], layout, buffers }
+        let sizes = model.state_bytes.clone();
+        #[cfg(feature = "gpu")]
+        if let Some(device) = model.state_device() {
+            let device = sizes.iter().map(|&b| crate::gpu::exec::state_buffer(device, b)).collect();
+            return KvState { filled: vec![0; layout.len()], layout, buffers: Vec::new(), sizes, device };
+        }
+        let buffers = sizes.iter().map(|&b| AlignedBuf::zeroed(b)).collect();
+        KvState {
+            filled: vec![0; layout.len()],
+            layout,
+            buffers,
+            sizes,
+            #[cfg(feature = "gpu")]
+            device: Vec::new(),
+        }
     }
 
-    /// Fails unless `model` declares exactly these states (names, types, capacities, order).
+    /// Fails unless `model` declares exactly these states (names, types, capacities, order) and
+    /// keeps them where this cache lives (host or GPU memory).
     pub fn check(&self, model: &Model) -> Result<(), RuntimeError> {
-        same_states(&self.layout, &model.program.states)
+        same_states(&self.layout, &model.program.states)?;
+        #[cfg(feature = "gpu")]
+        if self.layout.is_empty() || model.state_device().is_some() != self.device.is_empty() {
+            return Ok(());
+        }
+        #[cfg(feature = "gpu")]
+        return Err(RuntimeError::Program(format!(
+            "the program keeps its KV cache in {} memory, this cache lives in {} memory",
+            if model.state_device().is_some() { "GPU" } else { "host" },
+            if self.device.is_empty() { "host" } else { "GPU" }
+        )));
+        #[cfg(not(feature = "gpu"))]
+        Ok(())
     }
 
     /// Forgets every position (the buffers stay allocated).
@@ -60,7 +93,7 @@ impl KvState {
         let mut pitched = shape.to_vec();
         *pitched.get_mut(s.axis as usize)? = s.dims[s.axis as usize] as usize;
         let dtype = DType::from_onnx_code(s.dtype)?;
-        byte_size(dtype, &pitched).filter(|&n| n <= self.buffers[i].len())
+        byte_size(dtype, &pitched).filter(|&n| n <= self.sizes[i])
     }
 
     pub(crate) fn buffer(&self, i: usize) -> &AlignedBuf {

@@ -47,30 +47,35 @@ pub(crate) fn prepare(
         if homes[i] != Device::Gpu || roots[i] != i {
             continue;
         }
-        match place {
-            Place::Arena { buffer, offset, capacity } => {
-                if !(offset as u64).is_multiple_of(align) {
-                    return Err(GpuError::Limit(format!(
-                        "value '{}' is at arena offset {offset}, which is not a multiple of this device's \
-                         storage offset alignment ({align} bytes); recompile for this device",
-                        name(i)
-                    )));
-                }
-                let size = program.buffers[buffer];
-                if size + SLACK > limits.max_buffer_size || capacity as u64 > max_binding {
-                    return Err(GpuError::Limit(format!(
-                        "arena buffer {buffer} ({size} bytes, value '{}' of {capacity}) exceeds this device's \
-                         largest buffer ({} bytes) or binding ({max_binding} bytes); recompile with \
-                         --max-buffer {max_binding}",
-                        name(i),
-                        limits.max_buffer_size
-                    )));
-                }
+        if let Place::Arena { buffer, offset, capacity } = place {
+            if !(offset as u64).is_multiple_of(align) {
+                return Err(GpuError::Limit(format!(
+                    "value '{}' is at arena offset {offset}, which is not a multiple of this device's \
+                     storage offset alignment ({align} bytes); recompile for this device",
+                    name(i)
+                )));
             }
-            Place::State(_) => {
-                return Err(GpuError::Limit(format!("value '{}': KV state on the GPU is not supported", name(i))))
+            let size = program.buffers[buffer];
+            if size + SLACK > limits.max_buffer_size || capacity as u64 > max_binding {
+                return Err(GpuError::Limit(format!(
+                    "arena buffer {buffer} ({size} bytes, value '{}' of {capacity}) exceeds this device's \
+                     largest buffer ({} bytes) or binding ({max_binding} bytes); recompile with \
+                     --max-buffer {max_binding}",
+                    name(i),
+                    limits.max_buffer_size
+                )));
             }
-            _ => {}
+        }
+    }
+    // A state is bound whole.
+    for st in &program.states {
+        let bytes = st.dims.iter().product::<u64>() * 4;
+        if homes[st.present as usize] == Device::Gpu && bytes > max_binding {
+            return Err(GpuError::Limit(format!(
+                "KV state '{}' holds {bytes} bytes, more than this device's largest binding ({max_binding} \
+                 bytes); compile with a smaller --max-context",
+                st.name
+            )));
         }
     }
     let mut ops = Vec::with_capacity(program.steps.len());
@@ -137,6 +142,16 @@ pub(crate) fn prepare(
     Ok(GpuModel { gpu, weights: buffers, ops })
 }
 
+/// A zeroed device buffer for a KV state of `bytes`.
+pub(crate) fn state_buffer(device: &wgpu::Device, bytes: usize) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("kv state"),
+        size: (bytes as u64).next_multiple_of(4) + SLACK,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
 /// A session's device memory and pending commands.
 pub(crate) struct GpuMemory {
     arena: Vec<Option<wgpu::Buffer>>,
@@ -184,6 +199,7 @@ impl GpuMemory {
         &'a mut self,
         gm: &'a GpuModel,
         places: &[Place],
+        states: &'a [wgpu::Buffer],
         root: usize,
         len: usize,
         dtype_name: &str,
@@ -221,7 +237,10 @@ impl GpuMemory {
                 }
                 Ok((&self.dynamic[&root], 0))
             }
-            Place::State(_) => Err(KernelError::invalid(format!("KV state '{dtype_name}' is not on the GPU"))),
+            Place::State(i) => states
+                .get(i)
+                .map(|b| (b, 0))
+                .ok_or_else(|| KernelError::invalid(format!("KV state '{dtype_name}' is not in device memory"))),
         }
     }
 
@@ -254,8 +273,13 @@ impl GpuMemory {
                 Arg::Out(k) => ctx.outputs.get(k).copied(),
             }
             .ok_or_else(|| KernelError::invalid(format!("binding {arg:?} has no value")))?;
-            let (buffer, offset) = self.locate(gm, ctx.places, root, len, name)?;
-            bound.push((buffer.clone(), offset, words_len(len)));
+            let (buffer, offset) = self.locate(gm, ctx.places, ctx.states, root, len, name)?;
+            // A state is bound whole: its views are pitched, their rows spread over all of it.
+            let size = match ctx.places[root] {
+                Place::State(_) => buffer.size() - SLACK,
+                _ => words_len(len),
+            };
+            bound.push((buffer.clone(), offset, size));
         }
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: params.as_entire_binding() }];
         for (j, (buffer, offset, size)) in bound.iter().enumerate() {
@@ -300,7 +324,7 @@ impl GpuMemory {
             contents: &padded,
             usage: wgpu::BufferUsages::COPY_SRC,
         });
-        let (buffer, offset) = self.locate(gm, places, root, data.len(), name)?;
+        let (buffer, offset) = self.locate(gm, places, &[], root, data.len(), name)?;
         let buffer = buffer.clone();
         self.encoder(&gm.gpu).copy_buffer_to_buffer(&staging, 0, &buffer, offset, padded.len() as u64);
         Ok(())
@@ -319,7 +343,7 @@ impl GpuMemory {
             return self.finish(gm);
         }
         let size = words_len(out.len());
-        let (buffer, offset) = self.locate(gm, places, root, out.len(), name)?;
+        let (buffer, offset) = self.locate(gm, places, &[], root, out.len(), name)?;
         let buffer = buffer.clone();
         let staging = gm.gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("download"),
@@ -334,10 +358,22 @@ impl GpuMemory {
             let _ = tx.send(r);
         });
         wait(&gm.gpu)?;
-        match rx.try_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(KernelError::invalid(format!("reading '{name}' back from the GPU: {e}"))),
-            Err(_) => return Err(KernelError::invalid(format!("reading '{name}' back from the GPU did not complete"))),
+        // Another thread's poll of the same device may be the one running this callback: wait
+        // for it rather than assume this thread's wait ran it.
+        let started = std::time::Instant::now();
+        let mapped = loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(2)) {
+                Ok(r) => break r,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if started.elapsed().as_secs() < 60 => {
+                    let _ = gm.gpu.device.poll(wgpu::PollType::Poll);
+                }
+                Err(_) => {
+                    return Err(KernelError::invalid(format!("reading '{name}' back from the GPU did not complete")))
+                }
+            }
+        };
+        if let Err(e) = mapped {
+            return Err(KernelError::invalid(format!("reading '{name}' back from the GPU: {e}")));
         }
         {
             let view = staging
@@ -372,6 +408,8 @@ fn wait(gpu: &Gpu) -> Result<(), KernelError> {
 pub(crate) struct StepContext<'a> {
     pub step: usize,
     pub places: &'a [Place],
+    /// The device buffers of the run's KV states.
+    pub states: &'a [wgpu::Buffer],
     pub inputs: Vec<Option<(usize, usize, &'a str)>>,
     pub outputs: Vec<(usize, usize, &'a str)>,
 }

@@ -48,7 +48,7 @@ pub const TO_CPU: &str = "ToCpu";
 /// Every op with a GPU kernel (ONNX domain, plus `kiln::MatMul`/`MatMulTransB`), for reports.
 pub fn ops() -> Vec<&'static str> {
     let mut v: Vec<&str> = [UNARY, BINARY, MOVEMENT, NORM, REDUCE, PRODUCTS].concat();
-    v.extend(["Where", "Cast", "kiln::MatMulTransB", "kiln::ToGpu"]);
+    v.extend(["Where", "Cast", "kiln::MatMulTransB", "kiln::KvAppend", "kiln::ToGpu"]);
     v.sort_unstable();
     v
 }
@@ -70,12 +70,11 @@ pub fn check(step: &Step, dtype: &dyn Fn(u32) -> Option<DType>) -> Result<(), St
     };
     match (step.domain.as_str(), step.op.as_str()) {
         ("kiln", TO_GPU) => Ok(()),
-        ("kiln", "MatMul" | "MatMulTransB") => {
-            if attr("b_pitch").is_some_and(|a| a.i != 0) {
-                return Err("reads the KV cache in place, which lives in host memory".into());
-            }
-            f32_only("MatMul")
-        }
+        ("kiln", "MatMul" | "MatMulTransB") => f32_only("MatMul"),
+        ("kiln", "KvAppend") => match present.get(1).copied().flatten() {
+            Some(d) if d.size() == 4 => Ok(()),
+            d => Err(format!("the GPU keeps 4-byte KV caches, this one is {d:?}")),
+        },
         ("kiln", op) => Err(format!("no GPU kernel for kiln::{op}")),
         ("" | "ai.onnx", op) => {
             if UNARY.contains(&op) || BINARY.contains(&op) || PRODUCTS.contains(&op) || REDUCE.contains(&op) {

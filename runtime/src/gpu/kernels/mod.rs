@@ -104,9 +104,13 @@ impl GpuOp {
         let input_dtype = |k: usize| step.inputs.get(k).filter(|&&i| i != NO_VALUE).and_then(|&i| dtype(i));
         let op = step.op.as_str();
         Ok(match (step.domain.as_str(), op) {
-            ("kiln", "MatMul") => GpuOp::Product(products::Product::matmul(false)),
-            ("kiln", "MatMulTransB") => GpuOp::Product(products::Product::matmul(true)),
-            (_, "MatMul") => GpuOp::Product(products::Product::matmul(false)),
+            ("kiln", "MatMul" | "MatMulTransB") => {
+                let pitch = attrs.int("b_pitch", 0)?;
+                let pitch = usize::try_from(pitch).map_err(|_| KernelError::attr("b_pitch", "is negative"))?;
+                GpuOp::Product(products::Product::matmul(op == "MatMulTransB", pitch))
+            }
+            ("kiln", "KvAppend") => GpuOp::Movement(movement::Movement::kv_append(attrs)?),
+            (_, "MatMul") => GpuOp::Product(products::Product::matmul(false, 0)),
             (_, "Gemm") => GpuOp::Product(products::Product::gemm(attrs)?),
             (_, "Where") => GpuOp::Where,
             (_, "Cast") => GpuOp::Cast(match input_dtype(0) {

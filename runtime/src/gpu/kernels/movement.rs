@@ -23,9 +23,20 @@ pub(crate) enum Movement {
         axis: i64,
         int64: bool,
     },
+    /// `kiln::KvAppend`: the new positions written after the filled ones of a state.
+    KvAppend {
+        axis: i64,
+        capacity: usize,
+    },
 }
 
 impl Movement {
+    pub fn kv_append(attrs: Attrs) -> Result<Movement, KernelError> {
+        let capacity = attrs.req_int("capacity")?;
+        let capacity = usize::try_from(capacity).map_err(|_| KernelError::attr("capacity", "is negative"))?;
+        Ok(Movement::KvAppend { axis: attrs.req_int("axis")?, capacity })
+    }
+
     pub fn new(step: &Step, attrs: Attrs, indices: Option<DType>) -> Result<Movement, KernelError> {
         let ints = |n: &str| attrs.ints(n).map(|v| v.map(<[i64]>::to_vec));
         Ok(match step.op.as_str() {
@@ -135,6 +146,30 @@ impl Movement {
                     at += piece.get(a).copied().unwrap_or(0);
                 }
                 Ok(launches)
+            }
+            Movement::KvAppend { axis, capacity } => {
+                // Input 0 is the filled part (its shape only), input 1 the new positions.
+                let new = call.input(1)?;
+                let a = normalize_axis(*axis, x.len())?;
+                if new.len() != x.len() || x[a] + new.get(a).copied().unwrap_or(0) > *capacity {
+                    return Err(KernelError::invalid(format!(
+                        "{:?} new positions after {:?} do not fit a cache of {capacity}",
+                        new, x
+                    )));
+                }
+                let mut full = x.to_vec();
+                full[a] = *capacity;
+                let pitched = strides(&full);
+                let ins: Vec<isize> = strides(new).iter().map(|&s| s as isize).collect();
+                copy(Copy {
+                    input: 1,
+                    output: 0,
+                    shape: new,
+                    in_base: 0,
+                    in_strides: &ins,
+                    out_base: (x[a] * pitched[a]) as isize,
+                    out_strides: Some(&pitched),
+                })
             }
             Movement::Gather { axis, int64 } => {
                 let a = normalize_axis(*axis, x.len())?;

@@ -6,9 +6,11 @@ use crate::kernel::Attrs;
 use crate::ops::broadcast::broadcast_strides;
 
 pub(crate) enum Product {
-    /// B is stored `[.., N, K]` when `trans_b`.
+    /// B is stored `[.., N, K]` when `trans_b`; with a `b_pitch`, B is a KV cache state whose
+    /// matrices lie `b_pitch` stored rows apart.
     MatMul {
         trans_b: bool,
+        b_pitch: usize,
     },
     Gemm {
         alpha: f32,
@@ -19,8 +21,8 @@ pub(crate) enum Product {
 }
 
 impl Product {
-    pub fn matmul(trans_b: bool) -> Product {
-        Product::MatMul { trans_b }
+    pub fn matmul(trans_b: bool, b_pitch: usize) -> Product {
+        Product::MatMul { trans_b, b_pitch }
     }
 
     pub fn gemm(attrs: Attrs) -> Result<Product, KernelError> {
@@ -34,13 +36,13 @@ impl Product {
 
     pub fn dispatches(&self, call: &Call) -> Result<Vec<Dispatch>, KernelError> {
         match *self {
-            Product::MatMul { trans_b } => matmul(call, trans_b),
+            Product::MatMul { trans_b, b_pitch } => matmul(call, trans_b, b_pitch),
             Product::Gemm { alpha, beta, trans_a, trans_b } => gemm(call, alpha, beta, trans_a, trans_b),
         }
     }
 }
 
-fn matmul(call: &Call, trans_b: bool) -> Result<Vec<Dispatch>, KernelError> {
+fn matmul(call: &Call, trans_b: bool, b_pitch: usize) -> Result<Vec<Dispatch>, KernelError> {
     let (a, b) = (call.input(0)?.to_vec(), call.input(1)?.to_vec());
     let a = if a.len() == 1 { vec![1, a[0]] } else { a };
     let b = match (b.len(), trans_b) {
@@ -72,6 +74,11 @@ fn matmul(call: &Call, trans_b: bool) -> Result<Vec<Dispatch>, KernelError> {
     if call.output(0)?.iter().product::<usize>() != batches * m * n {
         return Err(KernelError::invalid(format!("output {:?} is not {batches} x {m} x {n}", call.output(0)?)));
     }
+    let b_rows = b[b.len() - 2];
+    if b_pitch != 0 && b_pitch < b_rows {
+        return Err(KernelError::invalid(format!("B has {b_rows} rows, more than its pitch {b_pitch}")));
+    }
+    let b_matrix = if b_pitch != 0 { b_pitch } else { b_rows } * b[b.len() - 1];
     let mut offsets = Vec::with_capacity(2 * batches);
     for i in 0..batches {
         let (mut rem, mut ao, mut bo) = (i, 0, 0);
@@ -82,7 +89,7 @@ fn matmul(call: &Call, trans_b: bool) -> Result<Vec<Dispatch>, KernelError> {
             bo += c * b_strides[d];
         }
         offsets.push(ao * m * k);
-        offsets.push(bo * k * n);
+        offsets.push(bo * b_matrix);
     }
     let (b_rs, b_cs) = if trans_b { (1, k) } else { (n, 1) };
     launch(Shape { m, n, k, batches, a: (k, 1), b: (b_rs, b_cs) }, 1.0, None, &offsets)

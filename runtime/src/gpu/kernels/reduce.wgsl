@@ -22,10 +22,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         rem = rem / P[4u + ax];
     }
     var acc = 0.0;
+    // -inf and +inf, as the CPU kernels and ONNX give for an empty reduction.
     if (kind == 2u) {
-        acc = -3.402823e38;
+        acc = bitcast<f32>(0xff800000u);
     } else if (kind == 3u) {
-        acc = 3.402823e38;
+        acc = bitcast<f32>(0x7f800000u);
     }
     for (var r = 0u; r < P[3]; r++) {
         var rr = r;

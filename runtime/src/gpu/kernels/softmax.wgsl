@@ -14,7 +14,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let len = select(0u, P[1], valid);
     let inner = P[2];
     let base = (r / inner) * len * inner + r % inner;
-    var m = -3.402823e38;
+    // f32::MIN exactly (a row of it, as a fully masked attention row, must find it as its max).
+    var m = -3.4028234663852886e38;
     for (var j = lid; j < len; j += WG) {
         m = max(m, X[base + j * inner]);
     }
