@@ -131,13 +131,19 @@ pub(crate) fn prepare(
                 bytes.len()
             )));
         }
-        let mut data = bytes.as_slice().to_vec();
-        data.resize(data.len().next_multiple_of(4) + SLACK as usize, 0);
-        buffers.push(Some(gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        // Written straight from the mapped bundle into the mapped buffer: no host copy.
+        let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("weight"),
-            contents: &data,
+            size: (bytes.len() as u64).next_multiple_of(4) + SLACK,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        })));
+            mapped_at_creation: true,
+        });
+        {
+            let mut view = buffer.get_mapped_range_mut(..).map_err(|e| GpuError::Device(e.to_string()))?;
+            view.slice(..bytes.len()).copy_from_slice(bytes.as_slice());
+        }
+        buffer.unmap();
+        buffers.push(Some(buffer));
     }
     Ok(GpuModel { gpu, weights: buffers, ops })
 }

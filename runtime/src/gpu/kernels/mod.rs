@@ -38,6 +38,7 @@ shader!(CAST, "cast.wgsl");
 shader!(COPY, "copy.wgsl");
 shader!(GATHER, "gather.wgsl");
 shader!(MATMUL, "matmul.wgsl");
+shader!(MATVEC, "matvec.wgsl");
 shader!(SOFTMAX, "softmax.wgsl");
 shader!(LAYERNORM, "layernorm.wgsl");
 shader!(REDUCE, "reduce.wgsl");
@@ -45,7 +46,7 @@ shader!(REDUCE, "reduce.wgsl");
 /// Every kernel, for tests that compile them all.
 #[cfg(test)]
 pub(crate) static ALL: &[&Shader] =
-    &[&UNARY, &BINARY, &WHERE, &CAST, &COPY, &GATHER, &MATMUL, &SOFTMAX, &LAYERNORM, &REDUCE];
+    &[&UNARY, &BINARY, &WHERE, &CAST, &COPY, &GATHER, &MATMUL, &MATVEC, &SOFTMAX, &LAYERNORM, &REDUCE];
 
 /// A data binding of a dispatch: the step's input or output number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! MatMul (with numpy batch broadcasting), `kiln::MatMulTransB` and Gemm on the tiled kernel.
 
-use super::{words, Arg, Call, Dispatch, MATMUL};
+use super::{rows_grid, words, Arg, Call, Dispatch, MATMUL, MATVEC};
 use crate::error::KernelError;
 use crate::kernel::Attrs;
 use crate::ops::broadcast::broadcast_strides;
@@ -143,9 +143,14 @@ fn launch(
     params.extend(words(offsets)?);
     // Without C, A stands in for its binding (read by no invocation).
     let c_arg = if c.is_some() { Arg::In(2) } else { Arg::In(0) };
+    let args = vec![Arg::In(0), Arg::In(1), c_arg, Arg::Out(0)];
+    if s.m == 1 {
+        let [x, y, _] = rows_grid(words(&[s.n.div_ceil(256)])?[0]);
+        return Ok(vec![Dispatch { shader: &MATVEC, args, params, groups: [x, y, s.batches as u32] }]);
+    }
     Ok(vec![Dispatch {
         shader: &MATMUL,
-        args: vec![Arg::In(0), Arg::In(1), c_arg, Arg::Out(0)],
+        args,
         params,
         groups: [words(&[s.n.div_ceil(16)])?[0], words(&[s.m.div_ceil(16)])?[0], s.batches as u32],
     }])
