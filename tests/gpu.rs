@@ -229,3 +229,42 @@ fn a_plan_the_device_cannot_bind_is_refused_by_name() {
     let err = Model::new_on_gpu(c.program, &c.weights, gpu.clone()).err().expect("refused").to_string();
     assert!(err.contains("not a multiple of this device's storage offset alignment"), "{err}");
 }
+
+#[test]
+fn the_cli_runs_a_bundle_on_the_device_it_is_told() {
+    let Some(_gpu) = gpu("cli") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("llama-dynamo-kv").join("model.onnx");
+    let (all, cpu_only) = (dir.path().join("all.kiln"), dir.path().join("cpu.kiln"));
+    for (out, target) in [(&all, "all"), (&cpu_only, "cpu")] {
+        let o = run_kiln(&["compile", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--target", target]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        if target == "all" {
+            assert!(stderr(&o).contains("place[decode/gpu]:"), "{}", stderr(&o));
+        }
+    }
+    let run = |bundle: &Path, device: &str| {
+        run_kiln(&[
+            "run",
+            bundle.to_str().unwrap(),
+            "--prompt-ids",
+            "172,47,117",
+            "--max-tokens",
+            "8",
+            "--ignore-eos",
+            "--stats",
+            "--device",
+            device,
+        ])
+    };
+    let (on_gpu, on_cpu) = (run(&all, "gpu"), run(&all, "cpu"));
+    assert!(on_gpu.status.success() && on_cpu.status.success(), "{}{}", stderr(&on_gpu), stderr(&on_cpu));
+    assert_eq!(on_gpu.stdout, on_cpu.stdout, "the same ids on both devices");
+    assert!(stderr(&on_gpu).contains("device: gpu: "), "{}", stderr(&on_gpu));
+    assert!(stderr(&on_cpu).contains("device: cpu"), "{}", stderr(&on_cpu));
+    let auto = run(&cpu_only, "auto");
+    assert!(auto.status.success() && stderr(&auto).contains("device: cpu"), "{}", stderr(&auto));
+    let refused = run(&cpu_only, "gpu");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("has no GPU plan: compile it with --target gpu"), "{}", stderr(&refused));
+}

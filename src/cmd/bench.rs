@@ -37,6 +37,9 @@ pub struct Args {
     /// the file being truncated or rewritten while kiln runs (see README, "Files that change underneath").
     #[arg(long)]
     no_mmap: bool,
+    /// Where to run (see `kiln run --device`).
+    #[arg(long, value_enum, default_value_t = super::device::DeviceFlag::Cpu)]
+    device: super::device::DeviceFlag,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -78,11 +81,12 @@ pub fn main(args: Args) -> Result<()> {
     }
     // Load as a server would: checksums verified, the model and one generator ready to run.
     let started = Instant::now();
-    let loaded = super::common::open_bundle(
+    let (loaded, chosen) = super::device::open_on(
         &args.bundle,
         OpenOptions { read_into_memory: args.no_mmap, ..OpenOptions::default() },
+        args.device,
     )?;
-    let lm = Arc::new(LanguageModel::from_bundle(&loaded, Some("cpu"))?);
+    let lm = Arc::new(LanguageModel::from_bundle(&loaded, Some(chosen.target))?);
     let mut generator = lm.generator();
     let load_s = started.elapsed().as_secs_f64();
     let max = lm.config().max_context as usize;
@@ -151,7 +155,7 @@ pub fn main(args: Args) -> Result<()> {
         0 => ("copied per step".to_string(), "copied"),
         k => (format!("{k} of {total} tensors in place, the rest copied per step"), "partly_in_place"),
     };
-    eprintln!("KV cache: {cache}; threads: {}", rayon::current_num_threads());
+    eprintln!("KV cache: {cache}; threads: {}; device: {}", rayon::current_num_threads(), chosen.describe());
     if args.json {
         println!(
             "{}",
@@ -159,7 +163,7 @@ pub fn main(args: Args) -> Result<()> {
             "threads": rayon::current_num_threads(), "load_s": load_s, "prompt_len": args.prompt_len,
             "gen": args.gen, "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps,
             "peak_rss_bytes": peak_rss, "tokens": args.tokens,
-            "kv_cache": key, "decode": rows})
+            "kv_cache": key, "device": chosen.describe(), "decode": rows})
         );
     }
     Ok(())

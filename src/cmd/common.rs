@@ -181,17 +181,8 @@ pub fn file_name_for(name: &str) -> String {
     name.chars().map(|c| if c.is_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect()
 }
 
-/// Opens a bundle as `run`, `check` and `bench` use it: every loader check, then a refusal of an
-/// entry point whose arena is larger than this machine's memory (allocating it would abort the
-/// process instead of failing with a message).
-pub fn open_bundle(path: &Path, opts: OpenOptions) -> Result<LoadedBundle> {
-    let loaded = super::progress::phase(format!("loading {}", path.display()), || LoadedBundle::open(path, opts))
-        .with_context(|| format!("loading {}", path.display()))?;
-    check_arenas(path, &loaded)?;
-    Ok(loaded)
-}
-
-/// Refuses an entry point whose arena is larger than this machine's memory.
+/// Refuses an entry point whose arena is larger than this machine's memory (allocating it would
+/// abort the process instead of failing with a message).
 pub fn check_arenas(path: &Path, loaded: &LoadedBundle) -> Result<()> {
     if let Some(memory) = physical_memory() {
         for (ep, model) in &loaded.entries {
