@@ -92,6 +92,22 @@ fn perplexity(logits: &[Vec<f32>], ids: &[u32]) -> f64 {
 
 #[test]
 fn q8_weights_keep_the_answers_and_report_their_accuracy() {
+    quantized_weights_keep_the_answers(WeightFormat::Q8, 0.75, 0.05);
+}
+
+/// This export's weights come from a GGUF whose layers are already 4-bit in blocks of 32
+/// (`w = d·(q − 8)`), which q4's scale and minimum recover exactly: its layers come out
+/// bit-identical, and the head, stored at 8 bits there, is kept at q8 by `--weights q4`. So this
+/// measures the format end to end, not its rounding on a model trained in f32.
+#[test]
+fn q4_weights_keep_the_answer_and_report_their_accuracy() {
+    quantized_weights_keep_the_answers(WeightFormat::Q4, 0.3, 0.25);
+}
+
+/// Compiles SmolLM2 with f32 and with `weights`, checks the Paris answer survives, and reports
+/// greedy agreement (at least `min_agreement`), logit differences and perplexity (within
+/// `max_perplexity_change` of f32's).
+fn quantized_weights_keep_the_answers(weights: WeightFormat, min_agreement: f64, max_perplexity_change: f64) {
     let Some(folder) = model_folder() else {
         eprintln!("skipped: KILN_SMOLLM2 is not set (scripts/fetch-smollm2.sh makes the model)");
         return;
@@ -103,7 +119,7 @@ fn q8_weights_keep_the_answers_and_report_their_accuracy() {
         compile_bundle(&ModelSource::resolve(&folder).unwrap(), &opts, &[TargetLimits::cpu()], &out).unwrap();
         LoadedBundle::open(&out, OpenOptions::default()).unwrap()
     };
-    let (f32b, q8b) = (bundle(WeightFormat::F32), bundle(WeightFormat::Q8));
+    let (f32b, q8b) = (bundle(WeightFormat::F32), bundle(weights));
     let (f32lm, q8lm) = [&f32b, &q8b].map(|b| Arc::new(LanguageModel::from_bundle(b, None).unwrap())).into();
 
     // Greedy agreement: the share of 24 generated tokens per prompt equal before the first
@@ -139,10 +155,10 @@ fn q8_weights_keep_the_answers_and_report_their_accuracy() {
     let mean = diffs.iter().map(|&d| d as f64).sum::<f64>() / diffs.len() as f64;
     let (pf, pq) = (perplexity(&lf, &ids), perplexity(&lq, &ids));
     eprintln!(
-        "q8 vs f32 on SmolLM2: greedy agreement {agreement:.3} ({same}/{total} tokens), logits max |diff| {max:.4}, \
-         mean {mean:.5}; perplexity f32 {pf:.3}, q8 {pq:.3} ({} tokens)",
+        "{weights:?} vs f32 on SmolLM2: greedy agreement {agreement:.3} ({same}/{total} tokens), logits max |diff| \
+         {max:.4}, mean {mean:.5}; perplexity f32 {pf:.3}, {weights:?} {pq:.3} ({} tokens)",
         ids.len()
     );
-    assert!(agreement >= 0.75, "greedy agreement {agreement}");
-    assert!((pq / pf - 1.0).abs() < 0.05, "perplexity f32 {pf}, q8 {pq}");
+    assert!(agreement >= min_agreement, "{weights:?}: greedy agreement {agreement}");
+    assert!((pq / pf - 1.0).abs() < max_perplexity_change, "perplexity f32 {pf}, {weights:?} {pq}");
 }

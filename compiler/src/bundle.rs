@@ -197,7 +197,11 @@ pub fn compile_bundle(
     notes.extend(kv_cache_notes(&compiled));
     if let Some((q, kept)) = compiled.first().and_then(|c| c.compiled.quantized) {
         notes.push(format!(
-            "weights: {q} products read q8 weights; {kept} kept f32 (not a 2-D weight of whole 32-blocks)"
+            "weights: {q} products read {} weights; {kept} kept f32 (not a 2-D weight of whole 32-blocks)",
+            match opts.weights {
+                crate::passes::quantize::WeightFormat::Q4 => "q4 (q8 for those making an output: the head)",
+                _ => "q8",
+            }
         ));
     }
     let cap = targets.iter().map(|t| t.largest_buffer()).min().unwrap_or(u64::MAX).min(MAX_WEIGHT_ENTRY);

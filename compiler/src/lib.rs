@@ -16,6 +16,7 @@ pub use ir::Graph;
 pub use lower::Lowered;
 
 use kiln_formats::target::TargetLimits;
+use kiln_runtime::ops::matmul::q8;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -70,7 +71,7 @@ pub struct Compiled {
     pub ops_after: BTreeMap<String, usize>,
     /// Which KV pairs were kept in place, for a causal LM entry point.
     pub kv_cache: Option<passes::kv_cache::KvCacheReport>,
-    /// With `--weights q8`: (weights quantized, products left in f32).
+    /// With `--weights q8|q4`: (weights quantized, products left in f32).
     pub quantized: Option<(usize, usize)>,
     /// For the GPU target: which steps run where.
     pub placement: Option<placement::PlacementReport>,
@@ -113,7 +114,8 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     passes::transposed_weight::pretranspose(&mut g);
     let quantized = match opts.weights {
         passes::quantize::WeightFormat::F32 => None,
-        passes::quantize::WeightFormat::Q8 => Some(passes::quantize::q8(&mut g)),
+        passes::quantize::WeightFormat::Q8 => Some(passes::quantize::quantize::<q8::Q8>(&mut g)),
+        passes::quantize::WeightFormat::Q4 => Some(passes::quantize::q4_with_q8_head(&mut g)),
     };
     let ops_after = g.op_counts();
     let Lowered { mut program, weights } = lower::lower(&g, &opts.dim_bounds)?;

@@ -29,8 +29,9 @@ pub struct Args {
     /// Causal LMs: most prompt tokens one prefill call takes (default 1024, or --dim SEQUENCE=..N).
     #[arg(long, value_name = "N")]
     prefill_max: Option<u64>,
-    /// How products' weights are stored: f32 as exported, or q8 (int8 in blocks of 32 with one
-    /// f32 scale each, read directly by the kernels; embeddings and norms stay f32).
+    /// How products' weights are stored: f32 as exported, q8 (int8 in blocks of 32 with one f32
+    /// scale each) or q4 (4-bit in blocks of 32 with an f32 scale and minimum each), read directly
+    /// by the kernels; embeddings and norms stay f32.
     #[arg(long, value_enum, default_value = "f32")]
     weights: Weights,
     /// Largest arena one entry point's plan may need, e.g. 8GiB (default: half the machine's
@@ -50,6 +51,7 @@ pub struct Args {
 enum Weights {
     F32,
     Q8,
+    Q4,
 }
 
 pub fn main(args: Args) -> Result<()> {
@@ -60,6 +62,7 @@ pub fn main(args: Args) -> Result<()> {
     opts.weights = match args.weights {
         Weights::F32 => WeightFormat::F32,
         Weights::Q8 => WeightFormat::Q8,
+        Weights::Q4 => WeightFormat::Q4,
     };
     opts.max_memory = match &args.max_memory {
         Some(s) => Some(parse_size(s).map_err(anyhow::Error::msg).context("--max-memory")?),

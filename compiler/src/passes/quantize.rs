@@ -1,12 +1,13 @@
-//! `--weights q8`: the weights products read as `kiln::MatMulTransB(A, W)` (W a 2-D f32 constant
-//! of `n` rows of `k`, `k` a multiple of 32) are stored as int8 blocks with one scale each and
-//! read by `kiln::MatMulQ8`, a quarter of the bytes per decoded token. Embedding tables read by
-//! `Gather`, norms, biases and products over activations stay f32.
+//! `--weights q8|q4`: the weights products read as `kiln::MatMulTransB(A, W)` (W a 2-D f32
+//! constant of `n` rows of `k`, `k` a multiple of 32) are stored in blocks of 32 (int8 with a
+//! scale, or 4-bit with a scale and a minimum) and read by `kiln::MatMulQ8` / `MatMulQ4`: under a
+//! third or a fifth of the bytes per decoded token. Embedding tables read by `Gather`, norms,
+//! biases and products over activations stay f32.
 
 use crate::ir::{Graph, Value};
 use kiln_formats::bytes::ByteOwner;
 use kiln_formats::{AlignedBuf, DType, Dim, SharedBytes};
-use kiln_runtime::ops::matmul::q8::{quantize_row, row_bytes, BLOCK, MATMUL_Q8};
+use kiln_runtime::ops::matmul::quantized::{BlockFormat, BLOCK};
 use kiln_runtime::ops::KILN_DOMAIN;
 use std::sync::{Arc, OnceLock};
 
@@ -17,24 +18,27 @@ pub enum WeightFormat {
     F32,
     /// int8 in blocks of 32, one f32 scale per block.
     Q8,
+    /// 4-bit in blocks of 32, one f32 scale and one f32 minimum per block.
+    Q4,
 }
 
 /// A weight quantized on first read (planning never reads weights).
-struct Quantized {
+struct Quantized<F> {
     src: SharedBytes,
     k: usize,
     copy: OnceLock<AlignedBuf>,
+    format: std::marker::PhantomData<F>,
 }
 
-impl ByteOwner for Quantized {
+impl<F: BlockFormat> ByteOwner for Quantized<F> {
     fn bytes(&self) -> &[u8] {
         self.copy
             .get_or_init(|| {
                 let rows: &[f32] = bytemuck::cast_slice(self.src.as_slice());
-                let rb = row_bytes(self.k);
+                let rb = F::row_bytes(self.k);
                 let mut out = AlignedBuf::zeroed(rows.len() / self.k * rb);
                 for (src, dst) in rows.chunks_exact(self.k).zip(out.as_mut_slice().chunks_exact_mut(rb)) {
-                    quantize_row(src, dst);
+                    F::quantize_row(src, dst);
                 }
                 out
             })
@@ -42,12 +46,29 @@ impl ByteOwner for Quantized {
     }
 }
 
-/// Quantizes every eligible weight; returns (quantized, f32 products left as they are).
-pub fn q8(g: &mut Graph) -> (usize, usize) {
+/// Quantizes every eligible weight into format `F`; returns (quantized, f32 products left as
+/// they are).
+pub fn quantize<F: BlockFormat>(g: &mut Graph) -> (usize, usize) {
+    quantize_where::<F>(g, &|_, _| true)
+}
+
+/// `--weights q4`: products that make a graph output (the output head, whose errors land
+/// straight in the logits) take q8, the others q4. Returns (quantized, products left in f32).
+pub fn q4_with_q8_head(g: &mut Graph) -> (usize, usize) {
+    use kiln_runtime::ops::matmul::{q4::Q4, q8::Q8};
+    let (head, _) = quantize_where::<Q8>(g, &|g, n| n.outputs.iter().any(|o| g.outputs.contains(o)));
+    let (rest, kept) = quantize_where::<Q4>(g, &|_, _| true);
+    (head + rest, kept)
+}
+
+fn quantize_where<F: BlockFormat>(g: &mut Graph, pick: &dyn Fn(&Graph, &crate::ir::Node) -> bool) -> (usize, usize) {
     let (mut done, mut kept) = (0, 0);
     for i in 0..g.nodes.len() {
         let n = &g.nodes[i];
         if n.domain != KILN_DOMAIN || n.op != "MatMulTransB" || n.attrs.iter().any(|a| a.name == "b_pitch") {
+            continue;
+        }
+        if !pick(g, n) {
             continue;
         }
         let (Some(Some(a)), Some(Some(w))) = (n.inputs.first().copied(), n.inputs.get(1).copied()) else { continue };
@@ -65,17 +86,17 @@ pub fn q8(g: &mut Graph) -> (usize, usize) {
             continue;
         }
         let (rows, k) = (shape.as_ref().map_or(0, |s| s[0]), shape.as_ref().map_or(0, |s| s[1]));
-        let len = rows * row_bytes(k);
-        let owner = Quantized { src: bytes, k, copy: OnceLock::new() };
+        let len = rows * F::row_bytes(k);
+        let owner = Quantized::<F> { src: bytes, k, copy: OnceLock::new(), format: std::marker::PhantomData };
         let id = g.add_value(Value {
-            name: format!("{}.q8", wv.name),
+            name: format!("{}.{}", wv.name, F::NAME),
             dtype: Some(DType::U8),
-            shape: Some(vec![Dim::Known(rows as i64), Dim::Known(row_bytes(k) as i64)]),
+            shape: Some(vec![Dim::Known(rows as i64), Dim::Known(F::row_bytes(k) as i64)]),
             constant: Some(SharedBytes::lazy(Arc::new(owner), len)),
             sym_value: None,
         });
         let n = &mut g.nodes[i];
-        n.op = MATMUL_Q8.into();
+        n.op = F::OP.into();
         n.inputs[1] = Some(id);
         n.attrs = vec![kiln_formats::program::Attribute::int("k", k as i64)];
         done += 1;
@@ -88,8 +109,19 @@ mod tests {
     use super::*;
     use crate::ir::Node;
 
+    use kiln_runtime::ops::matmul::{q4::Q4, q8::Q8};
+
     #[test]
     fn transposed_f32_weights_become_q8_and_others_stay() {
+        quantizes_the_eligible_weight::<Q8>();
+    }
+
+    #[test]
+    fn transposed_f32_weights_become_q4_and_others_stay() {
+        quantizes_the_eligible_weight::<Q4>();
+    }
+
+    fn quantizes_the_eligible_weight<F: BlockFormat>() {
         let f32v = |name: &str, dims: &[i64], constant: Option<SharedBytes>| Value {
             name: name.into(),
             dtype: Some(DType::F32),
@@ -120,12 +152,12 @@ mod tests {
             outputs: vec![y],
         };
         g.nodes = vec![product(0, 1, 2), product(3, 4, 5)];
-        assert_eq!(q8(&mut g), (1, 1), "k = 20 is not a whole number of blocks");
+        assert_eq!(quantize::<F>(&mut g), (1, 1), "k = 20 is not a whole number of blocks");
         let n = &g.nodes[0];
-        assert_eq!(n.op, MATMUL_Q8);
+        assert_eq!(n.op, F::OP);
         let q = &g.values[n.inputs[1].unwrap()];
-        assert_eq!(q.known_shape(), Some(vec![3, row_bytes(64)]));
-        assert_eq!(q.constant.as_ref().unwrap().as_slice().len(), 3 * row_bytes(64));
+        assert_eq!(q.known_shape(), Some(vec![3, F::row_bytes(64)]));
+        assert_eq!(q.constant.as_ref().unwrap().as_slice().len(), 3 * F::row_bytes(64));
         assert_eq!(g.nodes[1].op, "MatMulTransB");
     }
 }

@@ -2,7 +2,9 @@
 //! Gemm (2-D, optional transposes, `alpha * A'B' + beta * C` with C broadcast to [M, N]).
 
 pub(crate) mod gemm;
+pub mod q4;
 pub mod q8;
+pub mod quantized;
 
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
@@ -33,7 +35,7 @@ pub fn build_kiln(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>>
     let trans_b = match spec.op {
         "MatMulTransB" => true,
         "MatMul" => false,
-        _ => return q8::build_kiln(spec),
+        _ => return quantized::build_kiln::<q8::Q8>(spec).or_else(|| quantized::build_kiln::<q4::Q4>(spec)),
     };
     let pitch = |p: i64| usize::try_from(p).map_err(|_| KernelError::attr("b_pitch", format!("{p} is negative")));
     Some(

@@ -1,0 +1,215 @@
+//! Products over weights quantized at compile time (`kiln compile --weights q8|q4`):
+//! `A · Wᵀ` with W's `n` rows of `k` weights stored in blocks of [`BLOCK`], each row one
+//! contiguous run of bytes in the format's layout ([`BlockFormat`]). The kernel reads that form
+//! directly: decode (a few rows of A) takes dot products block by block; longer inputs dequantize
+//! a panel of W's rows at a time and hand it to the dense product.
+
+use super::gemm::{gemm, Mat};
+use crate::error::KernelError;
+use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
+use crate::view::{TensorMut, TensorRef};
+use kiln_formats::{DType, Dim};
+use rayon::prelude::*;
+use std::marker::PhantomData;
+
+/// Weights per block.
+pub const BLOCK: usize = 32;
+/// Rows of W dequantized together for a product of many rows of A.
+const PANEL: usize = 64;
+/// Rows of A from which the panel path beats block-by-block dot products.
+const PANEL_ROWS: usize = 4;
+
+/// A weight format: how a row of `k` weights is stored, and its two readers.
+pub trait BlockFormat: Send + Sync + 'static {
+    /// Op type of its product in the `kiln` domain.
+    const OP: &'static str;
+    /// The `--weights` name, also the suffix of quantized weights' names.
+    const NAME: &'static str;
+    /// Bytes of one stored row of `k` weights (`k` a multiple of [`BLOCK`]).
+    fn row_bytes(k: usize) -> usize;
+    /// Stores one row of weights (`src.len()` a multiple of [`BLOCK`]) into `row_bytes` bytes.
+    fn quantize_row(src: &[f32], dst: &mut [u8]);
+    /// The f32 weights of one stored row.
+    fn dequantize_row(row: &[u8], dst: &mut [f32]);
+    /// One row of A times one stored row; the same bits whichever SIMD the CPU has.
+    fn dot(a: &[f32], row: &[u8]) -> f32;
+}
+
+/// Prepares `F`'s product when `spec` is its op.
+pub fn build_kiln<F: BlockFormat>(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
+    (spec.op == F::OP).then(|| {
+        let k = spec.attrs.req_int("k")?;
+        match usize::try_from(k) {
+            Ok(k) if k > 0 && k % BLOCK == 0 => {
+                Ok(Box::new(MatMulQuantized::<F> { k, format: PhantomData }) as Box<dyn Kernel>)
+            }
+            _ => Err(KernelError::attr("k", format!("{k} is not a positive multiple of {BLOCK}"))),
+        }
+    })
+}
+
+struct MatMulQuantized<F> {
+    k: usize,
+    format: PhantomData<F>,
+}
+
+impl<F: BlockFormat> Kernel for MatMulQuantized<F> {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
+        let a = required(inputs, 0)?;
+        let w = required(inputs, 1)?;
+        if a.dtype != DType::F32 || w.dtype != DType::U8 {
+            return Err(KernelError::invalid(format!("expects f32 A and u8 weights, got {} and {}", a.dtype, w.dtype)));
+        }
+        let last = a.shape.last().ok_or_else(|| KernelError::input(0, "A needs at least one dim"))?;
+        if last.known().is_some_and(|d| d != self.k as i64) {
+            return Err(KernelError::input(0, format!("last dim {last} is not k = {}", self.k)));
+        }
+        let [n, bytes] = w.shape else {
+            return Err(KernelError::input(1, format!("weights must be 2-D, got {:?}", w.shape)));
+        };
+        if bytes.known().is_some_and(|b| b != F::row_bytes(self.k) as i64) {
+            return Err(KernelError::input(1, format!("rows of {bytes} bytes do not hold k = {} weights", self.k)));
+        }
+        let mut shape: Vec<Dim> = a.shape[..a.shape.len() - 1].to_vec();
+        shape.push(n.clone());
+        Ok(vec![OutputInfo::new(DType::F32, shape)])
+    }
+
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
+        let a = required(inputs, 0)?;
+        let w = required(inputs, 1)?;
+        let k = self.k;
+        let rb = F::row_bytes(k);
+        let (&[n, bytes], Some(&last)) = (w.shape, a.shape.last()) else {
+            return Err(KernelError::invalid("weights must be 2-D and A at least 1-D"));
+        };
+        if last != k || bytes != rb || w.data.len() != n * rb {
+            return Err(KernelError::invalid(format!(
+                "A {:?} and weights {:?} do not match k = {k}",
+                a.shape, w.shape
+            )));
+        }
+        let a = a.typed::<f32>()?;
+        let out = outputs.get_mut(0).ok_or_else(|| KernelError::invalid("missing output"))?;
+        let m = a.len() / k;
+        let y = out.typed::<f32>()?;
+        if y.len() != m * n {
+            return Err(KernelError::invalid("output does not match the product"));
+        }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if m < PANEL_ROWS {
+            dot_rows::<F>(a, w.data, k, n, y);
+        } else {
+            panels::<F>(a, w.data, k, n, y);
+        }
+        Ok(())
+    }
+}
+
+/// Few rows of A (decode's one): every output is a dot product over blocks, W streamed once per
+/// row of A in column chunks across threads.
+fn dot_rows<F: BlockFormat>(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) {
+    let rb = F::row_bytes(k);
+    let chunk = n.div_ceil(rayon::current_num_threads() * 4).max(16);
+    for (ar, yr) in a.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
+        yr.par_chunks_mut(chunk).enumerate().for_each(|(ci, out)| {
+            for (jj, v) in out.iter_mut().enumerate() {
+                let j = ci * chunk + jj;
+                *v = F::dot(ar, &w[j * rb..(j + 1) * rb]);
+            }
+        });
+    }
+}
+
+/// Many rows of A: a panel of W's rows is dequantized once and multiplied with all of A by the
+/// dense product, panels in parallel.
+fn panels<F: BlockFormat>(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) {
+    let m = a.len() / k;
+    let rb = F::row_bytes(k);
+    let results: Vec<Vec<f32>> = (0..n.div_ceil(PANEL))
+        .into_par_iter()
+        .map(|p| {
+            let rows = PANEL.min(n - p * PANEL);
+            let mut panel = vec![0f32; rows * k];
+            for (r, dst) in panel.chunks_exact_mut(k).enumerate() {
+                F::dequantize_row(&w[(p * PANEL + r) * rb..(p * PANEL + r + 1) * rb], dst);
+            }
+            let mut c = vec![0f32; m * rows];
+            let (am, bm) = (Mat { data: a, rs: k, cs: 1 }, Mat { data: &panel, rs: 1, cs: k });
+            gemm(m, rows, k, 1.0, am, bm, &mut c, false, false);
+            c
+        })
+        .collect();
+    for (p, c) in results.iter().enumerate() {
+        let rows = c.len() / m;
+        for i in 0..m {
+            y[i * n + p * PANEL..i * n + p * PANEL + rows].copy_from_slice(&c[i * rows..(i + 1) * rows]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::Attrs;
+    use crate::ops::matmul::{q4::Q4, q8::Q8};
+    use kiln_formats::program::Attribute;
+
+    fn weights<F: BlockFormat>(n: usize, k: usize) -> Vec<u8> {
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+        let mut q = vec![0u8; n * F::row_bytes(k)];
+        for (src, dst) in w.chunks_exact(k).zip(q.chunks_exact_mut(F::row_bytes(k))) {
+            F::quantize_row(src, dst);
+        }
+        q
+    }
+
+    fn product<F: BlockFormat>(a: &[f32], q: &[u8], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let attrs = [Attribute::int("k", k as i64)];
+        let spec = OpSpec { op: F::OP, domain: crate::ops::KILN_DOMAIN, opset: 1, attrs: Attrs(&attrs) };
+        let kernel = build_kiln::<F>(&spec).unwrap().unwrap();
+        let mut y = vec![0f32; m * n];
+        let (a_shape, w_shape, y_shape) = ([m, k], [n, F::row_bytes(k)], [m, n]);
+        kernel
+            .run(
+                &[
+                    Some(TensorRef { dtype: DType::F32, shape: &a_shape, data: bytemuck::cast_slice(a) }),
+                    Some(TensorRef { dtype: DType::U8, shape: &w_shape, data: q }),
+                ],
+                &mut [TensorMut { dtype: DType::F32, shape: &y_shape, data: bytemuck::cast_slice_mut(&mut y) }],
+            )
+            .unwrap();
+        y
+    }
+
+    fn dot_and_panel_paths_equal_the_dequantized_product<F: BlockFormat>() {
+        // Ragged sizes: n not a multiple of the panel or the thread chunks, k of several blocks.
+        for (m, k, n) in [(1, 96, 37), (3, 64, 130), (9, 160, 70), (17, 32, 129)] {
+            let q = weights::<F>(n, k);
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05).collect();
+            let mut wd = vec![0f32; n * k];
+            for (r, dst) in wd.chunks_exact_mut(k).enumerate() {
+                F::dequantize_row(&q[r * F::row_bytes(k)..(r + 1) * F::row_bytes(k)], dst);
+            }
+            let expect: Vec<f32> = (0..m * n)
+                .map(|x| (0..k).map(|t| a[(x / n) * k + t] as f64 * wd[(x % n) * k + t] as f64).sum::<f64>() as f32)
+                .collect();
+            let got = product::<F>(&a, &q, m, k, n);
+            for (g, e) in got.iter().zip(&expect) {
+                assert!((g - e).abs() <= 1e-4 * (1.0 + e.abs()), "{} m={m} k={k} n={n}: {g} vs {e}", F::NAME);
+            }
+        }
+    }
+
+    #[test]
+    fn q8_dot_and_panel_paths_equal_the_dequantized_product() {
+        dot_and_panel_paths_equal_the_dequantized_product::<Q8>();
+    }
+
+    #[test]
+    fn q4_dot_and_panel_paths_equal_the_dequantized_product() {
+        dot_and_panel_paths_equal_the_dequantized_product::<Q4>();
+    }
+}
