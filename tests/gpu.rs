@@ -35,20 +35,6 @@ fn gpu(test: &str) -> Option<Arc<Gpu>> {
     }
 }
 
-/// Every symbolic input dim bounded at `seq` (batch at 1).
-fn options(dir: &Path, seq: u64, target: TargetLimits) -> CompileOptions {
-    let g = kiln_compiler::import_file(&dir.join("model.onnx"), &CompileOptions::default()).unwrap();
-    let mut o = CompileOptions { target, ..Default::default() };
-    for &i in &g.inputs {
-        for d in g.values[i].shape.iter().flatten() {
-            for s in d.symbols() {
-                o.dim_bounds.insert(s.clone(), if s.contains("batch") { 1 } else { seq });
-            }
-        }
-    }
-    o
-}
-
 fn run(model: Arc<Model>, inputs: &[(String, Tensor)]) -> Vec<Tensor> {
     let refs: Vec<TensorRef> = model
         .input_names()
@@ -79,7 +65,7 @@ fn fixtures_match_cpu_and_onnxruntime() {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let inputs = npy::read_npz(&dir.join("inputs.npz")).unwrap();
         let expected = npy::read_npz(&dir.join("expected.npz")).unwrap();
-        let c = compile_file(&dir.join("model.onnx"), &options(&dir, 32, gpu.target_limits())).unwrap();
+        let c = compile_file(&dir.join("model.onnx"), &bounded_options(&dir, 32, gpu.target_limits())).unwrap();
         let placed = c.placement.clone().expect("a GPU program reports its placement");
         let names = output_names(&c);
         let on_gpu = Model::new_on_gpu(c.program.clone(), &c.weights, gpu.clone()).unwrap();

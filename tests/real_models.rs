@@ -4,7 +4,8 @@
 //! buffer limit leaves the outputs bit-identical.
 
 mod common;
-use kiln_compiler::{compile_file, CompileOptions, Compiled};
+use common::bounded_options;
+use kiln_compiler::{compile_file, Compiled};
 use kiln_formats::target::TargetLimits;
 use kiln_formats::{npy, Tensor};
 use kiln_runtime::{Model, Session, TensorRef};
@@ -25,21 +26,6 @@ fn fixtures() -> Vec<PathBuf> {
     dirs
 }
 
-/// Bounds every symbolic dim of the model at `seq` (batch at 1).
-fn options(dir: &Path, seq: u64, target: TargetLimits) -> CompileOptions {
-    let g = kiln_compiler::import_file(&dir.join("model.onnx"), &CompileOptions::default()).unwrap();
-    let mut o = CompileOptions { target, ..Default::default() };
-    for &i in &g.inputs {
-        for d in g.values[i].shape.iter().flatten() {
-            for s in d.symbols() {
-                let bound = if s.contains("batch") { 1 } else { seq };
-                o.dim_bounds.insert(s, bound);
-            }
-        }
-    }
-    o
-}
-
 fn run(c: Compiled, inputs: &[(String, Tensor)]) -> Vec<Tensor> {
     let model = Model::new(c.program, &c.weights).unwrap();
     let refs: Vec<TensorRef> = model
@@ -57,7 +43,7 @@ fn outputs_match_onnxruntime() {
     for dir in fixtures() {
         let inputs = npy::read_npz(&dir.join("inputs.npz")).unwrap();
         let expected = npy::read_npz(&dir.join("expected.npz")).unwrap();
-        let c = compile_file(&dir.join("model.onnx"), &options(&dir, 128, TargetLimits::cpu()))
+        let c = compile_file(&dir.join("model.onnx"), &bounded_options(&dir, 128, TargetLimits::cpu()))
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         // With every input dim bounded, every value has an arena slot: nothing is allocated per op.
         assert!(c.plan.unplanned.is_empty(), "{}: unplanned {:?}", dir.display(), c.plan.unplanned);
@@ -78,7 +64,7 @@ fn plans_are_close_to_the_lower_bound() {
     let mut table = BTreeMap::new();
     for dir in fixtures() {
         for seq in [1u64, 128, 1024] {
-            let c = compile_file(&dir.join("model.onnx"), &options(&dir, seq, TargetLimits::cpu())).unwrap();
+            let c = compile_file(&dir.join("model.onnx"), &bounded_options(&dir, seq, TargetLimits::cpu())).unwrap();
             let name = format!("{} seq<={seq}", dir.file_name().unwrap().to_string_lossy());
             println!(
                 "plan {name}: arena {} lower bound {} ratio {:.4} ({})",
@@ -95,9 +81,9 @@ fn plans_are_close_to_the_lower_bound() {
 fn splitting_under_64kib_is_bit_identical() {
     for dir in fixtures() {
         let inputs = npy::read_npz(&dir.join("inputs.npz")).unwrap();
-        let whole = compile_file(&dir.join("model.onnx"), &options(&dir, 16, TargetLimits::cpu())).unwrap();
+        let whole = compile_file(&dir.join("model.onnx"), &bounded_options(&dir, 16, TargetLimits::cpu())).unwrap();
         let small = TargetLimits::cpu().with_max_buffer(64 << 10);
-        let split = compile_file(&dir.join("model.onnx"), &options(&dir, 16, small)).unwrap();
+        let split = compile_file(&dir.join("model.onnx"), &bounded_options(&dir, 16, small)).unwrap();
         assert!(
             split.program.buffers.iter().all(|&b| b <= 64 << 10),
             "{}: buffers {:?}",

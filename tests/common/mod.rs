@@ -148,3 +148,22 @@ pub fn save(m: &ModelProto, path: &Path) {
 pub fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models")
 }
+
+/// Options bounding every symbolic input dim of the model in `dir` at `seq` (batch dims at 1).
+pub fn bounded_options(
+    dir: &Path,
+    seq: u64,
+    target: kiln_formats::target::TargetLimits,
+) -> kiln_compiler::CompileOptions {
+    let g = kiln_compiler::import_file(&dir.join("model.onnx"), &Default::default()).unwrap();
+    let mut o = kiln_compiler::CompileOptions { target, ..Default::default() };
+    for &i in &g.inputs {
+        for d in g.values[i].shape.iter().flatten() {
+            for s in d.symbols() {
+                let bound = if s.contains("batch") { 1 } else { seq };
+                o.dim_bounds.insert(s, bound);
+            }
+        }
+    }
+    o
+}

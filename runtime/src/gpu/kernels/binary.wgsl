@@ -35,19 +35,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (i >= P[0]) {
         return;
     }
-    let rank = P[2];
-    var rem = i;
-    var ia = 0u;
-    var ib = 0u;
-    for (var d = 0u; d < rank; d++) {
-        let ax = rank - 1u - d;
-        let c = rem % P[3u + ax];
-        rem = rem / P[3u + ax];
-        ia += c * P[11u + ax];
-        ib += c * P[19u + ax];
-    }
-    let a = A[ia];
-    let b = B[ib];
+    let a = A[strided(i, P[2], 3u, 11u)];
+    let b = B[strided(i, P[2], 3u, 19u)];
     var r = 0.0;
     switch P[1] {
         case 0u: { r = a + b; }

@@ -13,16 +13,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (i >= P[0]) {
         return;
     }
-    let rank = P[1];
-    var rem = i;
-    var src = pi(2u);
-    var dst = pi(3u);
-    for (var d = 0u; d < rank; d++) {
-        let ax = rank - 1u - d;
-        let c = rem % P[4u + ax];
-        rem = rem / P[4u + ax];
-        src += i32(c) * pi(12u + ax);
-        dst += i32(c) * pi(20u + ax);
-    }
+    let src = strided_signed(i, P[1], pi(2u), 4u, 12u);
+    let dst = strided_signed(i, P[1], pi(3u), 4u, 20u);
     O[u32(dst)] = X[u32(src)];
 }

@@ -18,3 +18,28 @@ fn pf(i: u32) -> f32 {
 fn pi(i: u32) -> i32 {
     return bitcast<i32>(P[i]);
 }
+
+// The element offset of flat index `i` of the shape at P[shape_at..] read through the strides at
+// P[strides_at..] (rank `rank`): how broadcasting, transposed and reduced reads find their element.
+fn strided(i: u32, rank: u32, shape_at: u32, strides_at: u32) -> u32 {
+    var rem = i;
+    var at = 0u;
+    for (var d = 0u; d < rank; d++) {
+        let ax = rank - 1u - d;
+        at += (rem % P[shape_at + ax]) * P[strides_at + ax];
+        rem = rem / P[shape_at + ax];
+    }
+    return at;
+}
+
+// [`strided`] with signed strides (reversed slices) from a signed base.
+fn strided_signed(i: u32, rank: u32, base: i32, shape_at: u32, strides_at: u32) -> i32 {
+    var rem = i;
+    var at = base;
+    for (var d = 0u; d < rank; d++) {
+        let ax = rank - 1u - d;
+        at += i32(rem % P[shape_at + ax]) * pi(strides_at + ax);
+        rem = rem / P[shape_at + ax];
+    }
+    return at;
+}

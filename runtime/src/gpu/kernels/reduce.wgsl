@@ -14,13 +14,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     let rank = P[1];
     let kind = P[2];
-    var rem = i;
-    var base = 0u;
-    for (var d = 0u; d < rank; d++) {
-        let ax = rank - 1u - d;
-        base += (rem % P[4u + ax]) * P[20u + ax];
-        rem = rem / P[4u + ax];
-    }
+    let base = strided(i, rank, 4u, 20u);
     var acc = 0.0;
     // -inf and +inf, as the CPU kernels and ONNX give for an empty reduction.
     if (kind == 2u) {
@@ -29,14 +23,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         acc = bitcast<f32>(0x7f800000u);
     }
     for (var r = 0u; r < P[3]; r++) {
-        var rr = r;
-        var at = base;
-        for (var d = 0u; d < rank; d++) {
-            let ax = rank - 1u - d;
-            at += (rr % P[12u + ax]) * P[20u + ax];
-            rr = rr / P[12u + ax];
-        }
-        let x = X[at];
+        let x = X[base + strided(r, rank, 12u, 20u)];
         switch kind {
             case 2u: { acc = max(acc, x); }
             case 3u: { acc = min(acc, x); }

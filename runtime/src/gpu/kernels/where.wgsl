@@ -12,19 +12,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (i >= P[0]) {
         return;
     }
-    let rank = P[1];
-    var rem = i;
-    var ic = 0u;
-    var ix = 0u;
-    var iy = 0u;
-    for (var d = 0u; d < rank; d++) {
-        let ax = rank - 1u - d;
-        let c = rem % P[2u + ax];
-        rem = rem / P[2u + ax];
-        ic += c * P[10u + ax];
-        ix += c * P[18u + ax];
-        iy += c * P[26u + ax];
-    }
+    let ic = strided(i, P[1], 2u, 10u);
     let cond = (C[ic / 4u] >> ((ic % 4u) * 8u)) & 0xffu;
-    O[i] = select(Y[iy], X[ix], cond != 0u);
+    O[i] = select(Y[strided(i, P[1], 2u, 26u)], X[strided(i, P[1], 2u, 18u)], cond != 0u);
 }
