@@ -13,27 +13,9 @@ use kiln_formats::target::TargetLimits;
 use kiln_formats::{npy, Tensor};
 use kiln_runtime::bundle::LoadedBundle;
 use kiln_runtime::generate::{GenerateOptions, LanguageModel};
-use kiln_runtime::gpu::Gpu;
 use kiln_runtime::{Model, Session, TensorRef};
 use std::path::Path;
 use std::sync::Arc;
-
-/// The GPU, or `None` (with a note) when there is none and the run does not require one.
-fn gpu(test: &str) -> Option<Arc<Gpu>> {
-    match Gpu::open() {
-        Ok(g) => {
-            eprintln!("gpu test '{test}' runs on {}", g.describe());
-            Some(g)
-        }
-        Err(e) if std::env::var("KILN_REQUIRE_GPU").as_deref() == Ok("1") => {
-            panic!("KILN_REQUIRE_GPU=1 but {e}")
-        }
-        Err(e) => {
-            eprintln!("gpu test '{test}' SKIPPED: {e}");
-            None
-        }
-    }
-}
 
 fn run(model: Arc<Model>, inputs: &[(String, Tensor)]) -> Vec<Tensor> {
     let refs: Vec<TensorRef> = model
@@ -55,7 +37,7 @@ fn output_names(c: &Compiled) -> Vec<String> {
 
 #[test]
 fn fixtures_match_cpu_and_onnxruntime() {
-    let Some(gpu) = gpu("fixtures") else { return };
+    let Some(gpu) = open_gpu("fixtures") else { return };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let mut dirs: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
     dirs.retain(|d| d.join("model.onnx").is_file());
@@ -91,7 +73,7 @@ fn fixtures_match_cpu_and_onnxruntime() {
 
 #[test]
 fn greedy_generation_equals_the_cpu() {
-    let Some(gpu) = gpu("generation") else { return };
+    let Some(gpu) = open_gpu("generation") else { return };
     let dir = tempfile::tempdir().unwrap();
     for name in ["gpt2-dynamo-kv", "llama-ts-kv", "gpt2-ts"] {
         let out = dir.path().join(format!("{name}.kiln"));
@@ -147,7 +129,7 @@ fn big_lm(dir: &Path, vocab: i64, hidden: i64) -> std::path::PathBuf {
 
 #[test]
 fn a_table_over_the_binding_limit_runs_split() {
-    let Some(gpu) = gpu("split") else { return };
+    let Some(gpu) = open_gpu("split") else { return };
     let limits = gpu.target_limits();
     // Above the largest binding of the device (128 MiB on lavapipe and wgpu's defaults).
     let hidden = 1024;
@@ -178,7 +160,7 @@ fn a_table_over_the_binding_limit_runs_split() {
 
 #[test]
 fn an_op_without_a_gpu_kernel_runs_on_cpu_between_gpu_steps() {
-    let Some(gpu) = gpu("fallback") else { return };
+    let Some(gpu) = open_gpu("fallback") else { return };
     let dir = tempfile::tempdir().unwrap();
     let x: Vec<f32> = (0..3 * 17).map(|i| (i as f32 * 0.37).sin()).collect();
     let m = model(
@@ -205,7 +187,7 @@ fn an_op_without_a_gpu_kernel_runs_on_cpu_between_gpu_steps() {
 
 #[test]
 fn a_plan_the_device_cannot_bind_is_refused_by_name() {
-    let Some(gpu) = gpu("limits") else { return };
+    let Some(gpu) = open_gpu("limits") else { return };
     let dir = tempfile::tempdir().unwrap();
     // Rows of 33 floats: values of 4 x 33 x 4 bytes, so 4-byte alignment leaves odd offsets.
     let path = big_lm(dir.path(), 64, 33);
@@ -218,7 +200,7 @@ fn a_plan_the_device_cannot_bind_is_refused_by_name() {
 
 #[test]
 fn the_cli_runs_a_bundle_on_the_device_it_is_told() {
-    let Some(_gpu) = gpu("cli") else { return };
+    let Some(_gpu) = open_gpu("cli") else { return };
     let dir = tempfile::tempdir().unwrap();
     let model = fixture("llama-dynamo-kv").join("model.onnx");
     let (all, cpu_only) = (dir.path().join("all.kiln"), dir.path().join("cpu.kiln"));

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{f32_tensor, int64_tensor, model, node, save, value_info};
+use common::{f32_tensor, int64_tensor, model, node, open_gpu, save, value_info};
 use kiln_compiler::CompileOptions;
 use kiln_formats::target::TargetLimits;
 use kiln_formats::Tensor;
@@ -28,22 +28,6 @@ const BOOL: i32 = 9;
 
 /// Relative + absolute tolerance: |gpu - cpu| <= TOL * (1 + |cpu|).
 const TOL: f64 = 1e-4;
-
-/// A GPU device for one test, or `None` after printing that `test` is skipped. Each test opens its
-/// own: the harness runs tests on parallel threads, and sessions on one device from several
-/// threads can lose a read-back (see `one_device_many_threads`).
-fn gpu(test: &str) -> Option<Arc<Gpu>> {
-    match Gpu::open() {
-        Ok(g) => Some(g),
-        Err(e) if std::env::var("KILN_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
-            panic!("KILN_REQUIRE_GPU=1 but no GPU could be opened: {e}")
-        }
-        Err(e) => {
-            println!("{test}: skipped, no GPU ({e})");
-            None
-        }
-    }
-}
 
 /// `n` deterministic pseudo-random values in `[lo, hi)`, different for each `seed`.
 fn values(n: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
@@ -284,7 +268,7 @@ fn check(gpu: &Arc<Gpu>, case: &Case) -> Result<MaxDiff, String> {
 
 /// Runs every case (all of them, then reports every failure) and prints the largest difference.
 fn check_all(test: &str, cases: Vec<Case>) {
-    let Some(gpu) = gpu(test) else { return };
+    let Some(gpu) = open_gpu(test) else { return };
     // Per op (a label's first word).
     let mut worst: std::collections::BTreeMap<&str, MaxDiff> = Default::default();
     let mut failures = Vec::new();
@@ -1193,7 +1177,7 @@ fn chains() {
 /// and then before `GpuMemory::download` waited for it).
 #[test]
 fn one_device_many_threads() {
-    let Some(gpu) = gpu("one_device_many_threads") else { return };
+    let Some(gpu) = open_gpu("one_device_many_threads") else { return };
     let case = Case::new("Relu [3,17]", "Relu", vec![("x", F32, f32_in(&[3, 17], 1, -1.0, 1.0))]);
     let c = compile(&case, gpu.target_limits()).unwrap();
     let want = run(&c, None, &case).unwrap();

@@ -199,20 +199,6 @@ fn op_name(step: &Step) -> String {
     }
 }
 
-/// Each slot's device: where the step that makes it runs (the caller's inputs and constants: CPU).
-pub fn homes(p: &Program) -> Vec<Device> {
-    let mut home = vec![Device::Cpu; p.values.len()];
-    for step in &p.steps {
-        let d = if step.on_gpu() { Device::Gpu } else { Device::Cpu };
-        for &o in &step.outputs {
-            if let Some(h) = home.get_mut(o as usize) {
-                *h = d;
-            }
-        }
-    }
-    home
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,7 +242,7 @@ mod tests {
         assert_eq!(p.values[out].name, "w");
         assert_eq!(p.steps.last().unwrap().outputs, vec![out as u32]);
         assert_eq!(p.values[3].name, "w@gpu");
-        let homes = homes(&p);
+        let homes = support::homes(&p);
         for s in &p.steps {
             for &i in &s.inputs {
                 let want = if s.on_gpu() && s.op != TO_GPU { Device::Gpu } else { Device::Cpu };

@@ -46,6 +46,10 @@ impl Model {
     /// Validates `program`, prepares its kernels, and resolves its weights from `entries` (the
     /// byte sources [`kiln_formats::program::WeightRef::entry`] indexes).
     pub fn new(program: Program, entries: &[SharedBytes]) -> Result<Arc<Model>, RuntimeError> {
+        Self::build(program, entries).map(Arc::new)
+    }
+
+    fn build(program: Program, entries: &[SharedBytes]) -> Result<Model, RuntimeError> {
         let bad = |m: String| RuntimeError::Program(m);
         let n = program.values.len();
         let name = |i: usize| program.values[i].name.clone();
@@ -220,18 +224,9 @@ impl Model {
                 }
             }
         }
-        let mut homes = vec![Device::Cpu; n];
-        for step in &program.steps {
-            for &o in &step.outputs {
-                homes[o as usize] = if step.on_gpu() { Device::Gpu } else { Device::Cpu };
-            }
-        }
-        // A state lives where its append runs.
-        for st in &program.states {
-            homes[st.past as usize] = homes[st.present as usize];
-        }
+        let homes = crate::gpu::support::homes(&program);
         let homes = roots.iter().map(|&r| homes[r]).collect();
-        Ok(Arc::new(Model {
+        Ok(Model {
             program,
             kernels,
             weights,
@@ -242,7 +237,7 @@ impl Model {
             homes,
             #[cfg(feature = "gpu")]
             gpu: None,
-        }))
+        })
     }
 
     /// Like [`Model::new`], then checks the program's placement and plan against `gpu`'s limits
@@ -253,8 +248,7 @@ impl Model {
         entries: &[SharedBytes],
         gpu: Arc<crate::gpu::Gpu>,
     ) -> Result<Arc<Model>, RuntimeError> {
-        let model = Model::new(program, entries)?;
-        let mut model = Arc::try_unwrap(model).map_err(|_| RuntimeError::Program("model is shared".into()))?;
+        let mut model = Model::build(program, entries)?;
         let value_inputs = |si: usize| model.kernels[si].value_inputs().to_vec();
         let prepared = crate::gpu::exec::prepare(
             gpu,
@@ -280,8 +274,12 @@ impl Model {
     #[cfg(feature = "gpu")]
     pub(crate) fn state_device(&self) -> Option<&wgpu::Device> {
         let gpu = self.gpu.as_ref()?;
-        let first = self.program.states.first()?;
-        (self.homes[first.present as usize] == Device::Gpu).then_some(&gpu.gpu.device)
+        self.keeps_state_on_gpu().then_some(&gpu.gpu.device)
+    }
+
+    /// Whether this model appends to its KV states on a GPU (so they live in its memory).
+    pub(crate) fn keeps_state_on_gpu(&self) -> bool {
+        self.runs_on_gpu() && self.program.states.first().is_some_and(|s| self.homes[s.present as usize] == Device::Gpu)
     }
 
     /// Whether GPU steps run on a GPU (else every step runs on CPU).

@@ -411,44 +411,24 @@ impl Session {
             )));
         }
         drop(shape_inputs);
+        let lens = self.set_output_shapes(model, si, &outs)?;
+        if lens.iter().all(Option::is_none) {
+            return Ok(());
+        }
         #[cfg(feature = "gpu")]
         if model.runs_on_gpu() && (step.on_gpu() || step.op == crate::gpu::support::TO_CPU) {
-            return self.gpu_step(model, si, &outs, &in_slots, &in_values);
+            return self.gpu_step(model, si, &in_slots, &in_values);
         }
 
-        let mut all_views = true;
         let mut out_ptrs = Vec::with_capacity(step.outputs.len());
-        for (k, &o) in step.outputs.iter().enumerate() {
-            let o = o as usize;
-            let info = &outs[k];
-            if info.dtype != model.dtypes[o] {
-                return Err(KernelError::invalid(format!(
-                    "output '{}' is {} but the program declares {}",
-                    model.program.values[o].name, info.dtype, model.dtypes[o]
-                )));
-            }
-            let shape = crate::kernel::concrete(&info.shape)?;
-            let len = byte_size(info.dtype, &shape)
-                .ok_or_else(|| KernelError::invalid(format!("output shape {shape:?} overflows")))?;
-            self.shapes[o] = shape;
-            if model.roots[o] != o {
-                let root = model.roots[o];
-                let root_len = byte_size(model.dtypes[root], &self.shapes[root]).unwrap_or(0);
-                if len != root_len {
-                    return Err(KernelError::invalid(format!(
-                        "view '{}' has {len} bytes, its source {root_len}",
-                        model.program.values[o].name
-                    )));
+        for (&o, len) in step.outputs.iter().zip(&lens) {
+            out_ptrs.push(match *len {
+                Some(len) => {
+                    let buf = self.storage_for(model, o as usize, len)?;
+                    Some((buf.as_mut_ptr(), buf.len()))
                 }
-                out_ptrs.push(None);
-                continue;
-            }
-            all_views = false;
-            let buf = self.storage_for(model, o, len)?;
-            out_ptrs.push(Some((buf.as_mut_ptr(), buf.len())));
-        }
-        if all_views {
-            return Ok(());
+                None => None,
+            });
         }
         if let (Some(x), Some(Some((ptr, len)))) = (step.in_place_input(), out_ptrs.first()) {
             if std::ptr::eq(self.bytes(model, x as usize).0, *ptr) {
@@ -486,7 +466,6 @@ impl Session {
         &mut self,
         model: &Model,
         si: usize,
-        outs: &[crate::kernel::OutputInfo],
         in_slots: &[Option<usize>],
         in_values: &[Option<Vec<Dim>>],
     ) -> Result<(), KernelError> {
@@ -495,34 +474,6 @@ impl Session {
         use crate::gpu::support::{TO_CPU, TO_GPU};
         let step = &model.program.steps[si];
         let name = |i: usize| model.program.values[i].name.as_str();
-        let mut views = 0;
-        for (k, &o) in step.outputs.iter().enumerate() {
-            let o = o as usize;
-            let info = &outs[k];
-            if info.dtype != model.dtypes[o] {
-                return Err(KernelError::invalid(format!(
-                    "output '{}' is {} but the program declares {}",
-                    name(o),
-                    info.dtype,
-                    model.dtypes[o]
-                )));
-            }
-            self.shapes[o] = crate::kernel::concrete(&info.shape)?;
-            if model.roots[o] != o {
-                let root = model.roots[o];
-                let (len, root_len) = (self.len_of(model, o), self.len_of(model, root));
-                if len != root_len {
-                    return Err(KernelError::invalid(format!(
-                        "view '{}' has {len} bytes, its source {root_len}",
-                        name(o)
-                    )));
-                }
-                views += 1;
-            }
-        }
-        if views == step.outputs.len() {
-            return Ok(());
-        }
         let gm = model.gpu.as_ref().ok_or_else(|| KernelError::invalid("no GPU"))?;
         let x = in_slots.first().copied().flatten();
         if step.domain == crate::ops::KILN_DOMAIN && (step.op == TO_GPU || step.op == TO_CPU) {
@@ -566,6 +517,45 @@ impl Session {
     /// Bytes of `slot` at its current shape.
     fn len_of(&self, model: &Model, slot: usize) -> usize {
         byte_size(model.dtypes[slot], &self.shapes[slot]).unwrap_or(0)
+    }
+
+    /// Records the shapes inference gave step `si`'s outputs, checking them against the program;
+    /// returns each output's byte length, or `None` for a view (whose bytes are its source's).
+    fn set_output_shapes(
+        &mut self,
+        model: &Model,
+        si: usize,
+        outs: &[crate::kernel::OutputInfo],
+    ) -> Result<Vec<Option<usize>>, KernelError> {
+        let step = &model.program.steps[si];
+        let mut lens = Vec::with_capacity(step.outputs.len());
+        for (k, &o) in step.outputs.iter().enumerate() {
+            let o = o as usize;
+            let info = &outs[k];
+            if info.dtype != model.dtypes[o] {
+                return Err(KernelError::invalid(format!(
+                    "output '{}' is {} but the program declares {}",
+                    model.program.values[o].name, info.dtype, model.dtypes[o]
+                )));
+            }
+            let shape = crate::kernel::concrete(&info.shape)?;
+            let len = byte_size(info.dtype, &shape)
+                .ok_or_else(|| KernelError::invalid(format!("output shape {shape:?} overflows")))?;
+            self.shapes[o] = shape;
+            if model.roots[o] == o {
+                lens.push(Some(len));
+                continue;
+            }
+            let root_len = self.len_of(model, model.roots[o]);
+            if len != root_len {
+                return Err(KernelError::invalid(format!(
+                    "view '{}' has {len} bytes, its source {root_len}",
+                    model.program.values[o].name
+                )));
+            }
+            lens.push(None);
+        }
+        Ok(lens)
     }
 }
 

@@ -50,18 +50,24 @@ impl KvState {
     /// keeps them where this cache lives (host or GPU memory).
     pub fn check(&self, model: &Model) -> Result<(), RuntimeError> {
         same_states(&self.layout, &model.program.states)?;
-        #[cfg(feature = "gpu")]
-        if self.layout.is_empty() || model.state_device().is_some() != self.device.is_empty() {
+        let where_ = |gpu: bool| if gpu { "GPU" } else { "host" };
+        let (ours, theirs) = (self.on_gpu(), model.keeps_state_on_gpu());
+        if self.layout.is_empty() || ours == theirs {
             return Ok(());
         }
-        #[cfg(feature = "gpu")]
-        return Err(RuntimeError::Program(format!(
+        Err(RuntimeError::Program(format!(
             "the program keeps its KV cache in {} memory, this cache lives in {} memory",
-            if model.state_device().is_some() { "GPU" } else { "host" },
-            if self.device.is_empty() { "host" } else { "GPU" }
-        )));
+            where_(theirs),
+            where_(ours)
+        )))
+    }
+
+    /// Whether the buffers are in GPU memory.
+    fn on_gpu(&self) -> bool {
+        #[cfg(feature = "gpu")]
+        return !self.device.is_empty();
         #[cfg(not(feature = "gpu"))]
-        Ok(())
+        false
     }
 
     /// Forgets every position (the buffers stay allocated).

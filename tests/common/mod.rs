@@ -167,3 +167,21 @@ pub fn bounded_options(
     }
     o
 }
+
+/// The GPU for a GPU test, or `None` (with a note) when there is none and the run does not require
+/// one; with `KILN_REQUIRE_GPU=1` (CI) a missing GPU fails the test instead of skipping it.
+pub fn open_gpu(test: &str) -> Option<std::sync::Arc<kiln_runtime::gpu::Gpu>> {
+    match kiln_runtime::gpu::Gpu::open() {
+        Ok(g) => {
+            eprintln!("gpu test '{test}' runs on {}", g.describe());
+            Some(g)
+        }
+        Err(e) if std::env::var("KILN_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("KILN_REQUIRE_GPU=1 but no GPU could be opened: {e}")
+        }
+        Err(e) => {
+            eprintln!("gpu test '{test}' SKIPPED: {e}");
+            None
+        }
+    }
+}

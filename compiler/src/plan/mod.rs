@@ -90,7 +90,7 @@ fn search(
     let (all, unbounded) = intervals(p);
     // A GPU program keeps host and device values in separate buffers, so each side allocates
     // only its own.
-    let homes = crate::placement::homes(p);
+    let homes = kiln_runtime::gpu::support::homes(p);
     let mut groups: Vec<Vec<lifetime::Interval>> = Vec::new();
     for device in [Device::Cpu, Device::Gpu] {
         let group: Vec<_> = all.iter().filter(|iv| homes[iv.slot] == device).cloned().collect();

@@ -56,7 +56,7 @@ pub(crate) fn prepare(
                 )));
             }
             let size = program.buffers[buffer];
-            if size + SLACK > limits.max_buffer_size || capacity as u64 > max_binding {
+            if padded(size) > limits.max_buffer_size || capacity as u64 > max_binding {
                 return Err(GpuError::Limit(format!(
                     "arena buffer {buffer} ({size} bytes, value '{}' of {capacity}) exceeds this device's \
                      largest buffer ({} bytes) or binding ({max_binding} bytes); recompile with \
@@ -134,7 +134,7 @@ pub(crate) fn prepare(
         // Written straight from the mapped bundle into the mapped buffer: no host copy.
         let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("weight"),
-            size: (bytes.len() as u64).next_multiple_of(4) + SLACK,
+            size: padded(bytes.len() as u64),
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: true,
         });
@@ -148,14 +148,24 @@ pub(crate) fn prepare(
     Ok(GpuModel { gpu, weights: buffers, ops })
 }
 
-/// A zeroed device buffer for a KV state of `bytes`.
-pub(crate) fn state_buffer(device: &wgpu::Device, bytes: usize) -> wgpu::Buffer {
+/// The size of the device buffer that holds `bytes`: whole words plus [`SLACK`].
+fn padded(bytes: u64) -> u64 {
+    bytes.next_multiple_of(4) + SLACK
+}
+
+/// A zeroed buffer of `size` bytes that kernels bind and transfers copy into and out of.
+fn value_buffer(device: &wgpu::Device, label: &str, size: u64) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("kv state"),
-        size: (bytes as u64).next_multiple_of(4) + SLACK,
+        label: Some(label),
+        size,
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     })
+}
+
+/// A zeroed device buffer for a KV state of `bytes`.
+pub(crate) fn state_buffer(device: &wgpu::Device, bytes: usize) -> wgpu::Buffer {
+    value_buffer(device, "kv state", padded(bytes as u64))
 }
 
 /// A session's device memory and pending commands.
@@ -183,18 +193,7 @@ impl GpuMemory {
             .buffers
             .iter()
             .zip(used)
-            .map(|(&size, used)| {
-                used.then(|| {
-                    gm.gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("arena"),
-                        size: size.next_multiple_of(4) + SLACK,
-                        usage: wgpu::BufferUsages::STORAGE
-                            | wgpu::BufferUsages::COPY_SRC
-                            | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    })
-                })
-            })
+            .map(|(&size, used)| used.then(|| value_buffer(&gm.gpu.device, "arena", padded(size))))
             .collect();
         GpuMemory { arena, dynamic: HashMap::new(), encoder: None }
     }
@@ -231,14 +230,7 @@ impl GpuMemory {
                             "'{dtype_name}' needs {len} bytes at run time, more than this GPU's largest binding"
                         )));
                     }
-                    let buffer = gm.gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("dynamic"),
-                        size: need.next_power_of_two(),
-                        usage: wgpu::BufferUsages::STORAGE
-                            | wgpu::BufferUsages::COPY_SRC
-                            | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    });
+                    let buffer = value_buffer(&gm.gpu.device, "dynamic", need.next_power_of_two());
                     self.dynamic.insert(root, buffer);
                 }
                 Ok((&self.dynamic[&root], 0))

@@ -3,7 +3,7 @@
 //! refused by name instead of reaching a dispatch. Compiled with or without the `gpu` feature:
 //! placement does not need a device.
 
-use kiln_formats::program::{AttrKind, Attribute, Step, NO_VALUE};
+use kiln_formats::program::{AttrKind, Attribute, Device, Program, Step, NO_VALUE};
 use kiln_formats::DType;
 
 /// Elementwise ops of one f32 operand.
@@ -156,4 +156,26 @@ fn f32_only_outputs(outs: &[Option<DType>]) -> Result<(), String> {
 /// Whether a step reads only its inputs' shapes (so it needs no transfer of their data).
 pub fn reads_shapes_only(step: &Step) -> bool {
     matches!(step.domain.as_str(), "" | "ai.onnx") && matches!(step.op.as_str(), "Shape" | "Size")
+}
+
+/// Each slot's device: where the step that makes it runs (the caller's inputs and constants: CPU),
+/// a KV state's past where its append runs. A view's slot has its own maker's device; the runtime
+/// reads a view through its source's.
+pub fn homes(p: &Program) -> Vec<Device> {
+    let mut home = vec![Device::Cpu; p.values.len()];
+    for step in &p.steps {
+        let d = if step.on_gpu() { Device::Gpu } else { Device::Cpu };
+        for &o in &step.outputs {
+            if let Some(h) = home.get_mut(o as usize) {
+                *h = d;
+            }
+        }
+    }
+    for st in &p.states {
+        let (past, present) = (st.past as usize, st.present as usize);
+        if past < home.len() && present < home.len() {
+            home[past] = home[present];
+        }
+    }
+    home
 }

@@ -128,21 +128,13 @@ pub fn dequantize_row(row: &[u8], dst: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn weights(n: usize, k: usize) -> (Vec<f32>, Vec<u8>) {
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
-        let mut q = vec![0u8; n * row_bytes(k)];
-        for (src, dst) in w.chunks_exact(k).zip(q.chunks_exact_mut(row_bytes(k))) {
-            quantize_row(src, dst);
-        }
-        (w, q)
-    }
+    use crate::ops::matmul::quantized::test_weights;
 
     #[test]
     fn the_avx2_dot_equals_the_portable_one_bit_for_bit() {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
-            let (_, q) = weights(5, 96);
+            let (_, q) = test_weights::<Q8>(5, 96);
             let a: Vec<f32> = (0..96).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05).collect();
             for r in 0..5 {
                 let row = &q[r * row_bytes(96)..(r + 1) * row_bytes(96)];
@@ -154,7 +146,7 @@ mod tests {
 
     #[test]
     fn rows_round_trip_within_half_a_step() {
-        let (w, q) = weights(3, 64);
+        let (w, q) = test_weights::<Q8>(3, 64);
         let mut back = vec![0f32; 64];
         for r in 0..3 {
             dequantize_row(&q[r * row_bytes(64)..(r + 1) * row_bytes(64)], &mut back);

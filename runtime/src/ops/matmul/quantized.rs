@@ -150,21 +150,23 @@ fn panels<F: BlockFormat>(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]
     }
 }
 
+/// `n` rows of `k` deterministic test weights, and their rows stored in format `F`.
+#[cfg(test)]
+pub(crate) fn test_weights<F: BlockFormat>(n: usize, k: usize) -> (Vec<f32>, Vec<u8>) {
+    let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+    let mut q = vec![0u8; n * F::row_bytes(k)];
+    for (src, dst) in w.chunks_exact(k).zip(q.chunks_exact_mut(F::row_bytes(k))) {
+        F::quantize_row(src, dst);
+    }
+    (w, q)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernel::Attrs;
     use crate::ops::matmul::{q4::Q4, q8::Q8};
     use kiln_formats::program::Attribute;
-
-    fn weights<F: BlockFormat>(n: usize, k: usize) -> Vec<u8> {
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
-        let mut q = vec![0u8; n * F::row_bytes(k)];
-        for (src, dst) in w.chunks_exact(k).zip(q.chunks_exact_mut(F::row_bytes(k))) {
-            F::quantize_row(src, dst);
-        }
-        q
-    }
 
     fn product<F: BlockFormat>(a: &[f32], q: &[u8], m: usize, k: usize, n: usize) -> Vec<f32> {
         let attrs = [Attribute::int("k", k as i64)];
@@ -187,7 +189,7 @@ mod tests {
     fn dot_and_panel_paths_equal_the_dequantized_product<F: BlockFormat>() {
         // Ragged sizes: n not a multiple of the panel or the thread chunks, k of several blocks.
         for (m, k, n) in [(1, 96, 37), (3, 64, 130), (9, 160, 70), (17, 32, 129)] {
-            let q = weights::<F>(n, k);
+            let (_, q) = test_weights::<F>(n, k);
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05).collect();
             let mut wd = vec![0f32; n * k];
             for (r, dst) in wd.chunks_exact_mut(k).enumerate() {
