@@ -119,6 +119,18 @@ fn plan_entries(
         .unwrap_or(DEFAULT_PREFILL_MAX)
         .clamp(1, max_context);
     let mut entries = lm.entry_specs(max_context, prefill_max);
+    // Generation's prompt pass reads only the last position's logits: `prefill_last` computes
+    // just that row of the head, `prefill` keeps every row for callers that score text.
+    match crate::passes::last_position::restrict(&mut graph.clone(), &lm.logits) {
+        Ok(()) => {
+            let prefill = entries.iter().find(|e| e.name == "prefill").cloned().unwrap_or_default();
+            let at = entries.iter().position(|e| e.name == "prefill").map_or(0, |i| i + 1);
+            entries.insert(at, EntrySpec { name: "prefill_last".into(), last_position: true, ..prefill });
+        }
+        Err(reason) => {
+            notes.push(format!("no prefill_last entry point ({reason}): prompts compute every position's logits"))
+        }
+    }
     if check_bounds(graph, opts).is_ok() {
         entries.insert(0, main);
     }
@@ -156,6 +168,9 @@ pub fn compile_bundle(
         for spec in &specs {
             let mut g = graph.clone();
             g.fix_dims(&spec.fixed);
+            if let (true, Some(gen)) = (spec.last_position, &generation) {
+                crate::passes::last_position::restrict(&mut g, &gen.logits).map_err(CompileError::Options)?;
+            }
             let mut dim_bounds = opts.dim_bounds.clone();
             dim_bounds.extend(spec.bounds.clone());
             for target in targets {

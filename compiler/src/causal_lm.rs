@@ -41,6 +41,8 @@ pub struct EntrySpec {
     pub name: String,
     pub fixed: HashMap<String, i64>,
     pub bounds: BTreeMap<String, u64>,
+    /// The logits of the last position only ([`crate::passes::last_position`]).
+    pub last_position: bool,
 }
 
 fn plain_symbol(d: &Dim) -> Option<String> {

@@ -5,6 +5,7 @@ pub mod dce;
 pub mod grouped_query;
 pub mod infer;
 pub mod kv_cache;
+pub mod last_position;
 pub mod quantize;
 pub mod split;
 pub mod sym_values;

@@ -118,8 +118,13 @@ impl LanguageModel {
             None => None,
         };
         let target = target.or_else(|| bundle.entries.first().map(|(ep, _)| ep.target.as_str()));
-        let prefill =
-            bundle.model("prefill", target).cloned().ok_or_else(|| GenerateError::MissingEntry("prefill".into()))?;
+        // `prefill_last` computes only the logits generation reads; bundles before it, or of a
+        // model whose head it could not slice, have `prefill` alone.
+        let prefill = bundle
+            .model("prefill_last", target)
+            .or_else(|| bundle.model("prefill", target))
+            .cloned()
+            .ok_or_else(|| GenerateError::MissingEntry("prefill".into()))?;
         let decode = bundle.model("decode", target).cloned();
         if !config.kv.is_empty() && decode.is_none() {
             return Err(GenerateError::MissingEntry("decode".into()));
