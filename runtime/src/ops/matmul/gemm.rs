@@ -243,34 +243,63 @@ where
         }
     } else {
         // Columns of B contiguous along k (a transposed weight): dot products.
-        for (jj, d) in cs.iter_mut().enumerate() {
-            let j = j0 + jj;
-            let mut s = T::Acc::ZERO;
-            if b.rs == 1 && a.cs == 1 {
-                let col = &b.data[j * b.cs..j * b.cs + k];
-                let arow = &a.data[..k];
-                let mut lanes = [T::Acc::ZERO; 8];
-                let (ca, cb) = (arow.chunks_exact(8), col.chunks_exact(8));
-                let (ra, rb) = (ca.remainder(), cb.remainder());
-                for (x, y) in ca.zip(cb) {
-                    for l in 0..8 {
-                        lanes[l] += x[l].to_acc() * y[l].to_acc();
-                    }
-                }
-                for (x, y) in ra.iter().zip(rb) {
-                    s += x.to_acc() * y.to_acc();
-                }
-                for l in lanes {
-                    s += l;
-                }
-            } else {
-                for kk in 0..k {
-                    s += a.at(0, kk).to_acc() * b.at(kk, j).to_acc();
+        if b.rs == 1 && a.cs == 1 {
+            let arow = &a.data[..k];
+            let col = |j: usize| &b.data[j * b.cs..j * b.cs + k];
+            let mut quads = cs.chunks_exact_mut(4);
+            for (q, ds) in (&mut quads).enumerate() {
+                let j = j0 + q * 4;
+                let sums = dots::<T, 4>(arow, [col(j), col(j + 1), col(j + 2), col(j + 3)]);
+                for (d, s) in ds.iter_mut().zip(sums) {
+                    put(d, alpha * s, accumulate);
                 }
             }
-            put(d, alpha * s, accumulate);
+            let done = w / 4 * 4;
+            for (jj, d) in quads.into_remainder().iter_mut().enumerate() {
+                let [s] = dots::<T, 1>(arow, [col(j0 + done + jj)]);
+                put(d, alpha * s, accumulate);
+            }
+        } else {
+            for (jj, d) in cs.iter_mut().enumerate() {
+                let mut s = T::Acc::ZERO;
+                for kk in 0..k {
+                    s += a.at(0, kk).to_acc() * b.at(kk, j0 + jj).to_acc();
+                }
+                put(d, alpha * s, accumulate);
+            }
         }
     }
+}
+
+/// `R` dot products of `a` with columns of equal length, interleaved so that `R` independent
+/// sums hide the add latency a single one waits on. Each column's sum is the same sequence of
+/// operations whatever `R`: eight lanes over whole chunks of 8, the tail, then the lanes in order.
+#[inline(always)]
+fn dots<T: Float, const R: usize>(a: &[T], cols: [&[T]; R]) -> [T::Acc; R]
+where
+    T::Acc: GAcc,
+{
+    let mut lanes = [[T::Acc::ZERO; 8]; R];
+    let whole = a.len() / 8 * 8;
+    for c in (0..whole).step_by(8) {
+        let x: &[T; 8] = a[c..c + 8].try_into().expect("8 wide");
+        for (lane, col) in lanes.iter_mut().zip(&cols) {
+            let y: &[T; 8] = col[c..c + 8].try_into().expect("8 wide");
+            for l in 0..8 {
+                lane[l] += x[l].to_acc() * y[l].to_acc();
+            }
+        }
+    }
+    std::array::from_fn(|r| {
+        let mut s = T::Acc::ZERO;
+        for (x, y) in a[whole..].iter().zip(&cols[r][whole..]) {
+            s += x.to_acc() * y.to_acc();
+        }
+        for l in lanes[r] {
+            s += l;
+        }
+        s
+    })
 }
 
 /// C's rows and columns handed to one thread: it packs its own B panels and A blocks, so no
@@ -665,6 +694,8 @@ mod avx512 {
         T::Acc: GAcc,
     {
         let kc = blk.kc;
+        // Whole tiles of f32 C are stored straight from the registers.
+        let direct = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
         for p in 0..blk.nc.div_ceil(32) {
             let bpanel = &bp[p * kc * 32..(p + 1) * kc * 32];
             let w = 32.min(blk.nc - p * 32);
@@ -687,6 +718,11 @@ mod avx512 {
                         row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
                     }
                 }
+                if direct && h == 12 && w == 32 {
+                    // SAFETY: T is f32 and the whole tile lies in the block, which the caller owns.
+                    unsafe { store_f32(blk, &acc, blk.row0 + q * 12, blk.jc + p * 32, c.0 as *mut f32) };
+                    continue;
+                }
                 let mut tile = [[T::Acc::ZERO; 32]; 12];
                 for (dst, row) in tile.iter_mut().zip(&acc) {
                     let dst: &mut [f32; 32] = T::Acc::as_f32_mut(dst).expect("f32 accumulators");
@@ -698,6 +734,25 @@ mod avx512 {
                 }
                 // SAFETY: the tile lies in the block, which the caller owns.
                 unsafe { store_tile(blk, &tile[..h], blk.row0 + q * 12, blk.jc + p * 32, w, c) };
+            }
+        }
+    }
+
+    /// Stores a whole 12 × 32 tile of f32 C: `alpha · acc (+ C)`, the same operations as [`super::put`].
+    ///
+    /// # Safety
+    /// AVX-512F; C is f32 and the caller owns the 12 × 32 elements at (`row`, `col`).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_f32<A: GAcc>(blk: &Block<A>, acc: &[[__m512; 2]; 12], row: usize, col: usize, c: *mut f32) {
+        let alpha = _mm512_set1_ps(A::as_f32(std::slice::from_ref(&blk.alpha)).expect("f32 accumulators")[0]);
+        for (i, halves) in acc.iter().enumerate() {
+            for (h, &v) in halves.iter().enumerate() {
+                // SAFETY: within the caller's tile.
+                unsafe {
+                    let at = c.add((row + i) * blk.ldc + col + h * 16);
+                    let v = _mm512_mul_ps(v, alpha);
+                    _mm512_storeu_ps(at, if blk.keep { _mm512_add_ps(v, _mm512_loadu_ps(at)) } else { v });
+                }
             }
         }
     }
@@ -750,6 +805,19 @@ mod tests {
                         assert!((*x as f64 - e).abs() < 1e-4 * (1. + y.abs()), "{m}x{n}x{k} [{i}]: {x} vs {e}");
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn interleaved_dots_equal_single_ones_bit_for_bit() {
+        for k in [3, 8, 37, 64, 577] {
+            let a: Vec<f32> = (0..k).map(|i| ((i * 7 % 13) as f32 - 6.) * 0.37).collect();
+            let cols: Vec<Vec<f32>> =
+                (0..4).map(|c| (0..k).map(|i| ((i * 5 + c) % 11) as f32 * 0.71 - 3.3).collect()).collect();
+            let four = dots::<f32, 4>(&a, [&cols[0], &cols[1], &cols[2], &cols[3]]);
+            for (c, s) in cols.iter().zip(four) {
+                assert_eq!(s.to_bits(), dots::<f32, 1>(&a, [c])[0].to_bits(), "k = {k}");
             }
         }
     }
