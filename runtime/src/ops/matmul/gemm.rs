@@ -246,18 +246,22 @@ where
         if b.rs == 1 && a.cs == 1 {
             let arow = &a.data[..k];
             let col = |j: usize| &b.data[j * b.cs..j * b.cs + k];
-            let mut quads = cs.chunks_exact_mut(4);
-            for (q, ds) in (&mut quads).enumerate() {
-                let j = j0 + q * 4;
-                let sums = dots::<T, 4>(arow, [col(j), col(j + 1), col(j + 2), col(j + 3)]);
-                for (d, s) in ds.iter_mut().zip(sums) {
-                    put(d, alpha * s, accumulate);
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if let (Some(af), true) = (f32_slice(arow), std::is_x86_feature_detected!("avx2")) {
+                for (q, ds) in cs.chunks_exact_mut(4).enumerate() {
+                    let j = j0 + q * 4;
+                    let cols = [col(j), col(j + 1), col(j + 2), col(j + 3)].map(|c| f32_slice(c).expect("f32 like A"));
+                    // SAFETY: the CPU has AVX2 (checked above).
+                    let sums = unsafe { dot_f32::dot4(af, cols) };
+                    for (d, s) in ds.iter_mut().zip(sums) {
+                        put(d, alpha * T::Acc::from_f64(s as f64), accumulate);
+                    }
                 }
+                done = w / 4 * 4;
             }
-            let done = w / 4 * 4;
-            for (jj, d) in quads.into_remainder().iter_mut().enumerate() {
-                let [s] = dots::<T, 1>(arow, [col(j0 + done + jj)]);
-                put(d, alpha * s, accumulate);
+            for (jj, d) in cs.iter_mut().enumerate().skip(done) {
+                put(d, alpha * dot1(arow, col(j0 + jj)), accumulate);
             }
         } else {
             for (jj, d) in cs.iter_mut().enumerate() {
@@ -271,35 +275,81 @@ where
     }
 }
 
-/// `R` dot products of `a` with columns of equal length, interleaved so that `R` independent
-/// sums hide the add latency a single one waits on. Each column's sum is the same sequence of
-/// operations whatever `R`: eight lanes over whole chunks of 8, the tail, then the lanes in order.
+/// `s` as f32 when `T` is f32.
+fn f32_slice<T: Float>(s: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32, so the slice is one of f32.
+        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
+}
+
+/// Four f32 dot products at once for decode.
+#[cfg(target_arch = "x86_64")]
+mod dot_f32 {
+    use std::arch::x86_64::*;
+
+    /// Four dot products of `a` with equally long columns, interleaved so that four independent
+    /// sums hide the add latency one waits on. Each column's sum is [`super::dot1`]'s sequence
+    /// (eight lanes of multiply then add over whole chunks of 8, the tail, the lanes in order),
+    /// so the results are the same bits.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dot4(a: &[f32], c: [&[f32]; 4]) -> [f32; 4] {
+        let whole = a.len() / 8 * 8;
+        assert!(c.iter().all(|col| col.len() == a.len()), "columns as long as A");
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for i in (0..whole).step_by(8) {
+            // SAFETY: i + 8 <= whole <= the length of A and of every column (asserted).
+            unsafe {
+                let x = _mm256_loadu_ps(a.as_ptr().add(i));
+                for (s, col) in acc.iter_mut().zip(&c) {
+                    *s = _mm256_add_ps(*s, _mm256_mul_ps(x, _mm256_loadu_ps(col.as_ptr().add(i))));
+                }
+            }
+        }
+        std::array::from_fn(|r| {
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r]) };
+            super::finish(a, c[r], &lanes)
+        })
+    }
+}
+
+/// One dot product: eight lanes over whole chunks of 8, the tail, then the lanes in order.
 #[inline(always)]
-fn dots<T: Float, const R: usize>(a: &[T], cols: [&[T]; R]) -> [T::Acc; R]
+fn dot1<T: Float>(a: &[T], c: &[T]) -> T::Acc
 where
     T::Acc: GAcc,
 {
-    let mut lanes = [[T::Acc::ZERO; 8]; R];
-    let whole = a.len() / 8 * 8;
-    for c in (0..whole).step_by(8) {
-        let x: &[T; 8] = a[c..c + 8].try_into().expect("8 wide");
-        for (lane, col) in lanes.iter_mut().zip(&cols) {
-            let y: &[T; 8] = col[c..c + 8].try_into().expect("8 wide");
-            for l in 0..8 {
-                lane[l] += x[l].to_acc() * y[l].to_acc();
-            }
-        }
+    let mut l = [T::Acc::ZERO; 8];
+    for (x, y) in a.chunks_exact(8).zip(c.chunks_exact(8)) {
+        lanes8(&mut l, x, y);
     }
-    std::array::from_fn(|r| {
-        let mut s = T::Acc::ZERO;
-        for (x, y) in a[whole..].iter().zip(&cols[r][whole..]) {
-            s += x.to_acc() * y.to_acc();
-        }
-        for l in lanes[r] {
-            s += l;
-        }
-        s
-    })
+    finish(a, c, &l)
+}
+
+/// `lanes[i] += x[i] · y[i]` over one chunk of 8 (one vector multiply and add once vectorized).
+#[inline(always)]
+fn lanes8<T: Float>(lanes: &mut [T::Acc; 8], x: &[T], y: &[T]) {
+    for i in 0..8 {
+        lanes[i] += x[i].to_acc() * y[i].to_acc();
+    }
+}
+
+/// The tail past the whole chunks of 8, then the eight lanes in order.
+#[inline(always)]
+fn finish<T: Float>(a: &[T], c: &[T], lanes: &[T::Acc; 8]) -> T::Acc {
+    let whole = a.len() / 8 * 8;
+    let mut s = T::Acc::ZERO;
+    for (x, y) in a[whole..].iter().zip(&c[whole..]) {
+        s += x.to_acc() * y.to_acc();
+    }
+    for &l in lanes {
+        s += l;
+    }
+    s
 }
 
 /// C's rows and columns handed to one thread: it packs its own B panels and A blocks, so no
@@ -810,14 +860,19 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn interleaved_dots_equal_single_ones_bit_for_bit() {
         for k in [3, 8, 37, 64, 577] {
             let a: Vec<f32> = (0..k).map(|i| ((i * 7 % 13) as f32 - 6.) * 0.37).collect();
             let cols: Vec<Vec<f32>> =
                 (0..4).map(|c| (0..k).map(|i| ((i * 5 + c) % 11) as f32 * 0.71 - 3.3).collect()).collect();
-            let four = dots::<f32, 4>(&a, [&cols[0], &cols[1], &cols[2], &cols[3]]);
+            if !std::is_x86_feature_detected!("avx2") {
+                return;
+            }
+            // SAFETY: AVX2 checked above.
+            let four = unsafe { dot_f32::dot4(&a, [&cols[0], &cols[1], &cols[2], &cols[3]]) };
             for (c, s) in cols.iter().zip(four) {
-                assert_eq!(s.to_bits(), dots::<f32, 1>(&a, [c])[0].to_bits(), "k = {k}");
+                assert_eq!(s.to_bits(), dot1(&a, c).to_bits(), "k = {k}");
             }
         }
     }
