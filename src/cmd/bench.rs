@@ -37,6 +37,10 @@ pub struct Args {
     /// the file being truncated or rewritten while kiln runs (see README, "Files that change underneath").
     #[arg(long)]
     no_mmap: bool,
+    /// Skip hashing the bundle's entries at load, as `kiln run --no-verify-checksums`: load then
+    /// measures opening the map and preparing the model alone.
+    #[arg(long)]
+    no_verify_checksums: bool,
     /// Where to run (see `kiln run --device`).
     #[arg(long, value_enum, default_value_t = super::device::DeviceFlag::Cpu)]
     device: super::device::DeviceFlag,
@@ -79,11 +83,12 @@ pub fn main(args: Args) -> Result<()> {
     if args.tokens == 0 || args.gen < 2 || args.prompt_len == 0 || args.repeats == 0 {
         bail!("--tokens, --prompt-len and --repeats must be at least 1, --gen at least 2");
     }
-    // Load as a server would: checksums verified, the model and one generator ready to run.
+    // Load as a server would: checksums verified (unless told not to), the model and one
+    // generator ready to run.
     let started = Instant::now();
     let (loaded, chosen) = super::device::open_on(
         &args.bundle,
-        OpenOptions { read_into_memory: args.no_mmap, ..OpenOptions::default() },
+        OpenOptions { read_into_memory: args.no_mmap, verify_checksums: !args.no_verify_checksums },
         args.device,
     )?;
     let lm = Arc::new(LanguageModel::from_bundle(&loaded, Some(chosen.target))?);
@@ -112,7 +117,8 @@ pub fn main(args: Args) -> Result<()> {
         print_profile(&p);
     }
     let peak_rss = super::common::peak_memory_bytes();
-    eprintln!("load: {load_s:.3}s (checksums verified)");
+    let checked = if args.no_verify_checksums { "checksums not verified" } else { "checksums verified" };
+    eprintln!("load: {load_s:.3}s ({checked})");
     eprintln!("prefill: {prefill_tps:.1} tokens/s ({} tokens, median of {})", args.prompt_len, args.repeats);
     eprintln!("decode: {decode_tps:.1} tokens/s ({} tokens after the prompt, median of {})", args.gen, args.repeats);
     match peak_rss {
@@ -160,7 +166,8 @@ pub fn main(args: Args) -> Result<()> {
         println!(
             "{}",
             json!({"command": "bench", "ok": true, "bundle": args.bundle.display().to_string(),
-            "threads": rayon::current_num_threads(), "load_s": load_s, "prompt_len": args.prompt_len,
+            "threads": rayon::current_num_threads(), "load_s": load_s,
+            "checksums_verified": !args.no_verify_checksums, "prompt_len": args.prompt_len,
             "gen": args.gen, "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps,
             "peak_rss_bytes": peak_rss, "tokens": args.tokens,
             "kv_cache": key, "device": chosen.describe(), "decode": rows})
