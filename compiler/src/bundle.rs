@@ -215,6 +215,8 @@ pub fn compile_bundle(
             "weights: {q} products read {} weights; {kept} kept f32 (not a 2-D weight of whole 32-blocks)",
             match opts.weights {
                 crate::passes::quantize::WeightFormat::Q4 => "q4 (q8 for those making an output: the head)",
+                crate::passes::quantize::WeightFormat::F16 => "f16",
+                crate::passes::quantize::WeightFormat::BF16 => "bf16",
                 _ => "q8",
             }
         ));

@@ -30,8 +30,9 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     prefill_max: Option<u64>,
     /// How products' weights are stored: f32 as exported, q8 (int8 in blocks of 32 with one f32
-    /// scale each) or q4 (4-bit in blocks of 32 with an f32 scale and minimum each), read directly
-    /// by the kernels; embeddings and norms stay f32.
+    /// scale each), q4 (4-bit in blocks of 32 with an f32 scale and minimum each), f16 or bf16
+    /// (16-bit floats, rounded to nearest), read directly by the kernels; embeddings and norms
+    /// stay f32.
     #[arg(long, value_enum, default_value = "f32")]
     weights: Weights,
     /// Largest arena one entry point's plan may need, e.g. 8GiB (default: half the machine's
@@ -52,6 +53,8 @@ enum Weights {
     F32,
     Q8,
     Q4,
+    F16,
+    BF16,
 }
 
 pub fn main(args: Args) -> Result<()> {
@@ -63,6 +66,8 @@ pub fn main(args: Args) -> Result<()> {
         Weights::F32 => WeightFormat::F32,
         Weights::Q8 => WeightFormat::Q8,
         Weights::Q4 => WeightFormat::Q4,
+        Weights::F16 => WeightFormat::F16,
+        Weights::BF16 => WeightFormat::BF16,
     };
     opts.max_memory = match &args.max_memory {
         Some(s) => Some(parse_size(s).map_err(anyhow::Error::msg).context("--max-memory")?),

@@ -1,8 +1,9 @@
-//! `--weights q8|q4`: the weights products read as `kiln::MatMulTransB(A, W)` (W a 2-D f32
-//! constant of `n` rows of `k`, `k` a multiple of 32) are stored in blocks of 32 (int8 with a
+//! `--weights q8|q4|f16|bf16`: the weights products read as `kiln::MatMulTransB(A, W)` (W a 2-D
+//! f32 constant of `n` rows of `k`, `k` a multiple of 32) are stored in blocks of 32 (int8 with a
 //! scale, or 4-bit with a scale and a minimum) and read by `kiln::MatMulQ8` / `MatMulQ4`: under a
-//! third or a fifth of the bytes per decoded token. Embedding tables read by `Gather`, norms,
-//! biases and products over activations stay f32.
+//! third or a fifth of the bytes per decoded token; or as 16-bit floats (f16 or bf16, rounded to
+//! nearest) read by `kiln::MatMulF16` / `MatMulBF16`: half the bytes, and far closer to f32.
+//! Embedding tables read by `Gather`, norms, biases and products over activations stay f32.
 
 use crate::ir::{Graph, Value};
 use kiln_formats::bytes::ByteOwner;
@@ -20,6 +21,10 @@ pub enum WeightFormat {
     Q8,
     /// 4-bit in blocks of 32, one f32 scale and one f32 minimum per block.
     Q4,
+    /// IEEE half floats (11 significant bits, magnitudes up to 65504), the output head too.
+    F16,
+    /// bfloat16 (f32's range, 8 significant bits), the output head too.
+    BF16,
 }
 
 /// A weight quantized on first read (planning never reads weights).
@@ -109,7 +114,7 @@ mod tests {
     use super::*;
     use crate::ir::Node;
 
-    use kiln_runtime::ops::matmul::{q4::Q4, q8::Q8};
+    use kiln_runtime::ops::matmul::{bf16::BF16, f16::F16, q4::Q4, q8::Q8};
 
     #[test]
     fn transposed_f32_weights_become_q8_and_others_stay() {
@@ -119,6 +124,16 @@ mod tests {
     #[test]
     fn transposed_f32_weights_become_q4_and_others_stay() {
         quantizes_the_eligible_weight::<Q4>();
+    }
+
+    #[test]
+    fn transposed_f32_weights_become_f16_and_others_stay() {
+        quantizes_the_eligible_weight::<F16>();
+    }
+
+    #[test]
+    fn transposed_f32_weights_become_bf16_and_others_stay() {
+        quantizes_the_eligible_weight::<BF16>();
     }
 
     fn quantizes_the_eligible_weight<F: BlockFormat>() {

@@ -5,6 +5,7 @@
 //! `32b + j` in its low half and `32b + 16 + j` in its high half, so a block unpacks with two
 //! masks. A row is `k / 2 + k / 4` bytes, under a fifth of f32's.
 
+use super::lanes::{self, LaneDot, Lanes, GROUPS};
 use super::quantized::BlockFormat;
 pub use super::quantized::BLOCK;
 
@@ -55,13 +56,8 @@ impl BlockFormat for Q4 {
         }
     }
 
-    fn dot(a: &[f32], row: &[u8]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked above).
-            return unsafe { dot_avx2(a, row) };
-        }
-        dot_portable(a, row)
+    fn dot_rows(a: &[f32], rows: &[u8], out: &mut [f32]) {
+        lanes::dot_rows::<Self>(a, rows, out)
     }
 }
 
@@ -72,61 +68,38 @@ fn params(row: &[u8], blocks: usize, b: usize) -> (f32, f32) {
     (f(b * 4), f(blocks * 4 + b * 4))
 }
 
-/// Per block, eight lanes of `Σ a·q` and of `Σ a` (lane `l` takes elements `8t + l`), scaled by
-/// the block's scale and minimum into eight running sums, added up once at the end. Plain
-/// multiplies and adds, not fused, so [`dot_avx2`] gives the same bits.
-#[inline(always)]
-fn dot_portable(a: &[f32], row: &[u8]) -> f32 {
-    let blocks = a.len() / BLOCK;
-    let mut total = [0f32; 8];
-    for (b, av) in a.chunks_exact(BLOCK).enumerate() {
-        let (scale, min) = params(row, blocks, b);
-        let q = &row[blocks * 8 + b * BLOCK / 2..blocks * 8 + (b + 1) * BLOCK / 2];
-        let (mut lanes, mut sums) = ([0f32; 8], [0f32; 8]);
-        for t in 0..4 {
-            for l in 0..8 {
-                let byte = q[(t % 2) * 8 + l];
-                let level = if t < 2 { byte & 15 } else { byte >> 4 };
-                lanes[l] += av[t * 8 + l] * level as f32;
-                sums[l] += av[t * 8 + l];
-            }
-        }
-        for l in 0..8 {
-            total[l] += lanes[l] * scale + sums[l] * min;
-        }
-    }
-    ((total[0] + total[4]) + (total[1] + total[5])) + ((total[2] + total[6]) + (total[3] + total[7]))
-}
+impl LaneDot for Q4 {
+    /// A block's lanes and their sums `Σ a` (lane `l` adds elements `8t + l`, from zero): the
+    /// minimum's term needs no weights, so every row of a pass shares it.
+    type A<V: Lanes> = ([V; GROUPS], V);
+    type Row<'a> = (&'a [[u8; 4]], &'a [[u8; 4]], &'a [[u8; BLOCK / 2]]);
 
-/// [`dot_portable`] in AVX2 intrinsics, lane for lane.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(a: &[f32], row: &[u8]) -> f32 {
-    use std::arch::x86_64::*;
-    let blocks = a.len() / BLOCK;
-    assert!(row.len() >= blocks * 8 + a.len() / 2);
-    let low = _mm256_set1_epi32(15);
-    let mut total = _mm256_setzero_ps();
-    for b in 0..blocks {
-        let (scale, min) = params(row, blocks, b);
-        let q = row.as_ptr().add(blocks * 8 + b * BLOCK / 2);
-        let (mut lanes, mut sums) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        for t in 0..4 {
-            // SAFETY: 8 bytes at `q + (t % 2) * 8` lie within the block's 16 (length asserted).
-            let bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(q.add((t % 2) * 8) as *const __m128i));
-            let levels = if t < 2 { _mm256_and_si256(bytes, low) } else { _mm256_srli_epi32(bytes, 4) };
-            // SAFETY: `b * BLOCK + t * 8 + 8 <= a.len()`.
-            let x = _mm256_loadu_ps(a.as_ptr().add(b * BLOCK + t * 8));
-            lanes = _mm256_add_ps(lanes, _mm256_mul_ps(x, _mm256_cvtepi32_ps(levels)));
-            sums = _mm256_add_ps(sums, x);
-        }
-        let block =
-            _mm256_add_ps(_mm256_mul_ps(lanes, _mm256_set1_ps(scale)), _mm256_mul_ps(sums, _mm256_set1_ps(min)));
-        total = _mm256_add_ps(total, block);
+    #[inline(always)]
+    fn a_block<V: Lanes>(a: &[f32; BLOCK]) -> Self::A<V> {
+        let x = lanes::load_block(a);
+        (x, x.iter().fold(V::zero(), |s, &v| s.add(v)))
     }
-    let mut t = [0f32; 8];
-    _mm256_storeu_ps(t.as_mut_ptr(), total);
-    ((t[0] + t[4]) + (t[1] + t[5])) + ((t[2] + t[6]) + (t[3] + t[7]))
+
+    #[inline(always)]
+    fn row(bytes: &[u8], blocks: usize) -> Self::Row<'_> {
+        let (params, quants) = bytes.split_at(blocks * 8);
+        let (scales, mins) = params.split_at(blocks * 4);
+        (scales.as_chunks().0, mins.as_chunks().0, quants.as_chunks().0)
+    }
+
+    /// `Σ a·q · scale + Σ a · min` in eight lanes.
+    #[inline(always)]
+    fn block<V: Lanes>((x, sums): &Self::A<V>, (scales, mins, quants): &Self::Row<'_>, b: usize) -> V {
+        let q = quants[b].as_chunks::<8>().0;
+        let levels = [
+            V::nibbles::<false>(&q[0]),
+            V::nibbles::<false>(&q[1]),
+            V::nibbles::<true>(&q[0]),
+            V::nibbles::<true>(&q[1]),
+        ];
+        let (scale, min) = (f32::from_le_bytes(scales[b]), f32::from_le_bytes(mins[b]));
+        lanes::dot_block(x, levels).mul(V::splat(scale)).add(sums.mul(V::splat(min)))
+    }
 }
 
 #[cfg(test)]
@@ -135,17 +108,8 @@ mod tests {
     use crate::ops::matmul::quantized::test_weights;
 
     #[test]
-    fn the_avx2_dot_equals_the_portable_one_bit_for_bit() {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            let (_, q) = test_weights::<Q4>(5, 96);
-            let a: Vec<f32> = (0..96).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05).collect();
-            for r in 0..5 {
-                let row = &q[r * Q4::row_bytes(96)..(r + 1) * Q4::row_bytes(96)];
-                // SAFETY: AVX2 checked above.
-                assert_eq!(unsafe { dot_avx2(&a, row) }.to_bits(), dot_portable(&a, row).to_bits());
-            }
-        }
+    fn the_simd_multi_row_dot_equals_the_portable_one_row_dot_bit_for_bit() {
+        crate::ops::matmul::lanes::check_dot_rows::<Q4>();
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! `k / BLOCK` little-endian f32 scales followed by its `k` int8 values, so a row is one
 //! contiguous read of `k + k / 8` bytes, a quarter of f32's.
 
+use super::lanes::{self, LaneDot, Lanes, GROUPS};
 use super::quantized::BlockFormat;
 pub use super::quantized::BLOCK;
 
@@ -25,8 +26,8 @@ impl BlockFormat for Q8 {
         dequantize_row(row, dst)
     }
 
-    fn dot(a: &[f32], row: &[u8]) -> f32 {
-        dot(a, row)
+    fn dot_rows(a: &[f32], rows: &[u8], out: &mut [f32]) {
+        lanes::dot_rows::<Self>(a, rows, out)
     }
 }
 
@@ -53,64 +54,27 @@ pub fn quantize_row(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-/// One row of A times one stored row of W.
-fn dot(a: &[f32], row: &[u8]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked above).
-        return unsafe { dot_avx2(a, row) };
-    }
-    dot_portable(a, row)
-}
+impl LaneDot for Q8 {
+    type A<V: Lanes> = [V; GROUPS];
+    type Row<'a> = (&'a [[u8; 4]], &'a [[u8; BLOCK]]);
 
-/// [`dot_portable`] in AVX2 intrinsics: the same multiplies and adds in the same order (lane `l`
-/// of a vector is lane `l` of the portable sums), so the results are the same bit for bit.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(a: &[f32], row: &[u8]) -> f32 {
-    use std::arch::x86_64::*;
-    let blocks = a.len() / BLOCK;
-    let (scales, quants) = row.split_at(blocks * 4);
-    assert!(quants.len() >= a.len() && scales.len() >= blocks * 4);
-    let mut total = _mm256_setzero_ps();
-    for b in 0..blocks {
-        let scale = f32::from_le_bytes([scales[b * 4], scales[b * 4 + 1], scales[b * 4 + 2], scales[b * 4 + 3]]);
-        let mut lanes = _mm256_setzero_ps();
-        for t in 0..BLOCK / 8 {
-            let at = b * BLOCK + t * 8;
-            // SAFETY: `at + 8 <= a.len() <= quants.len()` (asserted above); unaligned loads.
-            let q =
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(quants.as_ptr().add(at) as *const __m128i)));
-            let x = _mm256_loadu_ps(a.as_ptr().add(at));
-            lanes = _mm256_add_ps(lanes, _mm256_mul_ps(x, q));
-        }
-        total = _mm256_add_ps(total, _mm256_mul_ps(lanes, _mm256_set1_ps(scale)));
+    #[inline(always)]
+    fn a_block<V: Lanes>(a: &[f32; BLOCK]) -> [V; GROUPS] {
+        lanes::load_block(a)
     }
-    let mut t = [0f32; 8];
-    _mm256_storeu_ps(t.as_mut_ptr(), total);
-    ((t[0] + t[4]) + (t[1] + t[5])) + ((t[2] + t[6]) + (t[3] + t[7]))
-}
 
-/// Eight partial sums per block, scaled into eight running sums, added up once at the end.
-/// (Plain multiplies and adds, not fused: results must not depend on the CPU.)
-#[inline(always)]
-fn dot_portable(a: &[f32], row: &[u8]) -> f32 {
-    let blocks = a.len() / BLOCK;
-    let (scales, quants) = row.split_at(blocks * 4);
-    let mut total = [0f32; 8];
-    for ((av, q), s) in a.chunks_exact(BLOCK).zip(quants.chunks_exact(BLOCK)).zip(scales.chunks_exact(4)) {
-        let scale = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-        let mut lanes = [0f32; 8];
-        for (a8, q8) in av.chunks_exact(8).zip(q.chunks_exact(8)) {
-            for l in 0..8 {
-                lanes[l] += a8[l] * (q8[l] as i8) as f32;
-            }
-        }
-        for l in 0..8 {
-            total[l] += lanes[l] * scale;
-        }
+    #[inline(always)]
+    fn row(bytes: &[u8], blocks: usize) -> Self::Row<'_> {
+        let (scales, quants) = bytes.split_at(blocks * 4);
+        (scales.as_chunks().0, quants.as_chunks().0)
     }
-    ((total[0] + total[4]) + (total[1] + total[5])) + ((total[2] + total[6]) + (total[3] + total[7]))
+
+    /// The block's `Σ a·q` in eight lanes, times its scale.
+    #[inline(always)]
+    fn block<V: Lanes>(a: &[V; GROUPS], (scales, quants): &Self::Row<'_>, b: usize) -> V {
+        let q = quants[b].as_chunks::<8>().0;
+        lanes::dot_block(a, std::array::from_fn(|t| V::i8s(&q[t]))).mul(V::splat(f32::from_le_bytes(scales[b])))
+    }
 }
 
 /// The f32 weights of one stored row.
@@ -131,17 +95,8 @@ mod tests {
     use crate::ops::matmul::quantized::test_weights;
 
     #[test]
-    fn the_avx2_dot_equals_the_portable_one_bit_for_bit() {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            let (_, q) = test_weights::<Q8>(5, 96);
-            let a: Vec<f32> = (0..96).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05).collect();
-            for r in 0..5 {
-                let row = &q[r * row_bytes(96)..(r + 1) * row_bytes(96)];
-                // SAFETY: AVX2 checked above.
-                assert_eq!(unsafe { dot_avx2(&a, row) }.to_bits(), dot_portable(&a, row).to_bits());
-            }
-        }
+    fn the_simd_multi_row_dot_equals_the_portable_one_row_dot_bit_for_bit() {
+        crate::ops::matmul::lanes::check_dot_rows::<Q8>();
     }
 
     #[test]

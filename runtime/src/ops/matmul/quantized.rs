@@ -1,4 +1,4 @@
-//! Products over weights quantized at compile time (`kiln compile --weights q8|q4`):
+//! Products over weights converted at compile time (`kiln compile --weights q8|q4|f16|bf16`):
 //! `A · Wᵀ` with W's `n` rows of `k` weights stored in blocks of [`BLOCK`], each row one
 //! contiguous run of bytes in the format's layout ([`BlockFormat`]). The kernel reads that form
 //! directly: decode (a few rows of A) takes dot products block by block; longer inputs dequantize
@@ -31,8 +31,10 @@ pub trait BlockFormat: Send + Sync + 'static {
     fn quantize_row(src: &[f32], dst: &mut [u8]);
     /// The f32 weights of one stored row.
     fn dequantize_row(row: &[u8], dst: &mut [f32]);
-    /// One row of A times one stored row; the same bits whichever SIMD the CPU has.
-    fn dot(a: &[f32], row: &[u8]) -> f32;
+    /// One row of A (`k` values) times `out.len()` consecutive stored rows (`row_bytes(k)`
+    /// bytes each): `out[r]` is the dot product with row `r`, the same bits whichever SIMD the
+    /// CPU has and however many rows a call takes.
+    fn dot_rows(a: &[f32], rows: &[u8], out: &mut [f32]);
 }
 
 /// Prepares `F`'s product when `spec` is its op.
@@ -112,14 +114,10 @@ impl<F: BlockFormat> Kernel for MatMulQuantized<F> {
 /// row of A in column chunks across threads.
 fn dot_rows<F: BlockFormat>(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) {
     let rb = F::row_bytes(k);
-    let chunk = n.div_ceil(rayon::current_num_threads() * 4).max(16);
+    // A multiple of 8 rows per chunk: whole multi-row passes, a ragged one only at the end.
+    let chunk = n.div_ceil(rayon::current_num_threads() * 4).max(16).next_multiple_of(8);
     for (ar, yr) in a.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
-        yr.par_chunks_mut(chunk).enumerate().for_each(|(ci, out)| {
-            for (jj, v) in out.iter_mut().enumerate() {
-                let j = ci * chunk + jj;
-                *v = F::dot(ar, &w[j * rb..(j + 1) * rb]);
-            }
-        });
+        yr.par_chunks_mut(chunk).zip(w.par_chunks(chunk * rb)).for_each(|(out, rows)| F::dot_rows(ar, rows, out));
     }
 }
 
@@ -161,11 +159,34 @@ pub(crate) fn test_weights<F: BlockFormat>(n: usize, k: usize) -> (Vec<f32>, Vec
     (w, q)
 }
 
+/// Checks that a 16-bit float format `F` (`widen` reads one value's bits) stores weights as the
+/// nearest value, ties to even, and reads back what it stored: no neighbour of the stored bits
+/// lies closer to the weight (so it is within half a step of either side).
+#[cfg(test)]
+pub(crate) fn check_nearest_16<F: BlockFormat>(widen: fn(u16) -> f32) {
+    let (mut w, _) = test_weights::<F>(1, 64);
+    w.extend([0.0, -0.0, 1.0, -2.5, 1e-3, -3e-7, 1e-30, 0.1, 1.0 / 3.0, 65504.0, -1234.567, 3.0 * 2f32.powi(-12)]);
+    w.resize(w.len().next_multiple_of(BLOCK), 0.7);
+    let mut row = vec![0u8; F::row_bytes(w.len())];
+    F::quantize_row(&w, &mut row);
+    let mut back = vec![0f32; w.len()];
+    F::dequantize_row(&row, &mut back);
+    for ((&v, &b), h) in w.iter().zip(&back).zip(row.as_chunks::<2>().0) {
+        let h = u16::from_le_bytes(*h);
+        assert_eq!(b.to_bits(), widen(h).to_bits(), "{} reads {h:#06x} back as {b}", F::NAME);
+        let d = (v - b).abs();
+        for n in [h.wrapping_sub(1), h.wrapping_add(1)].map(widen) {
+            let dn = (v - n).abs();
+            assert!(d < dn || (d == dn && h % 2 == 0) || dn.is_nan(), "{}: {v} stored as {b}, {n} is closer", F::NAME);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernel::Attrs;
-    use crate::ops::matmul::{q4::Q4, q8::Q8};
+    use crate::ops::matmul::{bf16::BF16, f16::F16, q4::Q4, q8::Q8};
     use kiln_formats::program::Attribute;
 
     fn product<F: BlockFormat>(a: &[f32], q: &[u8], m: usize, k: usize, n: usize) -> Vec<f32> {
@@ -213,5 +234,15 @@ mod tests {
     #[test]
     fn q4_dot_and_panel_paths_equal_the_dequantized_product() {
         dot_and_panel_paths_equal_the_dequantized_product::<Q4>();
+    }
+
+    #[test]
+    fn f16_dot_and_panel_paths_equal_the_dequantized_product() {
+        dot_and_panel_paths_equal_the_dequantized_product::<F16>();
+    }
+
+    #[test]
+    fn bf16_dot_and_panel_paths_equal_the_dequantized_product() {
+        dot_and_panel_paths_equal_the_dequantized_product::<BF16>();
     }
 }
