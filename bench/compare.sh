@@ -3,7 +3,7 @@
 # load time, prefill and decode tokens/s, peak RSS, and kiln's ratio to onnxruntime for each.
 #
 #   bash bench/compare.sh                 # SmolLM2-135M-Instruct (fetched and exported if missing)
-#   THREADS=1 PROMPT_LEN=64 GEN=32 bash bench/compare.sh
+#   THREADS=1 PROMPT_LEN=64 GEN=32 FORMATS='f32 q8' bash bench/compare.sh
 #
 # Uses the venv scripts/fetch-smollm2.sh makes (onnxruntime from PyPI) and caches the compiled
 # bundle in $KILN_CACHE/bench. Results go to stdout as a markdown table.
@@ -20,8 +20,9 @@ model="$(bash "$ROOT/scripts/fetch-smollm2.sh")"
 python="$CACHE/py-gen/bin/python"
 (cd "$ROOT" && cargo build --release --quiet --bin kiln)
 kiln="${CARGO_TARGET_DIR:-$ROOT/target}/release/kiln"
+FORMATS="${FORMATS:-f32 f16 bf16 q8 q4}"
 mkdir -p "$CACHE/bench"
-for weights in f32 q8 q4; do
+for weights in $FORMATS; do
     bundle="$CACHE/bench/smollm2-$weights.kiln"
     if [[ ! -f "$bundle" || "$kiln" -nt "$bundle" || "$model/model.onnx" -nt "$bundle" ]]; then
         "$kiln" --quiet compile "$model" -o "$bundle" --max-context 512 --weights "$weights" >&2
@@ -30,32 +31,43 @@ done
 
 ort="$("$python" "$ROOT/bench/ort_bench.py" --model "$model/model.onnx" --prompt-len "$PROMPT_LEN" \
     --gen "$GEN" --threads "$THREADS" --repeats "$REPEATS")"
-bench() {
-    "$kiln" --quiet bench "$CACHE/bench/smollm2-$1.kiln" --prompt-len "$PROMPT_LEN" --gen "$GEN" \
-        --repeats "$REPEATS" --threads "$THREADS" --json 2>/dev/null
-}
-kj="$(bench f32)"
-kq="$(bench q8)"
-k4="$(bench q4)"
+results=()
+for weights in $FORMATS; do
+    bundle="$CACHE/bench/smollm2-$weights.kiln"
+    full="$("$kiln" --quiet bench "$bundle" --prompt-len "$PROMPT_LEN" --gen "$GEN" --repeats "$REPEATS" \
+        --threads "$THREADS" --json 2>/dev/null)"
+    # Load alone without hashing the weights: onnxruntime does not checksum its input either.
+    bare="$("$kiln" --quiet bench "$bundle" --prompt-len 1 --gen 2 --repeats 1 --threads "$THREADS" \
+        --no-verify-checksums --json 2>/dev/null)"
+    results+=("$weights" "$full" "$bare")
+done
 
-"$python" - "$ort" "$kj" "$kq" "$k4" "$THREADS" "$PROMPT_LEN" "$GEN" <<'PY'
+"$python" - "$ort" "$THREADS" "$PROMPT_LEN" "$GEN" "${results[@]}" <<'PY'
 import json, platform, sys
-ort, kiln, q8, q4 = (json.loads(a) for a in sys.argv[1:5])
-threads, prompt_len, gen = sys.argv[5:8]
-print(f"SmolLM2-135M-Instruct fp32, {threads} threads, prompt {prompt_len} tokens, {gen} generated; "
+ort = json.loads(sys.argv[1])
+threads, prompt_len, gen = sys.argv[2:5]
+rest = sys.argv[5:]
+runs = [(rest[i], json.loads(rest[i + 1]), json.loads(rest[i + 2])) for i in range(0, len(rest), 3)]
+for _, full, bare in runs:
+    full["load_unverified_s"] = bare["load_s"]
+ort["load_unverified_s"] = ort["load_s"]
+print(f"SmolLM2-135M-Instruct, {threads} threads, prompt {prompt_len} tokens, {gen} generated; "
       f"{platform.machine()} {platform.processor() or ''}".strip())
 print()
-print(f"| measure | kiln f32 | kiln q8 | kiln q4 | {ort['engine']} fp32 | kiln f32 / onnxruntime "
-      "| kiln q8 / onnxruntime | kiln q4 / onnxruntime |")
-print("|---|---|---|---|---|---|---|---|")
-rows = [("load (s, lower is better)", "load_s", True), ("prefill tokens/s", "prefill_tokens_per_s", False),
-        ("decode tokens/s", "decode_tokens_per_s", False), ("peak RSS (MiB, lower is better)", "peak_rss_bytes", True)]
-for label, key, lower in rows:
-    k, q, f, o = kiln[key], q8[key], q4[key], ort[key]
-    if None in (k, q, f, o):
-        print(f"| {label} | {k} | {q} | {f} | {o} | n/a | n/a | n/a |")
-        continue
+names = [w for w, _, _ in runs]
+print("| measure | " + " | ".join(f"kiln {w}" for w in names) + f" | {ort['engine']} fp32 | "
+      + " | ".join(f"kiln {w} / onnxruntime" for w in names) + " |")
+print("|---" * (2 + 2 * len(names)) + "|")
+rows = [("load (s, lower is better)", "load_s"),
+        ("load without checksums (s, lower is better)", "load_unverified_s"),
+        ("prefill tokens/s", "prefill_tokens_per_s"),
+        ("decode tokens/s", "decode_tokens_per_s"), ("peak RSS (MiB, lower is better)", "peak_rss_bytes")]
+for label, key in rows:
+    vals = [full[key] for _, full, _ in runs]
+    o = ort[key]
     scale = 1 / (1 << 20) if key == "peak_rss_bytes" else 1
-    print(f"| {label} | {k * scale:.3g} | {q * scale:.3g} | {f * scale:.3g} | {o * scale:.3g} "
-          f"| {k / o:.2f} | {q / o:.2f} | {f / o:.2f} |")
+    cells = ["n/a" if v is None else f"{v * scale:.3g}" for v in vals]
+    ratios = ["n/a" if v is None or not o else f"{v / o:.2f}" for v in vals]
+    print(f"| {label} | " + " | ".join(cells) + f" | {'n/a' if o is None else f'{o * scale:.3g}'} | "
+          + " | ".join(ratios) + " |")
 PY
