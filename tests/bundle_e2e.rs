@@ -209,9 +209,9 @@ fn targets_share_one_copy_of_the_weights() {
     let both =
         compile_bundle(&src, &opts, &[TargetLimits::cpu(), TargetLimits::gpu_default()], &dir.path().join("both.kiln"))
             .unwrap();
-    // main (every dim bounded) and prefill (a causal LM), once per target.
-    assert_eq!(one.compiled.len(), 2);
-    assert_eq!(both.compiled.len(), 4);
+    // main (every dim bounded), prefill and prefill_last (a causal LM), once per target.
+    assert_eq!(one.compiled.len(), 3);
+    assert_eq!(both.compiled.len(), 6);
     assert!(
         both.weight_bytes <= one.weight_bytes,
         "{} bytes for two targets, {} for one",
