@@ -219,3 +219,45 @@ fn targets_share_one_copy_of_the_weights() {
         one.weight_bytes
     );
 }
+
+/// `prefill_last` gives the last row of `prefill`'s logits, with or without a KV cache, for
+/// heads tied to the embedding (GPT-2) or not (Llama).
+#[test]
+fn prefill_last_gives_the_last_row_of_prefill() {
+    use kiln_formats::Tensor;
+    for name in ["gpt2-dynamo-kv", "llama-ts-kv", "gpt2-ts"] {
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("m.kiln");
+        let mut opts = CompileOptions::default();
+        opts.max_context = Some(64);
+        compile_bundle(&ModelSource::resolve(&fixture).unwrap(), &opts, &[TargetLimits::cpu()], &out).unwrap();
+        let loaded = LoadedBundle::open(&out, OpenOptions::default()).unwrap();
+        let ids = [5i64, 17, 3, 99, 42, 7, 1];
+        let n = ids.len();
+        let logits = |entry: &str| -> (Vec<usize>, Vec<f32>) {
+            let model = loaded.model(entry, None).unwrap_or_else(|| panic!("{name}: no {entry}")).clone();
+            let inputs: Vec<Tensor> = model
+                .input_names()
+                .iter()
+                .map(|input| match *input {
+                    "input_ids" => Tensor::from_vec(&[1, n], ids.to_vec()),
+                    "attention_mask" => Tensor::from_vec(&[1, n], vec![1i64; n]),
+                    "position_ids" => Tensor::from_vec(&[1, n], (0..n as i64).collect()),
+                    other => panic!("{name}: unexpected input {other}"),
+                })
+                .collect();
+            let refs: Vec<_> = inputs.iter().map(TensorRef::from_tensor).collect();
+            let outputs = Session::new(model.clone()).run(&refs).unwrap();
+            let li = model.output_names().iter().position(|o| *o == "logits").unwrap();
+            (outputs[li].shape.clone(), outputs[li].as_slice::<f32>().unwrap().to_vec())
+        };
+        let ((all_shape, all), (last_shape, last)) = (logits("prefill"), logits("prefill_last"));
+        let vocab = all_shape[2];
+        assert_eq!(all_shape, [1, n, vocab], "{name}");
+        assert_eq!(last_shape, [1, 1, vocab], "{name}");
+        let want = &all[(n - 1) * vocab..];
+        let diff = want.iter().zip(&last).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff <= 1e-5, "{name}: the last rows differ by {diff}");
+    }
+}
