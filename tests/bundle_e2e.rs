@@ -229,8 +229,7 @@ fn prefill_last_gives_the_last_row_of_prefill() {
         let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("m.kiln");
-        let mut opts = CompileOptions::default();
-        opts.max_context = Some(64);
+        let opts = CompileOptions { max_context: Some(64), ..Default::default() };
         compile_bundle(&ModelSource::resolve(&fixture).unwrap(), &opts, &[TargetLimits::cpu()], &out).unwrap();
         let loaded = LoadedBundle::open(&out, OpenOptions::default()).unwrap();
         let ids = [5i64, 17, 3, 99, 42, 7, 1];
