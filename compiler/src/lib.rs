@@ -16,7 +16,7 @@ pub use ir::Graph;
 pub use lower::Lowered;
 
 use kiln_formats::target::TargetLimits;
-use kiln_runtime::ops::matmul::{bf16, f16, q8};
+use kiln_runtime::ops::matmul::{half16, q8};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -116,8 +116,8 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
         passes::quantize::WeightFormat::F32 => None,
         passes::quantize::WeightFormat::Q8 => Some(passes::quantize::quantize::<q8::Q8>(&mut g)),
         passes::quantize::WeightFormat::Q4 => Some(passes::quantize::q4_with_q8_head(&mut g)),
-        passes::quantize::WeightFormat::F16 => Some(passes::quantize::quantize::<f16::F16>(&mut g)),
-        passes::quantize::WeightFormat::BF16 => Some(passes::quantize::quantize::<bf16::BF16>(&mut g)),
+        passes::quantize::WeightFormat::F16 => Some(passes::quantize::quantize::<half16::F16>(&mut g)),
+        passes::quantize::WeightFormat::BF16 => Some(passes::quantize::quantize::<half16::BF16>(&mut g)),
     };
     let ops_after = g.op_counts();
     let Lowered { mut program, weights } = lower::lower(&g, &opts.dim_bounds)?;

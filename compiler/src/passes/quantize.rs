@@ -114,7 +114,7 @@ mod tests {
     use super::*;
     use crate::ir::Node;
 
-    use kiln_runtime::ops::matmul::{bf16::BF16, f16::F16, q4::Q4, q8::Q8};
+    use kiln_runtime::ops::matmul::{half16::BF16, half16::F16, q4::Q4, q8::Q8};
 
     #[test]
     fn transposed_f32_weights_become_q8_and_others_stay() {

@@ -1,9 +1,8 @@
 //! Matrix products: MatMul (numpy semantics: 1-D operands promoted, batch dims broadcast) and
 //! Gemm (2-D, optional transposes, `alpha * A'B' + beta * C` with C broadcast to [M, N]).
 
-pub mod bf16;
-pub mod f16;
 pub(crate) mod gemm;
+pub mod half16;
 mod lanes;
 pub mod q4;
 pub mod q8;
@@ -41,8 +40,8 @@ pub fn build_kiln(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>>
         _ => {
             return quantized::build_kiln::<q8::Q8>(spec)
                 .or_else(|| quantized::build_kiln::<q4::Q4>(spec))
-                .or_else(|| quantized::build_kiln::<f16::F16>(spec))
-                .or_else(|| quantized::build_kiln::<bf16::BF16>(spec))
+                .or_else(|| quantized::build_kiln::<half16::F16>(spec))
+                .or_else(|| quantized::build_kiln::<half16::BF16>(spec))
         }
     };
     let pitch = |p: i64| usize::try_from(p).map_err(|_| KernelError::attr("b_pitch", format!("{p} is negative")));

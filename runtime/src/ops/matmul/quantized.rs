@@ -186,7 +186,7 @@ pub(crate) fn check_nearest_16<F: BlockFormat>(widen: fn(u16) -> f32) {
 mod tests {
     use super::*;
     use crate::kernel::Attrs;
-    use crate::ops::matmul::{bf16::BF16, f16::F16, q4::Q4, q8::Q8};
+    use crate::ops::matmul::{half16::BF16, half16::F16, q4::Q4, q8::Q8};
     use kiln_formats::program::Attribute;
 
     fn product<F: BlockFormat>(a: &[f32], q: &[u8], m: usize, k: usize, n: usize) -> Vec<f32> {

@@ -1,0 +1,171 @@
+//! The 16-bit float weight formats (`kiln compile --weights f16|bf16`, ops `kiln::MatMulF16` /
+//! `kiln::MatMulBF16`): a row is its `k` weights as little-endian half floats, rounded to
+//! nearest (ties to even), half of f32's bytes.
+//! - f16 keeps 11 significant bits but only magnitudes up to 65504 (beyond, a weight becomes
+//!   ±inf) and down to 6e-8.
+//! - bf16 (f32's top 16 bits) keeps f32's range but only 8 significant bits.
+//!
+//! The layout has no blocks, but `k` is still a multiple of [`BLOCK`]: the dot takes A a block
+//! at a time, and the compiler only converts such weights.
+
+use super::lanes::{self, LaneDot, Lanes, GROUPS};
+use super::quantized::BlockFormat;
+pub use super::quantized::BLOCK;
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+use std::marker::PhantomData;
+
+/// A 16-bit float type weights are stored as.
+pub trait Half16: bytemuck::Pod + Send + Sync + 'static {
+    /// Op type of its product in the `kiln` domain.
+    const OP: &'static str;
+    /// The `--weights` name.
+    const NAME: &'static str;
+    fn from_f32(v: f32) -> Self;
+    fn from_le_bytes(b: [u8; 2]) -> Self;
+    fn to_le_bytes(self) -> [u8; 2];
+    /// Widens a slice (eight at a time with F16C, for f16).
+    fn widen_slice(src: &[Self], dst: &mut [f32]);
+    /// bf16 (widened by a shift), not f16 (widened by F16C).
+    const BRAIN: bool;
+}
+
+impl Half16 for f16 {
+    const OP: &'static str = "MatMulF16";
+    const NAME: &'static str = "f16";
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+    fn from_le_bytes(b: [u8; 2]) -> Self {
+        f16::from_le_bytes(b)
+    }
+    fn to_le_bytes(self) -> [u8; 2] {
+        f16::to_le_bytes(self)
+    }
+    fn widen_slice(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst)
+    }
+    const BRAIN: bool = false;
+}
+
+impl Half16 for bf16 {
+    const OP: &'static str = "MatMulBF16";
+    const NAME: &'static str = "bf16";
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+    fn from_le_bytes(b: [u8; 2]) -> Self {
+        bf16::from_le_bytes(b)
+    }
+    fn to_le_bytes(self) -> [u8; 2] {
+        bf16::to_le_bytes(self)
+    }
+    fn widen_slice(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst)
+    }
+    const BRAIN: bool = true;
+}
+
+/// Weights stored as `H`.
+pub struct Half<H>(PhantomData<H>);
+
+/// The f16 format.
+pub type F16 = Half<f16>;
+/// The bf16 format.
+pub type BF16 = Half<bf16>;
+
+impl<H: Half16> BlockFormat for Half<H> {
+    const OP: &'static str = H::OP;
+    const NAME: &'static str = H::NAME;
+
+    fn row_bytes(k: usize) -> usize {
+        2 * k
+    }
+
+    fn quantize_row(src: &[f32], dst: &mut [u8]) {
+        for (d, &v) in dst.chunks_exact_mut(2).zip(src) {
+            d.copy_from_slice(&H::from_f32(v).to_le_bytes());
+        }
+    }
+
+    fn dequantize_row(row: &[u8], dst: &mut [f32]) {
+        // `half`'s slice conversion takes eight at a time with F16C (one at a time, SmolLM2's
+        // prefill ran at 350 tokens/s instead of 420); it needs the row 2-aligned (bundle rows
+        // are) and in native order.
+        #[cfg(target_endian = "little")]
+        if let Ok(halves) = bytemuck::try_cast_slice::<u8, H>(&row[..2 * dst.len()]) {
+            return H::widen_slice(halves, dst);
+        }
+        let mut one = [0f32];
+        for (x, h) in dst.iter_mut().zip(row.as_chunks::<2>().0) {
+            H::widen_slice(&[H::from_le_bytes(*h)], &mut one);
+            *x = one[0];
+        }
+    }
+
+    fn dot_rows(a: &[f32], rows: &[u8], out: &mut [f32]) {
+        lanes::dot_rows::<Self>(a, rows, out)
+    }
+}
+
+impl<H: Half16> LaneDot for Half<H> {
+    type A<V: Lanes> = [V; GROUPS];
+    type Row<'a> = &'a [[u8; 2 * BLOCK]];
+
+    #[inline(always)]
+    fn a_block<V: Lanes>(a: &[f32; BLOCK]) -> [V; GROUPS] {
+        lanes::load_block(a)
+    }
+
+    #[inline(always)]
+    fn row(bytes: &[u8], _blocks: usize) -> Self::Row<'_> {
+        bytes.as_chunks().0
+    }
+
+    #[inline(always)]
+    fn block<V: Lanes>(a: &[V; GROUPS], row: &Self::Row<'_>, b: usize) -> V {
+        lanes::half_block(a, &row[b], if H::BRAIN { V::bf16s } else { V::f16s })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::matmul::quantized::{check_nearest_16, test_weights};
+
+    #[test]
+    fn the_simd_multi_row_dot_equals_the_portable_one_row_dot_bit_for_bit() {
+        lanes::check_dot_rows::<F16>();
+        lanes::check_dot_rows::<BF16>();
+    }
+
+    /// 32 copies of `v` stored and read back.
+    fn round_trip<H: Half16>(v: f32) -> [f32; 32] {
+        let mut row = vec![0u8; Half::<H>::row_bytes(32)];
+        Half::<H>::quantize_row(&[v; 32], &mut row);
+        let mut back = [0f32; 32];
+        Half::<H>::dequantize_row(&row, &mut back);
+        back
+    }
+
+    #[test]
+    fn weights_round_to_the_nearest_f16_and_bf16() {
+        check_nearest_16::<F16>(|h| f16::from_bits(h).to_f32());
+        check_nearest_16::<BF16>(|h| bf16::from_bits(h).to_f32());
+        assert!(round_trip::<f16>(1e5).iter().all(|&v| v == f32::INFINITY), "beyond f16's range");
+        let back = round_trip::<bf16>(1e30);
+        assert!(back.iter().all(|&v| (v / 1e30 - 1.0).abs() < 1.0 / 256.0), "within f32's range: {back:?}");
+    }
+
+    #[test]
+    fn a_misaligned_row_reads_the_same_values() {
+        let (_, q) = test_weights::<F16>(1, 64);
+        let mut buf = vec![0u16; q.len() / 2 + 1];
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
+        bytes[1..=q.len()].copy_from_slice(&q);
+        let (mut aligned, mut odd) = (vec![0f32; 64], vec![0f32; 64]);
+        F16::dequantize_row(&q, &mut aligned);
+        F16::dequantize_row(&bytes[1..=q.len()], &mut odd);
+        assert_eq!(aligned, odd);
+    }
+}
