@@ -14,8 +14,10 @@ use std::marker::PhantomData;
 
 /// Weights per block.
 pub const BLOCK: usize = 32;
-/// Rows of W dequantized together for a product of many rows of A.
-const PANEL: usize = 64;
+/// Most rows of W dequantized together for a product of many rows of A.
+const PANEL: usize = 256;
+/// Fewest rows of W in a panel.
+const MIN_PANEL: usize = 32;
 /// Rows of A from which the panel path beats block-by-block dot products.
 const PANEL_ROWS: usize = 4;
 
@@ -122,17 +124,19 @@ fn dot_rows<F: BlockFormat>(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f3
 }
 
 /// Many rows of A: a panel of W's rows is dequantized once and multiplied with all of A by the
-/// dense product, panels in parallel.
+/// dense product, panels in parallel. Each panel's product packs all of A again, so panels are as
+/// tall as keeps every thread busy, up to [`PANEL`] rows.
 fn panels<F: BlockFormat>(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) {
     let m = a.len() / k;
     let rb = F::row_bytes(k);
-    let results: Vec<Vec<f32>> = (0..n.div_ceil(PANEL))
+    let tall = n.div_ceil(rayon::current_num_threads()).clamp(MIN_PANEL, PANEL);
+    let results: Vec<Vec<f32>> = (0..n.div_ceil(tall))
         .into_par_iter()
         .map(|p| {
-            let rows = PANEL.min(n - p * PANEL);
+            let rows = tall.min(n - p * tall);
             let mut panel = vec![0f32; rows * k];
             for (r, dst) in panel.chunks_exact_mut(k).enumerate() {
-                F::dequantize_row(&w[(p * PANEL + r) * rb..(p * PANEL + r + 1) * rb], dst);
+                F::dequantize_row(&w[(p * tall + r) * rb..(p * tall + r + 1) * rb], dst);
             }
             let mut c = vec![0f32; m * rows];
             let (am, bm) = (Mat { data: a, rs: k, cs: 1 }, Mat { data: &panel, rs: 1, cs: k });
@@ -143,7 +147,7 @@ fn panels<F: BlockFormat>(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]
     for (p, c) in results.iter().enumerate() {
         let rows = c.len() / m;
         for i in 0..m {
-            y[i * n + p * PANEL..i * n + p * PANEL + rows].copy_from_slice(&c[i * rows..(i + 1) * rows]);
+            y[i * n + p * tall..i * n + p * tall + rows].copy_from_slice(&c[i * rows..(i + 1) * rows]);
         }
     }
 }
