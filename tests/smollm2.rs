@@ -135,8 +135,8 @@ fn quantized_weights_keep_the_answers(weights: WeightFormat, min_agreement: f64,
         compile_bundle(&ModelSource::resolve(&folder).unwrap(), &opts, &[TargetLimits::cpu()], &out).unwrap();
         LoadedBundle::open(&out, OpenOptions::default()).unwrap()
     };
-    let (f32b, q8b) = (bundle(WeightFormat::F32), bundle(weights));
-    let (f32lm, q8lm) = [&f32b, &q8b].map(|b| Arc::new(LanguageModel::from_bundle(b, None).unwrap())).into();
+    let (f32b, wb) = (bundle(WeightFormat::F32), bundle(weights));
+    let (f32lm, wlm) = [&f32b, &wb].map(|b| Arc::new(LanguageModel::from_bundle(b, None).unwrap())).into();
 
     // Greedy agreement: the share of 24 generated tokens per prompt equal before the first
     // difference, over a fixed set of chat prompts.
@@ -152,11 +152,11 @@ fn quantized_weights_keep_the_answers(weights: WeightFormat, min_agreement: f64,
     let (mut same, mut total) = (0, 0);
     for p in prompts {
         let ids = f32lm.encode(p, true).unwrap();
-        let (a, b) = (greedy(&f32lm, &ids), greedy(&q8lm, &ids));
+        let (a, b) = (greedy(&f32lm, &ids), greedy(&wlm, &ids));
         same += a.iter().zip(&b).take_while(|(x, y)| x == y).count();
         total += a.len();
         if p.contains("France") {
-            assert_eq!(q8lm.tokenizer().unwrap().decode(&b, true).unwrap(), "The capital of France is Paris.");
+            assert_eq!(wlm.tokenizer().unwrap().decode(&b, true).unwrap(), "The capital of France is Paris.");
         }
     }
     let agreement = same as f64 / total as f64;
@@ -165,7 +165,7 @@ fn quantized_weights_keep_the_answers(weights: WeightFormat, min_agreement: f64,
     let text = "The sun rises in the east and sets in the west. Water boils at one hundred degrees \
                 Celsius at sea level, and ice melts when it is warmed above zero degrees.";
     let ids = f32lm.encode(text, false).unwrap();
-    let (lf, lq) = (prefill_logits(&f32b, &ids), prefill_logits(&q8b, &ids));
+    let (lf, lq) = (prefill_logits(&f32b, &ids), prefill_logits(&wb, &ids));
     let diffs: Vec<f32> = lf.iter().flatten().zip(lq.iter().flatten()).map(|(a, b)| (a - b).abs()).collect();
     let max = diffs.iter().fold(0f32, |m, &d| m.max(d));
     let mean = diffs.iter().map(|&d| d as f64).sum::<f64>() / diffs.len() as f64;

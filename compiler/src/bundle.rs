@@ -121,7 +121,7 @@ fn plan_entries(
     let mut entries = lm.entry_specs(max_context, prefill_max);
     // Generation's prompt pass reads only the last position's logits: `prefill_last` computes
     // just that row of the head, `prefill` keeps every row for callers that score text.
-    match crate::passes::last_position::restrict(&mut graph.clone(), &lm.logits) {
+    match crate::passes::last_position::check(graph, &lm.logits) {
         Ok(()) => {
             let prefill = entries.iter().find(|e| e.name == "prefill").cloned().unwrap_or_default();
             let at = entries.iter().position(|e| e.name == "prefill").map_or(0, |i| i + 1);
@@ -213,12 +213,7 @@ pub fn compile_bundle(
     if let Some((q, kept)) = compiled.first().and_then(|c| c.compiled.quantized) {
         notes.push(format!(
             "weights: {q} products read {} weights; {kept} kept f32 (not a 2-D weight of whole 32-blocks)",
-            match opts.weights {
-                crate::passes::quantize::WeightFormat::Q4 => "q4 (q8 for those making an output: the head)",
-                crate::passes::quantize::WeightFormat::F16 => "f16",
-                crate::passes::quantize::WeightFormat::BF16 => "bf16",
-                _ => "q8",
-            }
+            opts.weights.describe()
         ));
     }
     let cap = targets.iter().map(|t| t.largest_buffer()).min().unwrap_or(u64::MAX).min(MAX_WEIGHT_ENTRY);

@@ -11,10 +11,58 @@ use kiln_formats::{DType, Dim, SharedBytes};
 /// other operand is a constant broadcast along the last axis (a bias, a scale, a soft cap).
 const POSITIONWISE: &[&str] = &["Add", "Sub", "Mul", "Div", "Tanh", "Cast", "Identity"];
 
+/// The head's product, its input, and the values from its output to the logits, whose shapes the
+/// slice changes.
+struct Head {
+    product: usize,
+    input: ValueId,
+    chain: Vec<ValueId>,
+    opset: i64,
+}
+
+/// Whether [`restrict`] applies to `g`: the reason it does not, if not.
+pub fn check(g: &Graph, logits: &str) -> Result<(), String> {
+    find(g, logits).map(|_| ())
+}
+
 /// Slices the input of the product that makes output `logits` (through position-wise ops) to the
 /// last position; the logits become `[batch, 1, vocab]`. Errors, leaving `g` unchanged, when the
 /// logits are not such a product of a weight (a constant, or computed from constants alone).
 pub fn restrict(g: &mut Graph, logits: &str) -> Result<(), String> {
+    let Head { product, input: a, chain, opset } = find(g, logits)?;
+    let name = g.nodes[product].name.clone();
+    let int64s = |g: &mut Graph, what: &str, x: i64| {
+        g.add_value(Value {
+            name: format!("{name}/last_position_{what}"),
+            dtype: Some(DType::I64),
+            shape: Some(vec![Dim::Known(1)]),
+            constant: Some(SharedBytes::copy_from(&x.to_le_bytes())),
+            sym_value: None,
+        })
+    };
+    let (starts, ends, axes) = (int64s(g, "starts", -1), int64s(g, "ends", i64::MAX), int64s(g, "axes", -2));
+    let last =
+        g.add_value(Value { name: format!("{name}/last_position"), dtype: g.values[a].dtype, ..Default::default() });
+    let slice = Node {
+        name: format!("{name}/last_position"),
+        op: "Slice".into(),
+        domain: String::new(),
+        opset,
+        attrs: Vec::new(),
+        inputs: vec![Some(a), Some(starts), Some(ends), Some(axes)],
+        outputs: vec![last],
+    };
+    g.nodes[product].inputs[0] = Some(last);
+    g.nodes.insert(product, slice);
+    // Shapes declared by the export (sequence-long) no longer hold; inference redoes them.
+    for v in chain {
+        g.values[v].shape = None;
+    }
+    Ok(())
+}
+
+/// Walks back from output `logits` to the head's product.
+fn find(g: &Graph, logits: &str) -> Result<Head, String> {
     let out = g.outputs.iter().copied().find(|&o| g.values[o].name == logits);
     let out = out.ok_or_else(|| format!("no output '{logits}'"))?;
     let opset = g.opsets.get("").copied().unwrap_or(0);
@@ -61,35 +109,7 @@ pub fn restrict(g: &mut Graph, logits: &str) -> Result<(), String> {
         }
         chain.push(v);
     };
-    let name = g.nodes[product].name.clone();
-    let int64s = |g: &mut Graph, what: &str, x: i64| {
-        g.add_value(Value {
-            name: format!("{name}/last_position_{what}"),
-            dtype: Some(DType::I64),
-            shape: Some(vec![Dim::Known(1)]),
-            constant: Some(SharedBytes::copy_from(&x.to_le_bytes())),
-            sym_value: None,
-        })
-    };
-    let (starts, ends, axes) = (int64s(g, "starts", -1), int64s(g, "ends", i64::MAX), int64s(g, "axes", -2));
-    let last =
-        g.add_value(Value { name: format!("{name}/last_position"), dtype: g.values[a].dtype, ..Default::default() });
-    let slice = Node {
-        name: format!("{name}/last_position"),
-        op: "Slice".into(),
-        domain: String::new(),
-        opset,
-        attrs: Vec::new(),
-        inputs: vec![Some(a), Some(starts), Some(ends), Some(axes)],
-        outputs: vec![last],
-    };
-    g.nodes[product].inputs[0] = Some(last);
-    g.nodes.insert(product, slice);
-    // Shapes declared by the export (sequence-long) no longer hold; inference redoes them.
-    for v in chain {
-        g.values[v].shape = None;
-    }
-    Ok(())
+    Ok(Head { product, input: a, chain, opset })
 }
 
 #[cfg(test)]

@@ -27,6 +27,19 @@ pub enum WeightFormat {
     BF16,
 }
 
+impl WeightFormat {
+    /// How the products' weights are stored, for the compile notes.
+    pub fn describe(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::Q8 => "q8",
+            WeightFormat::Q4 => "q4 (q8 for those making an output: the head)",
+            WeightFormat::F16 => "f16",
+            WeightFormat::BF16 => "bf16",
+        }
+    }
+}
+
 /// A weight quantized on first read (planning never reads weights).
 struct Quantized<F> {
     src: SharedBytes,

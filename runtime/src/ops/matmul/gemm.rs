@@ -17,22 +17,12 @@ use rayon::prelude::*;
 pub(crate) trait GAcc: AccFloat + Default + 'static {
     /// `a * b + c`, fused when compiled with FMA.
     fn fma(a: Self, b: Self, c: Self) -> Self;
-    /// The slice as f32, when this is f32 (for the f32-only AVX-512 kernel).
-    fn as_f32(s: &[Self]) -> Option<&[f32]>;
-    /// A row of 32 as f32, when this is f32.
-    fn as_f32_mut(s: &mut [Self; 32]) -> Option<&mut [f32; 32]>;
 }
 
 impl GAcc for f32 {
     #[inline(always)]
     fn fma(a: f32, b: f32, c: f32) -> f32 {
         a.mul_add(b, c)
-    }
-    fn as_f32(s: &[f32]) -> Option<&[f32]> {
-        Some(s)
-    }
-    fn as_f32_mut(s: &mut [f32; 32]) -> Option<&mut [f32; 32]> {
-        Some(s)
     }
 }
 
@@ -41,12 +31,22 @@ impl GAcc for f64 {
     fn fma(a: f64, b: f64, c: f64) -> f64 {
         a.mul_add(b, c)
     }
-    fn as_f32(_: &[f64]) -> Option<&[f32]> {
-        None
-    }
-    fn as_f32_mut(_: &mut [f64; 32]) -> Option<&mut [f32; 32]> {
-        None
-    }
+}
+
+/// `s` as f32 when `T` is f32: the AVX-512 kernel and the transposing packer are f32-only.
+fn f32s<T: 'static>(s: &[T]) -> Option<&[f32]> {
+    // SAFETY: T is f32, so the slice is one of f32.
+    is_f32::<T>().then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
+}
+
+/// [`f32s`] for a mutable slice.
+fn f32s_mut<T: 'static>(s: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: T is f32, so the slice is one of f32.
+    is_f32::<T>().then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
+}
+
+fn is_f32<T: 'static>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
 }
 
 /// A strided read-only matrix: element (i, j) is `data[i * rs + j * cs]`.
@@ -270,30 +270,19 @@ fn dot1<T: Float>(a: &[T], c: &[T]) -> T::Acc
 where
     T::Acc: GAcc,
 {
-    let mut l = [T::Acc::ZERO; 8];
-    for (x, y) in a.chunks_exact(8).zip(c.chunks_exact(8)) {
-        lanes8(&mut l, x, y);
+    let mut lanes = [T::Acc::ZERO; 8];
+    let (ca, cc) = (a.chunks_exact(8), c.chunks_exact(8));
+    let (ra, rc) = (ca.remainder(), cc.remainder());
+    for (x, y) in ca.zip(cc) {
+        for l in 0..8 {
+            lanes[l] += x[l].to_acc() * y[l].to_acc();
+        }
     }
-    finish(a, c, &l)
-}
-
-/// `lanes[i] += x[i] · y[i]` over one chunk of 8 (one vector multiply and add once vectorized).
-#[inline(always)]
-fn lanes8<T: Float>(lanes: &mut [T::Acc; 8], x: &[T], y: &[T]) {
-    for i in 0..8 {
-        lanes[i] += x[i].to_acc() * y[i].to_acc();
-    }
-}
-
-/// The tail past the whole chunks of 8, then the eight lanes in order.
-#[inline(always)]
-fn finish<T: Float>(a: &[T], c: &[T], lanes: &[T::Acc; 8]) -> T::Acc {
-    let whole = a.len() / 8 * 8;
     let mut s = T::Acc::ZERO;
-    for (x, y) in a[whole..].iter().zip(&c[whole..]) {
+    for (x, y) in ra.iter().zip(rc) {
         s += x.to_acc() * y.to_acc();
     }
-    for &l in lanes {
+    for l in lanes {
         s += l;
     }
     s
@@ -403,21 +392,15 @@ fn pack_b<T: Float, const NR: usize>(b: Mat<T>, pc: usize, kc: usize, jc: usize,
             #[cfg(not(target_arch = "x86_64"))]
             let done = (0, 0);
             for jj in 0..NR {
-                if jj < done.1 {
-                    for kk in done.0..kc {
-                        panel[kk * NR + jj] = b.at(pc + kk, j0 + jj).to_acc();
-                    }
-                    continue;
-                }
-                if jj < w && b.rs == 1 {
+                // Columns the transposes covered still need their k steps past the last whole 8.
+                let k0 = if jj < done.1 { done.0 } else { 0 };
+                if jj >= w {
+                    (k0..kc).for_each(|kk| panel[kk * NR + jj] = T::Acc::ZERO);
+                } else if b.rs == 1 {
                     let col = &b.data[(j0 + jj) * b.cs + pc..(j0 + jj) * b.cs + pc + kc];
-                    for (kk, s) in col.iter().enumerate() {
-                        panel[kk * NR + jj] = s.to_acc();
-                    }
+                    (k0..kc).for_each(|kk| panel[kk * NR + jj] = col[kk].to_acc());
                 } else {
-                    for kk in 0..kc {
-                        panel[kk * NR + jj] = if jj < w { b.at(pc + kk, j0 + jj).to_acc() } else { T::Acc::ZERO };
-                    }
+                    (k0..kc).for_each(|kk| panel[kk * NR + jj] = b.at(pc + kk, j0 + jj).to_acc());
                 }
             }
         }
@@ -514,7 +497,7 @@ unsafe fn macro_kernel<T: Float, const MR: usize, const NR: usize>(
     #[cfg(target_arch = "x86_64")]
     {
         if micro == Micro::Avx512 && MR == 12 && NR == 32 {
-            if let (Some(ap), Some(bp)) = (T::Acc::as_f32(ap), T::Acc::as_f32(bp)) {
+            if let (Some(ap), Some(bp)) = (f32s(ap), f32s(bp)) {
                 // SAFETY: AVX-512F detected (`Micro::detect`); C ownership passed on.
                 return unsafe { avx512::macro_12x32::<T>(blk, ap, bp, c) };
             }
@@ -603,7 +586,7 @@ unsafe fn macro_body<T: Float, const MR: usize, const NR: usize, const FMA: bool
 /// about as much as the products it feeds at prefill sizes.
 #[cfg(target_arch = "x86_64")]
 mod transpose {
-    use super::Mat;
+    use super::{f32s, f32s_mut, Mat};
     use crate::ops::num::Float;
     use std::arch::x86_64::*;
 
@@ -618,17 +601,16 @@ mod transpose {
         panel: &mut [T::Acc],
     ) -> (usize, usize) {
         let (k8, w8) = (kc / 8 * 8, w / 8 * 8);
-        let is_f32 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-            && std::any::TypeId::of::<T::Acc>() == std::any::TypeId::of::<f32>();
-        if !is_f32 || b.rs != 1 || k8 == 0 || w8 == 0 || !std::is_x86_feature_detected!("avx2") {
+        let (Some(src), Some(dst)) = (f32s(b.data), f32s_mut(panel)) else { return (0, 0) };
+        if b.rs != 1 || k8 == 0 || w8 == 0 || !std::is_x86_feature_detected!("avx2") {
             return (0, 0);
         }
         let last = (j0 + w8 - 1) * b.cs + pc + k8;
-        assert!(last <= b.data.len() && panel.len() >= kc * NR, "packing outside B or the panel");
-        let (src, dst) = (b.data.as_ptr() as *const f32, panel.as_mut_ptr() as *mut f32);
+        assert!(last <= src.len() && dst.len() >= kc * NR, "packing outside B or the panel");
+        let (src, dst) = (src.as_ptr(), dst.as_mut_ptr());
         for jj in (0..w8).step_by(8) {
             for kk in (0..k8).step_by(8) {
-                // SAFETY: T and T::Acc are f32 (checked), AVX2 detected, and the 8 × 8 block read
+                // SAFETY: AVX2 detected, and the 8 × 8 block read
                 // (columns j0 + jj.., k steps pc + kk..) and written (panel rows kk.., columns
                 // jj..) lie within the bounds asserted above.
                 unsafe { block(src.add((j0 + jj) * b.cs + pc + kk), b.cs, dst.add(kk * NR + jj), NR) };
@@ -674,7 +656,7 @@ mod transpose {
 /// The AVX-512 micro-kernel.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{store_tile, Block, GAcc, SharedC};
+    use super::{f32s, f32s_mut, is_f32, store_tile, Block, GAcc, SharedC};
     use crate::ops::num::num_like::AccFloat;
     use crate::ops::num::Float;
     use std::arch::x86_64::*;
@@ -692,7 +674,7 @@ mod avx512 {
     {
         let kc = blk.kc;
         // Whole tiles of f32 C are stored straight from the registers.
-        let direct = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
+        let direct = is_f32::<T>();
         for p in 0..blk.nc.div_ceil(32) {
             let bpanel = &bp[p * kc * 32..(p + 1) * kc * 32];
             let w = 32.min(blk.nc - p * 32);
@@ -722,7 +704,7 @@ mod avx512 {
                 }
                 let mut tile = [[T::Acc::ZERO; 32]; 12];
                 for (dst, row) in tile.iter_mut().zip(&acc) {
-                    let dst: &mut [f32; 32] = T::Acc::as_f32_mut(dst).expect("f32 accumulators");
+                    let dst = f32s_mut(dst).expect("f32 accumulators");
                     // SAFETY: `dst` holds 32 floats.
                     unsafe {
                         _mm512_storeu_ps(dst.as_mut_ptr(), row[0]);
@@ -741,7 +723,7 @@ mod avx512 {
     /// AVX-512F; C is f32 and the caller owns the 12 × 32 elements at (`row`, `col`).
     #[target_feature(enable = "avx512f")]
     unsafe fn store_f32<A: GAcc>(blk: &Block<A>, acc: &[[__m512; 2]; 12], row: usize, col: usize, c: *mut f32) {
-        let alpha = _mm512_set1_ps(A::as_f32(std::slice::from_ref(&blk.alpha)).expect("f32 accumulators")[0]);
+        let alpha = _mm512_set1_ps(f32s(std::slice::from_ref(&blk.alpha)).expect("f32 accumulators")[0]);
         for (i, halves) in acc.iter().enumerate() {
             for (h, &v) in halves.iter().enumerate() {
                 // SAFETY: within the caller's tile.

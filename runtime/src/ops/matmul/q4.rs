@@ -45,10 +45,9 @@ impl BlockFormat for Q4 {
     }
 
     fn dequantize_row(row: &[u8], dst: &mut [f32]) {
-        let blocks = dst.len() / BLOCK;
-        for (b, d) in dst.chunks_exact_mut(BLOCK).enumerate() {
-            let (scale, min) = params(row, blocks, b);
-            let q = &row[blocks * 8 + b * BLOCK / 2..blocks * 8 + (b + 1) * BLOCK / 2];
+        let (scales, mins, quants) = <Q4 as LaneDot>::row(row, dst.len() / BLOCK);
+        for (((d, q), s), m) in dst.chunks_exact_mut(BLOCK).zip(quants).zip(scales).zip(mins) {
+            let (scale, min) = (f32::from_le_bytes(*s), f32::from_le_bytes(*m));
             for (j, &byte) in q.iter().enumerate() {
                 d[j] = (byte & 15) as f32 * scale + min;
                 d[j + BLOCK / 2] = (byte >> 4) as f32 * scale + min;
@@ -59,13 +58,6 @@ impl BlockFormat for Q4 {
     fn dot_rows(a: &[f32], rows: &[u8], out: &mut [f32]) {
         lanes::dot_rows::<Self>(a, rows, out)
     }
-}
-
-/// Block `b`'s scale and minimum.
-#[inline(always)]
-fn params(row: &[u8], blocks: usize, b: usize) -> (f32, f32) {
-    let f = |at: usize| f32::from_le_bytes([row[at], row[at + 1], row[at + 2], row[at + 3]]);
-    (f(b * 4), f(blocks * 4 + b * 4))
 }
 
 impl LaneDot for Q4 {

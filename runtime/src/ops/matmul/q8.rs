@@ -15,15 +15,31 @@ impl BlockFormat for Q8 {
     const NAME: &'static str = "q8";
 
     fn row_bytes(k: usize) -> usize {
-        row_bytes(k)
+        k / BLOCK * 4 + k
     }
 
     fn quantize_row(src: &[f32], dst: &mut [u8]) {
-        quantize_row(src, dst)
+        let blocks = src.len() / BLOCK;
+        let (scales, quants) = dst.split_at_mut(blocks * 4);
+        for (b, (w, q)) in src.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)).enumerate() {
+            let max = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = if max > 0.0 && max.is_finite() { max / 127.0 } else { 0.0 };
+            scales[b * 4..b * 4 + 4].copy_from_slice(&scale.to_le_bytes());
+            for (d, &v) in q.iter_mut().zip(w) {
+                let x = if scale > 0.0 { (v / scale).round().clamp(-127.0, 127.0) } else { 0.0 };
+                *d = (x as i8) as u8;
+            }
+        }
     }
 
     fn dequantize_row(row: &[u8], dst: &mut [f32]) {
-        dequantize_row(row, dst)
+        let (scales, quants) = <Q8 as LaneDot>::row(row, dst.len() / BLOCK);
+        for ((d, q), s) in dst.chunks_exact_mut(BLOCK).zip(quants).zip(scales) {
+            let scale = f32::from_le_bytes(*s);
+            for (x, &v) in d.iter_mut().zip(q) {
+                *x = (v as i8) as f32 * scale;
+            }
+        }
     }
 
     fn dot_rows(a: &[f32], rows: &[u8], out: &mut [f32]) {
@@ -33,26 +49,6 @@ impl BlockFormat for Q8 {
 
 /// Op type in the `kiln` domain.
 pub const MATMUL_Q8: &str = "MatMulQ8";
-
-/// Bytes of one stored row of `k` weights.
-pub fn row_bytes(k: usize) -> usize {
-    k / BLOCK * 4 + k
-}
-
-/// Quantizes one row of `k` weights (a multiple of [`BLOCK`]) into `dst` (`row_bytes(k)` bytes).
-pub fn quantize_row(src: &[f32], dst: &mut [u8]) {
-    let blocks = src.len() / BLOCK;
-    let (scales, quants) = dst.split_at_mut(blocks * 4);
-    for (b, (w, q)) in src.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)).enumerate() {
-        let max = w.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = if max > 0.0 && max.is_finite() { max / 127.0 } else { 0.0 };
-        scales[b * 4..b * 4 + 4].copy_from_slice(&scale.to_le_bytes());
-        for (d, &v) in q.iter_mut().zip(w) {
-            let x = if scale > 0.0 { (v / scale).round().clamp(-127.0, 127.0) } else { 0.0 };
-            *d = (x as i8) as u8;
-        }
-    }
-}
 
 impl LaneDot for Q8 {
     type A<V: Lanes> = [V; GROUPS];
@@ -77,18 +73,6 @@ impl LaneDot for Q8 {
     }
 }
 
-/// The f32 weights of one stored row.
-pub fn dequantize_row(row: &[u8], dst: &mut [f32]) {
-    let blocks = dst.len() / BLOCK;
-    let (scales, quants) = row.split_at(blocks * 4);
-    for ((d, q), s) in dst.chunks_exact_mut(BLOCK).zip(quants.chunks_exact(BLOCK)).zip(scales.chunks_exact(4)) {
-        let scale = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-        for (x, &v) in d.iter_mut().zip(q) {
-            *x = (v as i8) as f32 * scale;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,7 +88,7 @@ mod tests {
         let (w, q) = test_weights::<Q8>(3, 64);
         let mut back = vec![0f32; 64];
         for r in 0..3 {
-            dequantize_row(&q[r * row_bytes(64)..(r + 1) * row_bytes(64)], &mut back);
+            Q8::dequantize_row(&q[r * Q8::row_bytes(64)..(r + 1) * Q8::row_bytes(64)], &mut back);
             for (b, (x, y)) in w[r * 64..(r + 1) * 64].chunks(BLOCK).zip(back.chunks(BLOCK)).enumerate() {
                 let step = x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
                 for (u, v) in x.iter().zip(y) {
@@ -112,9 +96,9 @@ mod tests {
                 }
             }
         }
-        let mut zero = vec![0u8; row_bytes(32)];
-        quantize_row(&[0.0; 32], &mut zero);
-        dequantize_row(&zero, &mut back[..32]);
+        let mut zero = vec![0u8; Q8::row_bytes(32)];
+        Q8::quantize_row(&[0.0; 32], &mut zero);
+        Q8::dequantize_row(&zero, &mut back[..32]);
         assert!(back[..32].iter().all(|&v| v == 0.0));
     }
 }

@@ -163,29 +163,6 @@ pub(crate) fn test_weights<F: BlockFormat>(n: usize, k: usize) -> (Vec<f32>, Vec
     (w, q)
 }
 
-/// Checks that a 16-bit float format `F` (`widen` reads one value's bits) stores weights as the
-/// nearest value, ties to even, and reads back what it stored: no neighbour of the stored bits
-/// lies closer to the weight (so it is within half a step of either side).
-#[cfg(test)]
-pub(crate) fn check_nearest_16<F: BlockFormat>(widen: fn(u16) -> f32) {
-    let (mut w, _) = test_weights::<F>(1, 64);
-    w.extend([0.0, -0.0, 1.0, -2.5, 1e-3, -3e-7, 1e-30, 0.1, 1.0 / 3.0, 65504.0, -1234.567, 3.0 * 2f32.powi(-12)]);
-    w.resize(w.len().next_multiple_of(BLOCK), 0.7);
-    let mut row = vec![0u8; F::row_bytes(w.len())];
-    F::quantize_row(&w, &mut row);
-    let mut back = vec![0f32; w.len()];
-    F::dequantize_row(&row, &mut back);
-    for ((&v, &b), h) in w.iter().zip(&back).zip(row.as_chunks::<2>().0) {
-        let h = u16::from_le_bytes(*h);
-        assert_eq!(b.to_bits(), widen(h).to_bits(), "{} reads {h:#06x} back as {b}", F::NAME);
-        let d = (v - b).abs();
-        for n in [h.wrapping_sub(1), h.wrapping_add(1)].map(widen) {
-            let dn = (v - n).abs();
-            assert!(d < dn || (d == dn && h % 2 == 0) || dn.is_nan(), "{}: {v} stored as {b}, {n} is closer", F::NAME);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
