@@ -128,6 +128,25 @@ fn verify_names_the_corrupted_entry() {
     let o =
         run_kiln(&["run", out.to_str().unwrap(), "--inputs", examples().join("tiny_mlp_input.npz").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("checksum mismatch in entry 'weights/00000.bin'"), "{err}");
+    assert!(o.stdout.is_empty(), "printed outputs of damaged weights: {}", String::from_utf8_lossy(&o.stdout));
+
+    // In a program: the default open hashes weights in the background, so loading succeeds, and
+    // every run withholds its outputs with the checksum error, naming the entry and its bytes.
+    let loaded = LoadedBundle::open(&out, OpenOptions::default()).unwrap();
+    assert!(loaded.bundle.weight_check().is_some());
+    let inputs = npy::read_npz(&examples().join("tiny_mlp_input.npz")).unwrap();
+    let mut session = Session::new(loaded.model("main", None).unwrap().clone());
+    drop(loaded);
+    for _ in 0..2 {
+        let err = session.run(&[TensorRef::from_tensor(&inputs[0].1)]).unwrap_err().to_string();
+        assert!(err.contains("'weights/00000.bin'") && err.contains(&format!("bytes {}..{}", r.start, r.end)), "{err}");
+    }
+    // Opened with every check up front, the same bundle is refused at open.
+    let all = OpenOptions { weights_in_background: false, ..OpenOptions::default() };
+    let err = LoadedBundle::open(&out, all).err().unwrap().to_string();
+    assert!(err.contains("checksum mismatch in entry 'weights/00000.bin'"), "{err}");
 }
 
 #[test]

@@ -11,7 +11,8 @@ use kiln_runtime::{Session, TensorRef};
 pub fn open_verify_run(data: &[u8]) -> Result<(), String> {
     let bytes = SharedBytes::copy_from(data);
     // What `kiln verify` and a default `kiln run` do: every check, checksums included.
-    let verified = Bundle::from_bytes(bytes.clone(), OpenOptions::default())
+    let all = OpenOptions { weights_in_background: false, ..OpenOptions::default() };
+    let verified = Bundle::from_bytes(bytes.clone(), all)
         .map_err(|e| e.to_string())
         .and_then(|b| LoadedBundle::from_bundle(b).map_err(|e| e.to_string()));
     let unchecked = Bundle::from_bytes(bytes, OpenOptions { verify_checksums: false, ..OpenOptions::default() })

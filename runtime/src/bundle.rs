@@ -99,10 +99,13 @@ impl LoadedBundle {
                 }
             }
             check_signature(ep, &prog)?;
-            let model = match &gpu {
-                #[cfg(feature = "gpu")]
-                Some(gpu) if ep.target == "gpu" => Model::new_on_gpu(prog, &weights, gpu.clone()),
-                _ => Model::new(prog, &weights),
+            let check = bundle.weight_check().cloned();
+            #[cfg(feature = "gpu")]
+            let model = Model::new_checked(prog, &weights, check, gpu.clone().filter(|_| ep.target == "gpu"));
+            #[cfg(not(feature = "gpu"))]
+            let model = {
+                let _ = &gpu; // without the feature there is no GPU to load onto
+                Model::new_checked(prog, &weights, check)
             };
             let model = model.map_err(|source| LoadError::Program {
                 entry: ep.name.clone(),

@@ -41,4 +41,8 @@ pub enum RuntimeError {
     Value { name: String, reason: String },
     #[error("invalid program: {0}")]
     Program(String),
+    /// The weights' checksums, verified in the background while the run computed, do not
+    /// match: the run's outputs are withheld.
+    #[error(transparent)]
+    Weights(#[from] kiln_formats::bundle::BundleError),
 }

@@ -4,6 +4,7 @@
 use crate::error::RuntimeError;
 use crate::kernel::{Attrs, Kernel, OpSpec};
 use crate::ops;
+use kiln_formats::bundle::WeightCheck;
 use kiln_formats::program::{Device, Program, StorageKind, NO_VALUE};
 use kiln_formats::tensor::byte_size;
 use kiln_formats::{DType, SharedBytes};
@@ -40,6 +41,9 @@ pub struct Model {
     /// it, every step runs on CPU whatever its placement.
     #[cfg(feature = "gpu")]
     pub(crate) gpu: Option<crate::gpu::exec::GpuModel>,
+    /// The weights' checksums still being verified in the background, when the model was
+    /// loaded from a bundle opened so: each run waits for the verdict before it returns outputs.
+    pub(crate) weight_check: Option<WeightCheck>,
 }
 
 impl Model {
@@ -47,6 +51,35 @@ impl Model {
     /// byte sources [`kiln_formats::program::WeightRef::entry`] indexes).
     pub fn new(program: Program, entries: &[SharedBytes]) -> Result<Arc<Model>, RuntimeError> {
         Self::build(program, entries).map(Arc::new)
+    }
+
+    /// Like [`Model::new`] (or [`Model::new_on_gpu`] with `gpu`), for weights whose checksums
+    /// `check` is still verifying: every run waits for its verdict before returning outputs, and
+    /// fails with the checksum error if the weights are damaged.
+    pub fn new_checked(
+        program: Program,
+        entries: &[SharedBytes],
+        check: Option<WeightCheck>,
+        #[cfg(feature = "gpu")] gpu: Option<Arc<crate::gpu::Gpu>>,
+    ) -> Result<Arc<Model>, RuntimeError> {
+        #[cfg(feature = "gpu")]
+        let mut model = match gpu {
+            Some(gpu) => Model::build_on_gpu(program, entries, gpu)?,
+            None => Model::build(program, entries)?,
+        };
+        #[cfg(not(feature = "gpu"))]
+        let mut model = Model::build(program, entries)?;
+        model.weight_check = check;
+        Ok(Arc::new(model))
+    }
+
+    /// Waits for the background verification of the weights' checksums, if one is running;
+    /// whether it had to wait.
+    pub(crate) fn wait_for_weights(&self) -> Result<bool, RuntimeError> {
+        let Some(check) = &self.weight_check else { return Ok(false) };
+        let waiting = !check.is_done();
+        check.wait()?;
+        Ok(waiting)
     }
 
     fn build(program: Program, entries: &[SharedBytes]) -> Result<Model, RuntimeError> {
@@ -237,6 +270,7 @@ impl Model {
             homes,
             #[cfg(feature = "gpu")]
             gpu: None,
+            weight_check: None,
         })
     }
 
@@ -248,6 +282,15 @@ impl Model {
         entries: &[SharedBytes],
         gpu: Arc<crate::gpu::Gpu>,
     ) -> Result<Arc<Model>, RuntimeError> {
+        Model::build_on_gpu(program, entries, gpu).map(Arc::new)
+    }
+
+    #[cfg(feature = "gpu")]
+    fn build_on_gpu(
+        program: Program,
+        entries: &[SharedBytes],
+        gpu: Arc<crate::gpu::Gpu>,
+    ) -> Result<Model, RuntimeError> {
         let mut model = Model::build(program, entries)?;
         let value_inputs = |si: usize| model.kernels[si].value_inputs().to_vec();
         let prepared = crate::gpu::exec::prepare(
@@ -261,7 +304,7 @@ impl Model {
         )
         .map_err(|e| RuntimeError::Program(e.to_string()))?;
         model.gpu = Some(prepared);
-        Ok(Arc::new(model))
+        Ok(model)
     }
 
     /// The GPU this model runs its GPU steps on, if it was loaded onto one.

@@ -202,6 +202,11 @@ impl Session {
             let filled = self.shapes[s.present as usize].get(s.axis as usize).copied().unwrap_or(0);
             self.state.set_filled(i, filled);
         }
+        // Outputs computed from weights whose checksums do not match never leave the run.
+        let started = self.profile.is_some().then(Instant::now);
+        if model.wait_for_weights()? {
+            self.record("(weight checksums)", started);
+        }
         let started = self.profile.is_some().then(Instant::now);
         let outputs = (0..prog.outputs.len()).map(|i| self.output(&model, i)).collect();
         self.record("(outputs)", started);

@@ -157,7 +157,7 @@ fn onnx_report(args: &Args) -> Result<(Value, Vec<Planned>)> {
 
 fn bundle_report(path: &Path) -> Result<(Value, Vec<Planned>)> {
     let loaded = phase(format!("loading {} (checksums, plans)", path.display()), || {
-        LoadedBundle::open(path, OpenOptions::default())
+        LoadedBundle::open(path, OpenOptions { weights_in_background: false, ..OpenOptions::default() })
     })
     .with_context(|| format!("loading {}", path.display()))?;
     let programs: Vec<Planned> =

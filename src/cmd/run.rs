@@ -47,7 +47,11 @@ pub fn main(args: Args) -> Result<()> {
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("--threads")?;
     }
-    let opts = OpenOptions { verify_checksums: !args.no_verify_checksums, read_into_memory: args.no_mmap };
+    let opts = OpenOptions {
+        verify_checksums: !args.no_verify_checksums,
+        read_into_memory: args.no_mmap,
+        ..OpenOptions::default()
+    };
     if args.gen.wanted() {
         return super::generate::main(&args.model, &args.gen, opts, args.device);
     }

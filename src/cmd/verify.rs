@@ -23,7 +23,10 @@ pub struct Args {
 pub fn main(args: Args) -> Result<()> {
     let bundle = args.bundle.display().to_string();
     let opened = phase(format!("verifying {bundle}: checksums, alignment, plans"), || {
-        LoadedBundle::open(&args.bundle, OpenOptions { read_into_memory: args.no_mmap, ..OpenOptions::default() })
+        LoadedBundle::open(
+            &args.bundle,
+            OpenOptions { read_into_memory: args.no_mmap, weights_in_background: false, ..OpenOptions::default() },
+        )
     });
     let loaded = match opened {
         Ok(l) => l,

@@ -7,7 +7,7 @@ pub mod read;
 pub mod write;
 
 pub use manifest::Manifest;
-pub use read::{Bundle, BundleError, OpenOptions};
+pub use read::{Bundle, BundleError, OpenOptions, WeightCheck};
 pub use write::{write_bundle, BundleParts, WeightEntry};
 
 /// Version this build writes and the newest major version it reads.

@@ -48,8 +48,56 @@ fn sample_bytes() -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
+/// Opens with every check made before it returns (weights hashed in the foreground).
 fn open(bytes: &[u8]) -> Result<Bundle, BundleError> {
-    Bundle::from_bytes(SharedBytes::copy_from(bytes), OpenOptions::default())
+    Bundle::from_bytes(
+        SharedBytes::copy_from(bytes),
+        OpenOptions { weights_in_background: false, ..OpenOptions::default() },
+    )
+}
+
+#[test]
+fn weights_verified_in_the_background_report_a_mismatch_by_entry_and_range() {
+    let bytes = sample_bytes();
+    let background = |bytes: &[u8]| Bundle::from_bytes(SharedBytes::copy_from(bytes), OpenOptions::default());
+    let b = background(&bytes).unwrap();
+    b.wait_verified().unwrap();
+    assert!(b.weight_check().unwrap().is_done());
+    let r = b.entry_range("weights/00000.bin").unwrap();
+    let mut bad = bytes.clone();
+    bad[r.start + 130] ^= 1;
+    // Opening succeeds; the verdict, waited for, names the entry and its bytes, every time asked.
+    let b = background(&bad).unwrap();
+    let check = b.weight_check().unwrap().clone();
+    drop(b);
+    for _ in 0..2 {
+        let err = check.wait().unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch in entry 'weights/00000.bin'"), "{err}");
+        assert!(err.contains(&format!("bytes {}..{}", r.start, r.end)), "{err}");
+    }
+    // The other entries are still hashed before open returns.
+    let p = background(&bytes).unwrap().entry_range("program.bin").unwrap();
+    let mut bad = bytes.clone();
+    bad[p.start] ^= 1;
+    let err = background(&bad).err().unwrap().to_string();
+    assert!(err.contains("program.bin") && err.contains("checksum"), "{err}");
+    // Without checksums, or with every one checked at open, nothing runs in the background.
+    let unchecked = OpenOptions { verify_checksums: false, ..OpenOptions::default() };
+    assert!(Bundle::from_bytes(SharedBytes::copy_from(&bytes), unchecked).unwrap().weight_check().is_none());
+    assert!(open(&bytes).unwrap().weight_check().is_none());
+}
+
+#[test]
+fn hashing_stops_once_no_one_wants_the_digest() {
+    let data = vec![7u8; 3 * read::HASH_CHUNK];
+    let calls = std::cell::Cell::new(0);
+    let digest = read::sha256_hex(&data, &|| {
+        calls.set(calls.get() + 1);
+        calls.get() > 1
+    });
+    assert_eq!((digest, calls.get()), (None, 2));
+    let whole = read::sha256_hex(&data, &|| false).unwrap();
+    assert_eq!(whole, hex(&<sha2::Sha256 as sha2::Digest>::digest(&data)));
 }
 
 #[test]
