@@ -390,6 +390,44 @@ fn a_plan_that_fails_the_verifier_is_named() {
 }
 
 #[test]
+fn entry_points_may_share_a_program_and_a_missing_one_is_named() {
+    let (bytes, x, intact) = small_bundle();
+    // A second entry point on the same program: both load (prepared side by side) and agree.
+    let shared = rewrite(&bytes, |p| {
+        let mut ep = p.manifest.entry_points[0].clone();
+        ep.name = "again".into();
+        p.manifest.entry_points.push(ep);
+    });
+    let b = Bundle::from_bytes(SharedBytes::copy_from(&shared), OpenOptions::default()).unwrap();
+    let loaded = LoadedBundle::from_bundle(b).unwrap();
+    for name in ["main", "again"] {
+        let out = Session::new(loaded.model(name, None).unwrap().clone()).run(&[TensorRef::from_tensor(&x)]).unwrap();
+        assert_eq!(out[0].bytes(), intact[0].bytes(), "{name}");
+    }
+    // One naming a program that does not exist.
+    let missing = rewrite(&bytes, |p| {
+        let mut ep = p.manifest.entry_points[0].clone();
+        ep.name = "ghost".into();
+        ep.program = 7;
+        p.manifest.entry_points.push(ep);
+    });
+    cli_refuses(&missing, &["entry point 'ghost' names program 7 of 1"], "missing program");
+    // Two bad entry points: the first in manifest order is the one reported.
+    let two_bad = rewrite(&bytes, |p| {
+        p.programs.programs[0].buffers[0] = 64;
+        let mut ep = p.manifest.entry_points[0].clone();
+        ep.name = "second".into();
+        p.manifest.entry_points[0].plan.buffers[0] = 64;
+        ep.plan.buffers[0] = 64;
+        p.manifest.entry_points.push(ep);
+    });
+    for _ in 0..5 {
+        let err = load_and_run(&two_bad, &x).unwrap_err();
+        assert!(err.contains("'main'") && err.contains("fails verification"), "{err}");
+    }
+}
+
+#[test]
 fn an_arena_larger_than_the_machine_is_refused_before_it_is_allocated() {
     let (bytes, _, _) = small_bundle();
     // The manifest's plan must agree with the program's.

@@ -6,6 +6,8 @@ use crate::error::RuntimeError;
 use crate::model::Model;
 use kiln_formats::bundle::manifest::{EntryPoint, TensorSig};
 use kiln_formats::bundle::{Bundle, BundleError, OpenOptions, TENSOR_ALIGN};
+use kiln_formats::program::Program;
+use rayon::prelude::*;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -75,18 +77,30 @@ impl LoadedBundle {
     /// the GPU target are loaded onto it (their plans checked against its limits, their weights
     /// uploaded). Without it they run every step on CPU.
     pub fn from_bundle_on(bundle: Bundle, gpu: Option<Arc<crate::gpu::Gpu>>) -> Result<LoadedBundle, LoadError> {
-        let programs = bundle.programs()?.programs;
+        let mut programs: Vec<Option<Program>> = bundle.programs()?.programs.into_iter().map(Some).collect();
         let weights = bundle.weight_entries()?;
-        let mut entries = Vec::new();
-        for ep in &bundle.manifest.entry_points {
-            let prog = programs.get(ep.program as usize).cloned().ok_or_else(|| {
-                LoadError::Manifest(format!(
-                    "entry point '{}' names program {} of {}",
-                    ep.name,
-                    ep.program,
-                    programs.len()
-                ))
-            })?;
+        let eps = &bundle.manifest.entry_points;
+        // Each entry point's program: moved out at its last use, copied before (entry points
+        // usually have programs of their own; a copy of SmolLM2's costs ~1 ms).
+        let mut uses = vec![0usize; programs.len()];
+        for ep in eps {
+            if let Some(u) = uses.get_mut(ep.program as usize) {
+                *u += 1;
+            }
+        }
+        let mut jobs = Vec::with_capacity(eps.len());
+        let count = programs.len();
+        for ep in eps {
+            let i = ep.program as usize;
+            let missing =
+                || LoadError::Manifest(format!("entry point '{}' names program {} of {}", ep.name, ep.program, count));
+            let slot = programs.get_mut(i).ok_or_else(missing)?;
+            uses[i] -= 1;
+            let prog = if uses[i] == 0 { slot.take() } else { slot.clone() };
+            jobs.push((ep, prog.ok_or_else(missing)?));
+        }
+        let check = bundle.weight_check();
+        let prepare = |(ep, prog): (&EntryPoint, Program)| -> Result<(EntryPoint, Arc<Model>), LoadError> {
             for (index, w) in prog.weights.iter().enumerate() {
                 if w.offset % TENSOR_ALIGN != 0 {
                     return Err(LoadError::Misaligned {
@@ -99,21 +113,25 @@ impl LoadedBundle {
                 }
             }
             check_signature(ep, &prog)?;
-            let check = bundle.weight_check().cloned();
             #[cfg(feature = "gpu")]
-            let model = Model::new_checked(prog, &weights, check, gpu.clone().filter(|_| ep.target == "gpu"));
+            let model = Model::new_checked(prog, &weights, check.cloned(), gpu.clone().filter(|_| ep.target == "gpu"));
             #[cfg(not(feature = "gpu"))]
-            let model = {
-                let _ = &gpu; // without the feature there is no GPU to load onto
-                Model::new_checked(prog, &weights, check)
-            };
+            let model = Model::new_checked(prog, &weights, check.cloned());
             let model = model.map_err(|source| LoadError::Program {
                 entry: ep.name.clone(),
                 target: ep.target.clone(),
                 source: Box::new(source),
             })?;
-            entries.push((ep.clone(), model));
-        }
+            Ok((ep.clone(), model))
+        };
+        // Entry points are prepared side by side (decoding aside, each costs ~1 ms for SmolLM2);
+        // on a GPU, one at a time, as their uploads share the device's queue. The first error in
+        // entry point order is the one reported, whichever finished first.
+        let prepared: Vec<_> = match gpu {
+            None => jobs.into_par_iter().map(prepare).collect(),
+            Some(_) => jobs.into_iter().map(prepare).collect(),
+        };
+        let entries = prepared.into_iter().collect::<Result<Vec<_>, _>>()?;
         if entries.is_empty() {
             return Err(LoadError::Manifest("the bundle has no entry points".into()));
         }
