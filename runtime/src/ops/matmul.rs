@@ -7,6 +7,7 @@ mod lanes;
 pub mod q4;
 pub mod q8;
 pub mod quantized;
+pub mod quantized_a;
 
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};

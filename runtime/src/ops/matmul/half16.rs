@@ -103,8 +103,15 @@ impl<H: Half16> BlockFormat for Half<H> {
         }
     }
 
-    fn dot_rows(a: &[f32], rows: &[u8], out: &mut [f32]) {
-        lanes::dot_rows::<Self>(a, rows, out)
+    /// A as it is: the 16-bit weights are widened to f32.
+    type Prepared = Vec<f32>;
+
+    fn prepare(a: &[f32]) -> Vec<f32> {
+        a.to_vec()
+    }
+
+    fn dot_rows(a: &Vec<f32>, k: usize, rows: &[u8], out: &mut [f32]) {
+        lanes::dot_rows::<Self>(a, k, rows, out)
     }
 }
 
@@ -113,8 +120,13 @@ impl<H: Half16> LaneDot for Half<H> {
     type Row<'a> = &'a [[u8; 2 * BLOCK]];
 
     #[inline(always)]
-    fn a_block<V: Lanes>(a: &[f32; BLOCK]) -> [V; GROUPS] {
-        lanes::load_block(a)
+    fn a_block<V: Lanes>(a: &Vec<f32>, b: usize) -> [V; GROUPS] {
+        lanes::load_block(&a.as_chunks::<BLOCK>().0[b])
+    }
+
+    #[cfg(test)]
+    fn a_as_read(a: &Vec<f32>) -> Vec<f32> {
+        a.clone()
     }
 
     #[inline(always)]

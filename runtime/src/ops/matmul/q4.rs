@@ -5,9 +5,10 @@
 //! `32b + j` in its low half and `32b + 16 + j` in its high half, so a block unpacks with two
 //! masks. A row is `k / 2 + k / 4` bytes, under a fifth of f32's.
 
-use super::lanes::{self, LaneDot, Lanes, GROUPS};
+use super::lanes::{self, LaneDot, Lanes};
 use super::quantized::BlockFormat;
 pub use super::quantized::BLOCK;
+use super::quantized_a::QuantizedA;
 
 /// Op type in the `kiln` domain.
 pub const MATMUL_Q4: &str = "MatMulQ4";
@@ -55,21 +56,31 @@ impl BlockFormat for Q4 {
         }
     }
 
-    fn dot_rows(a: &[f32], rows: &[u8], out: &mut [f32]) {
-        lanes::dot_rows::<Self>(a, rows, out)
+    type Prepared = QuantizedA;
+
+    fn prepare(a: &[f32]) -> QuantizedA {
+        QuantizedA::new(a)
+    }
+
+    fn dot_rows(a: &QuantizedA, k: usize, rows: &[u8], out: &mut [f32]) {
+        lanes::dot_rows::<Self>(a, k, rows, out)
     }
 }
 
 impl LaneDot for Q4 {
-    /// A block's lanes and their sums `Σ a` (lane `l` adds elements `8t + l`, from zero): the
-    /// minimum's term needs no weights, so every row of a pass shares it.
-    type A<V: Lanes> = ([V; GROUPS], V);
+    /// A block's integers, its lanes' sums `Σ x` (the minimum's term needs no weights, so every
+    /// row of a pass shares it) and its scale.
+    type A<V: Lanes> = (V::Int, V, f32);
     type Row<'a> = (&'a [[u8; 4]], &'a [[u8; 4]], &'a [[u8; BLOCK / 2]]);
 
     #[inline(always)]
-    fn a_block<V: Lanes>(a: &[f32; BLOCK]) -> Self::A<V> {
-        let x = lanes::load_block(a);
-        (x, x.iter().fold(V::zero(), |s, &v| s.add(v)))
+    fn a_block<V: Lanes>(a: &QuantizedA, b: usize) -> Self::A<V> {
+        (V::load_int(&a.hi[b], &a.lo[b]), V::load(&a.sums[b]), a.scales[b])
+    }
+
+    #[cfg(test)]
+    fn a_as_read(a: &QuantizedA) -> Vec<f32> {
+        a.dequantized()
     }
 
     #[inline(always)]
@@ -79,18 +90,11 @@ impl LaneDot for Q4 {
         (scales.as_chunks().0, mins.as_chunks().0, quants.as_chunks().0)
     }
 
-    /// `Σ a·q · scale + Σ a · min` in eight lanes.
+    /// `(Σ q·x · scale + Σ x · min) · d` in eight lanes, the sums exact integers.
     #[inline(always)]
-    fn block<V: Lanes>((x, sums): &Self::A<V>, (scales, mins, quants): &Self::Row<'_>, b: usize) -> V {
-        let q = quants[b].as_chunks::<8>().0;
-        let levels = [
-            V::nibbles::<false>(&q[0]),
-            V::nibbles::<false>(&q[1]),
-            V::nibbles::<true>(&q[0]),
-            V::nibbles::<true>(&q[1]),
-        ];
+    fn block<V: Lanes>((x, sums, d): &Self::A<V>, (scales, mins, quants): &Self::Row<'_>, b: usize) -> V {
         let (scale, min) = (f32::from_le_bytes(scales[b]), f32::from_le_bytes(mins[b]));
-        lanes::dot_block(x, levels).mul(V::splat(scale)).add(sums.mul(V::splat(min)))
+        V::u4_dot(x, &quants[b]).mul(V::splat(scale * d)).add(sums.mul(V::splat(min * d)))
     }
 }
 

@@ -3,9 +3,10 @@
 //! `k / BLOCK` little-endian f32 scales followed by its `k` int8 values, so a row is one
 //! contiguous read of `k + k / 8` bytes, a quarter of f32's.
 
-use super::lanes::{self, LaneDot, Lanes, GROUPS};
+use super::lanes::{self, LaneDot, Lanes};
 use super::quantized::BlockFormat;
 pub use super::quantized::BLOCK;
+use super::quantized_a::QuantizedA;
 
 /// The q8 format.
 pub struct Q8;
@@ -42,8 +43,14 @@ impl BlockFormat for Q8 {
         }
     }
 
-    fn dot_rows(a: &[f32], rows: &[u8], out: &mut [f32]) {
-        lanes::dot_rows::<Self>(a, rows, out)
+    type Prepared = QuantizedA;
+
+    fn prepare(a: &[f32]) -> QuantizedA {
+        QuantizedA::new(a)
+    }
+
+    fn dot_rows(a: &QuantizedA, k: usize, rows: &[u8], out: &mut [f32]) {
+        lanes::dot_rows::<Self>(a, k, rows, out)
     }
 }
 
@@ -51,12 +58,18 @@ impl BlockFormat for Q8 {
 pub const MATMUL_Q8: &str = "MatMulQ8";
 
 impl LaneDot for Q8 {
-    type A<V: Lanes> = [V; GROUPS];
+    /// The block's integers and scale.
+    type A<V: Lanes> = (V::Int, f32);
     type Row<'a> = (&'a [[u8; 4]], &'a [[u8; BLOCK]]);
 
     #[inline(always)]
-    fn a_block<V: Lanes>(a: &[f32; BLOCK]) -> [V; GROUPS] {
-        lanes::load_block(a)
+    fn a_block<V: Lanes>(a: &QuantizedA, b: usize) -> Self::A<V> {
+        (V::load_int(&a.hi[b], &a.lo[b]), a.scales[b])
+    }
+
+    #[cfg(test)]
+    fn a_as_read(a: &QuantizedA) -> Vec<f32> {
+        a.dequantized()
     }
 
     #[inline(always)]
@@ -65,11 +78,10 @@ impl LaneDot for Q8 {
         (scales.as_chunks().0, quants.as_chunks().0)
     }
 
-    /// The block's `Σ a·q` in eight lanes, times its scale.
+    /// The block's exact integer `Σ q·x` in eight lanes, times both scales.
     #[inline(always)]
-    fn block<V: Lanes>(a: &[V; GROUPS], (scales, quants): &Self::Row<'_>, b: usize) -> V {
-        let q = quants[b].as_chunks::<8>().0;
-        lanes::dot_block(a, std::array::from_fn(|t| V::i8s(&q[t]))).mul(V::splat(f32::from_le_bytes(scales[b])))
+    fn block<V: Lanes>((x, d): &Self::A<V>, (scales, quants): &Self::Row<'_>, b: usize) -> V {
+        V::i8_dot(x, &quants[b]).mul(V::splat(f32::from_le_bytes(scales[b]) * d))
     }
 }
 
@@ -81,6 +93,27 @@ mod tests {
     #[test]
     fn the_simd_multi_row_dot_equals_the_portable_one_row_dot_bit_for_bit() {
         crate::ops::matmul::lanes::check_dot_rows::<Q8>();
+    }
+
+    /// Stored rows need not come from `quantize_row`: a byte of -128 (which it never writes)
+    /// still multiplies exactly on every path.
+    #[test]
+    fn every_byte_value_multiplies_exactly_on_every_path() {
+        let (k, n) = (64, 9);
+        let rb = Q8::row_bytes(k);
+        let mut rows = vec![0u8; n * rb];
+        for (r, row) in rows.chunks_exact_mut(rb).enumerate() {
+            let (scales, quants) = row.split_at_mut(k / BLOCK * 4);
+            for (b, s) in scales.chunks_exact_mut(4).enumerate() {
+                s.copy_from_slice(&(0.01 * (1 + r + b) as f32).to_le_bytes());
+            }
+            for (j, q) in quants.iter_mut().enumerate() {
+                *q = (r * 64 + j * 7) as u8;
+            }
+        }
+        assert!(rows.contains(&0x80));
+        let a: Vec<f32> = (0..k).map(|i| if i % 5 == 0 { -1.5 } else { 0.37 * (i % 7) as f32 }).collect();
+        crate::ops::matmul::lanes::check_dot_rows_on::<Q8>(&a, &rows);
     }
 
     #[test]

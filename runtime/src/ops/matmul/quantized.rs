@@ -33,10 +33,14 @@ pub trait BlockFormat: Send + Sync + 'static {
     fn quantize_row(src: &[f32], dst: &mut [u8]);
     /// The f32 weights of one stored row.
     fn dequantize_row(row: &[u8], dst: &mut [f32]);
-    /// One row of A (`k` values) times `out.len()` consecutive stored rows (`row_bytes(k)`
-    /// bytes each): `out[r]` is the dot product with row `r`, the same bits whichever SIMD the
-    /// CPU has and however many rows a call takes.
-    fn dot_rows(a: &[f32], rows: &[u8], out: &mut [f32]);
+    /// A row of A as [`BlockFormat::dot_rows`] reads it, made once for all of W's rows.
+    type Prepared: Sync;
+    /// Prepares one row of A (`k` values, a multiple of [`BLOCK`]).
+    fn prepare(a: &[f32]) -> Self::Prepared;
+    /// One prepared row of A (`k` values) times `out.len()` consecutive stored rows
+    /// (`row_bytes(k)` bytes each): `out[r]` is the dot product with row `r`, the same bits
+    /// whichever SIMD the CPU has and however many rows a call takes.
+    fn dot_rows(a: &Self::Prepared, k: usize, rows: &[u8], out: &mut [f32]);
 }
 
 /// Prepares `F`'s product when `spec` is its op.
@@ -119,7 +123,8 @@ fn dot_rows<F: BlockFormat>(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f3
     // A multiple of 8 rows per chunk: whole multi-row passes, a ragged one only at the end.
     let chunk = n.div_ceil(rayon::current_num_threads() * 4).max(16).next_multiple_of(8);
     for (ar, yr) in a.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
-        yr.par_chunks_mut(chunk).zip(w.par_chunks(chunk * rb)).for_each(|(out, rows)| F::dot_rows(ar, rows, out));
+        let ar = F::prepare(ar);
+        yr.par_chunks_mut(chunk).zip(w.par_chunks(chunk * rb)).for_each(|(out, rows)| F::dot_rows(&ar, k, rows, out));
     }
 }
 
