@@ -75,7 +75,7 @@ impl LaneDot for Q4 {
 
     #[inline(always)]
     fn a_block<V: Lanes>(a: &QuantizedA, b: usize) -> Self::A<V> {
-        (V::load_int(&a.hi[b], &a.lo[b]), V::load(&a.sums[b]), a.scales[b])
+        (V::load_int(&a.0[b].hi, &a.0[b].lo), V::load(&a.0[b].sums), a.0[b].scale)
     }
 
     #[cfg(test)]

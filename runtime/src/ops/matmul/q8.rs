@@ -64,7 +64,7 @@ impl LaneDot for Q8 {
 
     #[inline(always)]
     fn a_block<V: Lanes>(a: &QuantizedA, b: usize) -> Self::A<V> {
-        (V::load_int(&a.hi[b], &a.lo[b]), a.scales[b])
+        (V::load_int(&a.0[b].hi, &a.0[b].lo), a.0[b].scale)
     }
 
     #[cfg(test)]
