@@ -79,13 +79,19 @@ impl Sampler {
 
 /// Index of the largest logit; the first one on ties, as `torch.argmax` and onnxruntime do.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] || logits[best].is_nan() {
-            best = i;
+    // The largest value first, eight lanes at a time (a vocabulary-long compare-and-branch chain
+    // measured 2% of SmolLM2's q8 decode), then where it first occurs. `f32::max` skips NaNs.
+    let (chunks, rest) = logits.as_chunks::<8>();
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    for c in chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v);
         }
     }
-    best as u32
+    let max = rest.iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let first = logits.iter().position(|&v| v == max);
+    // Only NaNs: the last index, as a scan replacing a NaN best with every next value gives.
+    first.unwrap_or(logits.len().saturating_sub(1)) as u32
 }
 
 #[cfg(test)]
@@ -97,6 +103,35 @@ mod tests {
         assert_eq!(argmax(&[0.0, 3.0, 1.0, 3.0]), 1);
         assert_eq!(argmax(&[f32::NAN, -1.0, -2.0]), 1);
         assert_eq!(Sampler::new(Sampling::default()).pick(&[0.5, 0.1, 0.9]), 2);
+    }
+
+    /// The lane-wise argmax against the plain scan, on lengths off the lane count, ties in
+    /// different lanes, NaNs and infinities.
+    #[test]
+    fn argmax_equals_the_plain_scan() {
+        let scan = |l: &[f32]| {
+            let mut best = 0;
+            for (i, &v) in l.iter().enumerate() {
+                if v > l[best] || l[best].is_nan() {
+                    best = i;
+                }
+            }
+            best as u32
+        };
+        for n in [1, 7, 8, 9, 31, 100] {
+            for seed in 0..20usize {
+                let l: Vec<f32> = (0..n)
+                    .map(|i| match (i * 31 + seed * 17) % 23 {
+                        0 => f32::NAN,
+                        1 => f32::NEG_INFINITY,
+                        r => (r % (3 + seed % 5)) as f32,
+                    })
+                    .collect();
+                assert_eq!(argmax(&l), scan(&l), "{l:?}");
+            }
+        }
+        assert_eq!(argmax(&[f32::NAN; 11]), scan(&[f32::NAN; 11]));
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
     }
 
     #[test]
