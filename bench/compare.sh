@@ -60,6 +60,7 @@ print("| measure | " + " | ".join(f"kiln {w}" for w in names) + f" | {ort['engin
 print("|---" * (2 + 2 * len(names)) + "|")
 rows = [("load (s, lower is better)", "load_s"),
         ("load without checksums (s, lower is better)", "load_unverified_s"),
+        ("open to first token (s, lower is better)", "first_token_s"),
         ("prefill tokens/s", "prefill_tokens_per_s"),
         ("decode tokens/s", "decode_tokens_per_s"), ("peak RSS (MiB, lower is better)", "peak_rss_bytes")]
 for label, key in rows:

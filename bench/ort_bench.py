@@ -3,6 +3,7 @@
 ONNX export, token ids and thread count, printed as one JSON object.
 
     load_s                 InferenceSession creation
+    first_token_s          session creation until the first prefill's logits (its first run)
     prefill_tokens_per_s   one forward pass over the prompt (empty past), median of repeats
     decode_tokens_per_s    tokens per second over `--gen` single-token steps feeding presents back
     peak_rss_bytes         the process's peak resident set (ru_maxrss)
@@ -91,6 +92,7 @@ def main() -> None:
     print(json.dumps({
         "engine": f"onnxruntime {ort.__version__}",
         "load_s": load_s,
+        "first_token_s": load_s + prefill_times[0],
         "prefill_tokens_per_s": args.prompt_len / statistics.median(prefill_times),
         "decode_tokens_per_s": statistics.median(decode_rates),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
