@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod error;
 pub mod generate;
 pub mod gpu;
+mod infer_memo;
 pub mod kernel;
 pub mod memory;
 pub mod model;

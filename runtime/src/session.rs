@@ -2,6 +2,7 @@
 //! outputs (an arena range, or a per-session buffer reused across runs for unplanned values).
 
 use crate::error::{KernelError, RuntimeError};
+use crate::infer_memo::InferMemo;
 use crate::kernel::{RunCx, ShapeInput};
 use crate::model::{Model, Place};
 use crate::state::KvState;
@@ -31,6 +32,8 @@ pub struct Session {
     /// Device memory, when the model runs its GPU steps on a GPU.
     #[cfg(feature = "gpu")]
     gpu: Option<crate::gpu::exec::GpuMemory>,
+    /// Per step, its last shape inference (CPU models only: GPU steps need inference's values).
+    memos: Vec<Option<InferMemo>>,
 }
 
 /// Where a session's time went, by op type; copying the caller's inputs in and the outputs out
@@ -96,6 +99,7 @@ impl Session {
             dynamic_limit: crate::memory::default_dynamic_limit(),
             #[cfg(feature = "gpu")]
             gpu,
+            memos: Vec::new(),
         }
     }
 
@@ -375,10 +379,6 @@ impl Session {
             Place::State(i) => Some(i),
             _ => None,
         });
-        let in_dims: Vec<Vec<Dim>> = in_slots
-            .iter()
-            .map(|s| s.map(|s| self.shapes[s].iter().map(|&d| Dim::Known(d as i64)).collect()).unwrap_or_default())
-            .collect();
         let in_data: Vec<Option<&[u8]>> = in_slots
             .iter()
             .map(|s| {
@@ -392,42 +392,19 @@ impl Session {
                 })
             })
             .collect();
-        let in_values: Vec<Option<Vec<Dim>>> = in_slots
-            .iter()
-            .enumerate()
-            .map(|(k, s)| {
-                let s = (*s)?;
-                if !value_inputs.contains(&k) {
-                    return None;
+        let mut in_values = Vec::new();
+        let memo = if model.runs_on_gpu() { None } else { self.memos.get_mut(si).and_then(Option::take) };
+        let lens = match memo.filter(|m| m.matches(&self.shapes, &in_slots, &in_data, value_inputs)) {
+            Some(memo) => {
+                for (&o, shape) in step.outputs.iter().zip(&memo.outputs) {
+                    self.shapes[o as usize].clone_from(shape);
                 }
-                let dt = model.dtypes[s];
-                let data = in_data[k]?;
-                let n = data.len() / dt.size();
-                (0..n).map(|i| read_i64(dt, data, i).map(Dim::Known)).collect()
-            })
-            .collect();
-        let shape_inputs: Vec<Option<ShapeInput>> = in_slots
-            .iter()
-            .enumerate()
-            .map(|(k, s)| {
-                s.map(|s| ShapeInput {
-                    dtype: model.dtypes[s],
-                    shape: &in_dims[k],
-                    value: in_values[k].as_deref(),
-                    data: in_data[k],
-                })
-            })
-            .collect();
-        let outs = kernel.infer(&shape_inputs, &mut RunCx)?;
-        if outs.len() < step.outputs.len() {
-            return Err(KernelError::invalid(format!(
-                "kernel produced {} outputs, the program expects {}",
-                outs.len(),
-                step.outputs.len()
-            )));
-        }
-        drop(shape_inputs);
-        let lens = self.set_output_shapes(model, si, &outs)?;
+                let lens = memo.lens.clone();
+                self.memos[si] = Some(memo);
+                lens
+            }
+            None => self.infer_step(model, si, &in_slots, &in_data, &mut in_values)?,
+        };
         if lens.iter().all(Option::is_none) {
             return Ok(());
         }
@@ -533,6 +510,73 @@ impl Session {
     /// Bytes of `slot` at its current shape.
     fn len_of(&self, model: &Model, slot: usize) -> usize {
         byte_size(model.dtypes[slot], &self.shapes[slot]).unwrap_or(0)
+    }
+
+    /// Shape inference for step `si` (inputs `in_slots`, their bytes `in_data`): sets its
+    /// outputs' shapes, remembers the answer, and returns the bytes each output needs stored.
+    /// `values_out` receives the value inputs' elements (the GPU steps read them).
+    fn infer_step(
+        &mut self,
+        model: &Model,
+        si: usize,
+        in_slots: &[Option<usize>],
+        in_data: &[Option<&[u8]>],
+        values_out: &mut Vec<Option<Vec<Dim>>>,
+    ) -> Result<Vec<Option<usize>>, KernelError> {
+        let step = &model.program.steps[si];
+        let kernel = &model.kernels[si];
+        let value_inputs = kernel.value_inputs();
+        let in_dims: Vec<Vec<Dim>> = in_slots
+            .iter()
+            .map(|s| s.map(|s| self.shapes[s].iter().map(|&d| Dim::Known(d as i64)).collect()).unwrap_or_default())
+            .collect();
+        let in_values: Vec<Option<Vec<Dim>>> = in_slots
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let s = (*s)?;
+                if !value_inputs.contains(&k) {
+                    return None;
+                }
+                let dt = model.dtypes[s];
+                let data = in_data[k]?;
+                let n = data.len() / dt.size();
+                (0..n).map(|i| read_i64(dt, data, i).map(Dim::Known)).collect()
+            })
+            .collect();
+        let shape_inputs: Vec<Option<ShapeInput>> = in_slots
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                s.map(|s| ShapeInput {
+                    dtype: model.dtypes[s],
+                    shape: &in_dims[k],
+                    value: in_values[k].as_deref(),
+                    data: in_data[k],
+                })
+            })
+            .collect();
+        let memo = (!model.runs_on_gpu()).then(|| InferMemo::key(&self.shapes, in_slots, in_data, value_inputs));
+        let outs = kernel.infer(&shape_inputs, &mut RunCx)?;
+        if outs.len() < step.outputs.len() {
+            return Err(KernelError::invalid(format!(
+                "kernel produced {} outputs, the program expects {}",
+                outs.len(),
+                step.outputs.len()
+            )));
+        }
+        drop(shape_inputs);
+        let lens = self.set_output_shapes(model, si, &outs)?;
+        if let Some(mut memo) = memo {
+            memo.outputs = step.outputs.iter().map(|&o| self.shapes[o as usize].clone()).collect();
+            memo.lens = lens.clone();
+            if self.memos.len() != model.program.steps.len() {
+                self.memos = (0..model.program.steps.len()).map(|_| None).collect();
+            }
+            self.memos[si] = Some(memo);
+        }
+        *values_out = in_values;
+        Ok(lens)
     }
 
     /// Records the shapes inference gave step `si`'s outputs, checking them against the program;
