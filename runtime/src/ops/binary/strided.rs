@@ -6,6 +6,7 @@
 use crate::error::KernelError;
 use crate::ops::broadcast::broadcast_strides;
 use rayon::prelude::*;
+use smallvec::SmallVec;
 
 /// Below this many output elements loops stay on the calling thread: handing work to the pool
 /// costs more than it saves.
@@ -59,8 +60,9 @@ pub(crate) fn map_in_place<O: Copy + Send>(out: &mut [O], f: impl Fn(O) -> O + S
 /// repeats one element (stride 0).
 #[derive(Debug)]
 pub(crate) struct Layout<const N: usize> {
-    outer: Vec<usize>,
-    outer_strides: Vec<[usize; N]>,
+    // On the stack up to rank 6: an elementwise step runs hundreds of times per decoded token.
+    outer: SmallVec<[usize; 6]>,
+    outer_strides: SmallVec<[[usize; N]; 6]>,
     inner: usize,
     inner_strides: [usize; N],
     total: usize,
@@ -75,7 +77,7 @@ impl<const N: usize> Layout<N> {
         if total != out_len {
             return Err(KernelError::invalid(format!("output of shape {out:?} has {out_len} elements")));
         }
-        let mut strides: Vec<Vec<usize>> = Vec::with_capacity(N);
+        let mut strides: SmallVec<[Vec<usize>; 3]> = SmallVec::with_capacity(N);
         for (k, (shape, len)) in inputs.iter().enumerate() {
             if shape.iter().product::<usize>() != *len {
                 return Err(KernelError::input(k, format!("shape {shape:?} does not match its {len} elements")));
@@ -84,8 +86,8 @@ impl<const N: usize> Layout<N> {
         }
         // Merge neighbouring axes wherever every input walks them as one (both contiguous, or
         // both broadcast); size-1 axes drop out.
-        let mut dims: Vec<usize> = Vec::new();
-        let mut dim_strides: Vec<[usize; N]> = Vec::new();
+        let mut dims: SmallVec<[usize; 6]> = SmallVec::new();
+        let mut dim_strides: SmallVec<[[usize; N]; 6]> = SmallVec::new();
         for (axis, &d) in out.iter().enumerate() {
             if d == 1 {
                 continue;
@@ -116,7 +118,7 @@ impl<const N: usize> Layout<N> {
         let n = self.inner;
         let rank = self.outer.len();
         let (mut row, col) = (start / n, start % n);
-        let mut idx = vec![0usize; rank];
+        let mut idx: SmallVec<[usize; 6]> = smallvec::smallvec![0usize; rank];
         let mut offs = [0usize; N];
         for axis in (0..rank).rev() {
             idx[axis] = row % self.outer[axis];
