@@ -97,17 +97,28 @@ pub(crate) fn half_block<V: Lanes>(a: &[V; GROUPS], w: &[u8; 2 * BLOCK], widen: 
 /// output has the bits of a one-row portable pass, whatever the CPU.
 pub(crate) fn dot_rows<F: LaneDot>(a: &F::Prepared, k: usize, rows: &[u8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
-        // SAFETY (each branch): the CPU supports AVX2, F16C and the branch's VNNI (checked).
-        if std::is_x86_feature_detected!("avxvnni") {
-            return unsafe { dot_rows_avx_vnni::<F>(a, k, rows, out) };
-        }
-        if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl") {
-            return unsafe { dot_rows_avx512_vnni::<F>(a, k, rows, out) };
-        }
-        return unsafe { dot_rows_avx2::<F>(a, k, rows, out) };
+    if let Some((_, _, path)) = simd_paths::<F>().into_iter().find(|p| p.1) {
+        // SAFETY: the CPU has every target feature the path is compiled for (`simd_paths`).
+        return unsafe { path(a, k, rows, out) };
     }
     dot_rows_in::<Portable, F, ROWS>(a, k, rows, out)
+}
+
+/// A compiled body of [`dot_rows`].
+#[cfg(target_arch = "x86_64")]
+type DotPath<F> = unsafe fn(&<F as BlockFormat>::Prepared, usize, &[u8], &mut [f32]);
+
+/// The SIMD bodies of [`dot_rows`], best first, each with whether this CPU has every target
+/// feature it is compiled for (so calling one marked `true` is sound) and a name for tests.
+#[cfg(target_arch = "x86_64")]
+fn simd_paths<F: LaneDot>() -> [(&'static str, bool, DotPath<F>); 3] {
+    let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c");
+    let avx512_vnni = std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl");
+    [
+        ("AVX-VNNI", avx2 && std::is_x86_feature_detected!("avxvnni"), dot_rows_avx_vnni::<F>),
+        ("AVX-512 VNNI", avx2 && avx512_vnni, dot_rows_avx512_vnni::<F>),
+        ("AVX2", avx2, dot_rows_avx2::<F>),
+    ]
 }
 
 /// [`dot_rows`] in AVX2 (and F16C for f16) intrinsics, integer dots by `vpmaddubsw`.
@@ -439,23 +450,11 @@ pub(crate) fn check_dot_rows_on<F: LaneDot>(a: &[f32], q: &[u8]) {
         dot_rows_in::<Portable, F, ROWS>(&prepared, k, &q[..rows * rb], &mut out);
         assert_eq!(bits(&out), bits(&portable[..rows]), "{} with {rows} rows", F::NAME);
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
-            type Path<F> = unsafe fn(&<F as BlockFormat>::Prepared, usize, &[u8], &mut [f32]);
-            let paths: [(&str, bool, Path<F>); 3] = [
-                ("AVX2", true, dot_rows_avx2::<F>),
-                ("AVX-VNNI", std::is_x86_feature_detected!("avxvnni"), dot_rows_avx_vnni::<F>),
-                (
-                    "AVX-512 VNNI",
-                    std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl"),
-                    dot_rows_avx512_vnni::<F>,
-                ),
-            ];
-            for (name, _, path) in paths.into_iter().filter(|p| p.1) {
-                out.fill(f32::NAN);
-                // SAFETY: AVX2, F16C and the path's extension checked above.
-                unsafe { path(&prepared, k, &q[..rows * rb], &mut out) };
-                assert_eq!(bits(&out), bits(&portable[..rows]), "{} {name} with {rows} rows", F::NAME);
-            }
+        for (name, _, path) in simd_paths::<F>().into_iter().filter(|p| p.1) {
+            out.fill(f32::NAN);
+            // SAFETY: the CPU has the path's target features (`simd_paths`).
+            unsafe { path(&prepared, k, &q[..rows * rb], &mut out) };
+            assert_eq!(bits(&out), bits(&portable[..rows]), "{} {name} with {rows} rows", F::NAME);
         }
     }
 }
@@ -468,7 +467,7 @@ mod speed {
     use crate::ops::matmul::{half16::F16, q4::Q4, q8::Q8};
     use std::time::Instant;
 
-    fn gbs<F: LaneDot>(path: unsafe fn(&F::Prepared, usize, &[u8], &mut [f32]), bytes: usize) -> f64 {
+    fn gbs<F: LaneDot>(path: DotPath<F>, bytes: usize) -> f64 {
         let k = 576;
         let n = bytes / F::row_bytes(k);
         let (_, q) = crate::ops::matmul::quantized::test_weights::<F>(n, k);
@@ -487,19 +486,8 @@ mod speed {
     }
 
     fn report<F: LaneDot>() {
-        let x86 = |f: &str| match f {
-            "avxvnni" => std::is_x86_feature_detected!("avxvnni"),
-            _ => std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl"),
-        };
-        type Path<F> = unsafe fn(&<F as BlockFormat>::Prepared, usize, &[u8], &mut [f32]);
-        let portable: Path<F> = |p, k, q, o| dot_rows_in::<Portable, F, ROWS>(p, k, q, o);
-        let paths: [(&str, bool, Path<F>); 4] = [
-            ("portable", true, portable),
-            ("avx2", std::is_x86_feature_detected!("avx2"), dot_rows_avx2::<F>),
-            ("avx-vnni", x86("avxvnni"), dot_rows_avx_vnni::<F>),
-            ("avx512-vnni", x86("avx512vnni"), dot_rows_avx512_vnni::<F>),
-        ];
-        for (name, _, path) in paths.into_iter().filter(|p| p.1) {
+        let portable: DotPath<F> = |p, k, q, o| dot_rows_in::<Portable, F, ROWS>(p, k, q, o);
+        for (name, _, path) in [("portable", true, portable)].into_iter().chain(simd_paths::<F>()).filter(|p| p.1) {
             let (cached, streamed) = (gbs::<F>(path, 256 << 10), gbs::<F>(path, 64 << 20));
             println!("{:>4} {name:>12}: {cached:6.1} GB/s in cache, {streamed:6.1} GB/s streamed", F::NAME);
         }
