@@ -141,85 +141,17 @@ fn put<T: Float>(dst: &mut T, v: T::Acc, accumulate: bool) {
 }
 
 /// Row-at-a-time product for small sizes (decode's attention over a group of heads, among
-/// others), compiled for AVX2 where the CPU has it: the same arithmetic in the same order, so the
-/// same bits.
+/// others): each row is [`gemv`]'s product, dot products when B's columns are contiguous (a
+/// transposed B such as a key cache, which read row by row would be a strided gather per element:
+/// 14% of SmolLM2's q8 decode).
 #[allow(clippy::too_many_arguments)]
 fn small<T: Float>(m: usize, n: usize, k: usize, alpha: T::Acc, a: Mat<T>, b: Mat<T>, c: &mut [T], accumulate: bool)
 where
     T::Acc: GAcc,
 {
-    #[cfg(target_arch = "x86_64")]
-    if has_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked by `has_fma`).
-        return unsafe { small_avx2(m, n, k, alpha, a, b, c, accumulate) };
-    }
-    small_rows(m, n, k, alpha, a, b, c, accumulate)
-}
-
-/// [`small_rows`] compiled for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn small_avx2<T: Float>(
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: T::Acc,
-    a: Mat<T>,
-    b: Mat<T>,
-    c: &mut [T],
-    accumulate: bool,
-) where
-    T::Acc: GAcc,
-{
-    small_rows(m, n, k, alpha, a, b, c, accumulate)
-}
-
-/// [`small`]'s body: k-outer over contiguous rows of B, or dot products when B's columns are
-/// contiguous (a transposed B such as a key cache: read row by row it would be a strided gather
-/// per element, which measured 14% of SmolLM2's q8 decode).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn small_rows<T: Float>(
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: T::Acc,
-    a: Mat<T>,
-    b: Mat<T>,
-    c: &mut [T],
-    accumulate: bool,
-) where
-    T::Acc: GAcc,
-{
-    if b.rs == 1 && b.cs != 1 && a.cs == 1 {
-        for (i, crow) in c.chunks_exact_mut(n).enumerate().take(m) {
-            let arow = &a.data[i * a.rs..i * a.rs + k];
-            for (j, d) in crow.iter_mut().enumerate() {
-                put(d, alpha * dot1(arow, &b.data[j * b.cs..j * b.cs + k]), accumulate);
-            }
-        }
-        return;
-    }
-    let mut acc = vec![T::Acc::ZERO; n];
     for (i, crow) in c.chunks_exact_mut(n).enumerate().take(m) {
-        acc.iter_mut().for_each(|v| *v = T::Acc::ZERO);
-        for kk in 0..k {
-            let av = a.at(i, kk).to_acc();
-            if b.cs == 1 {
-                let row = &b.data[kk * b.rs..kk * b.rs + n];
-                for (s, bv) in acc.iter_mut().zip(row) {
-                    *s += av * bv.to_acc();
-                }
-            } else {
-                for (j, s) in acc.iter_mut().enumerate() {
-                    *s += av * b.at(kk, j).to_acc();
-                }
-            }
-        }
-        for (d, s) in crow.iter_mut().zip(&acc) {
-            put(d, alpha * *s, accumulate);
-        }
+        let row = Mat { data: &a.data[i * a.rs..], rs: a.rs, cs: a.cs };
+        gemv(n, k, alpha, row, b, crow, accumulate, false);
     }
 }
 
