@@ -14,6 +14,7 @@ pub mod session;
 pub mod state;
 pub mod verify;
 pub mod view;
+mod warm_pool;
 
 pub use error::{KernelError, RuntimeError};
 pub use model::Model;

@@ -157,14 +157,7 @@ impl Session {
     }
 
     fn run_steps(&mut self, inputs: &[TensorRef]) -> Result<Vec<Tensor>, RuntimeError> {
-        // Kernels split their work with rayon. Called from a thread outside the pool, every split
-        // is injected into the pool's queue and waited for through a lock: a futex round trip and
-        // an allocation per product, hundreds per decoded token. On a pool thread the same splits
-        // are work-stealing joins, so the whole plan runs on one.
-        if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
-            return rayon::scope(|_| self.run_steps_in_pool(inputs));
-        }
-        self.run_steps_in_pool(inputs)
+        crate::warm_pool::on_pool(|| self.run_steps_in_pool(inputs))
     }
 
     fn run_steps_in_pool(&mut self, inputs: &[TensorRef]) -> Result<Vec<Tensor>, RuntimeError> {
