@@ -75,7 +75,7 @@ mod tests {
     #[test]
     fn runs_on_a_pool_thread_from_outside_the_pool() {
         assert_eq!(rayon::current_thread_index(), None);
-        assert!(on_pool(|| rayon::current_thread_index()).is_some());
+        assert!(on_pool(rayon::current_thread_index).is_some());
         let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
         assert_eq!(pool.install(|| on_pool(rayon::current_thread_index)), Some(0));
     }
