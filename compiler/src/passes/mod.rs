@@ -6,7 +6,11 @@ pub mod grouped_query;
 pub mod infer;
 pub mod kv_cache;
 pub mod last_position;
+pub mod pattern;
 pub mod quantize;
+pub mod rms_norm;
+pub mod rotate_half;
+pub mod silu;
 pub mod split;
 pub mod sym_values;
 pub mod transposed_weight;
@@ -16,13 +20,24 @@ use crate::ir::Graph;
 
 /// Shape inference (following shape arithmetic symbolically, folding constants as it goes), then
 /// removal of folded nodes, fusion of transposed weights into their products, products over
-/// grouped-query KV heads without the repeat, and removal of dead nodes.
+/// grouped-query KV heads without the repeat, RMS normalisations as one node, and removal of
+/// dead nodes.
 pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
     infer::check_supported(g)?;
     infer::infer(g)?;
     const_fold::remove_folded(g);
     transposed_weight::fuse(g);
     grouped_query::fold(g);
+    rms_norm::fuse(g);
     dce::eliminate(g);
     Ok(())
+}
+
+/// Fusions whose kernels only the CPU backend has: rotary embeddings and SiLU (gated or not) as
+/// one step each. Run after [`optimize`] for CPU targets; a GPU program keeps the separate ops,
+/// which all have GPU kernels.
+pub fn fuse_for_cpu(g: &mut Graph) {
+    rotate_half::fuse(g);
+    silu::fuse(g);
+    dce::eliminate(g);
 }

@@ -1,0 +1,132 @@
+//! What the fusion passes ask of a graph while matching a subgraph: who makes a value, how many
+//! readers it has, and the numbers a small constant holds.
+
+use crate::ir::{Graph, Node, ValueId};
+use kiln_formats::{DType, Dim};
+
+/// Producer and reader counts of every value, taken once before a pass rewrites anything.
+pub struct Index {
+    producer: Vec<Option<usize>>,
+    /// Nodes reading the value, plus one if it is a graph output.
+    readers: Vec<usize>,
+}
+
+impl Index {
+    pub fn new(g: &Graph) -> Index {
+        let mut producer = vec![None; g.values.len()];
+        let mut readers = vec![0; g.values.len()];
+        for (i, n) in g.nodes.iter().enumerate() {
+            for &o in &n.outputs {
+                producer[o] = Some(i);
+            }
+            for &v in n.inputs.iter().flatten() {
+                readers[v] += 1;
+            }
+        }
+        for &o in &g.outputs {
+            readers[o] += 1;
+        }
+        Index { producer, readers }
+    }
+
+    /// The node making `v` when it is a default-domain `op` with one output.
+    pub fn made_by<'g>(&self, g: &'g Graph, v: ValueId, op: &str) -> Option<&'g Node> {
+        let n = &g.nodes[self.producer[v]?];
+        (n.op == op && is_default(n) && n.outputs.len() == 1).then_some(n)
+    }
+
+    /// The node making `v` when `v` is only read once, by the node being matched: a fused node
+    /// may then drop it.
+    pub fn private<'g>(&self, g: &'g Graph, v: ValueId, op: &str) -> Option<&'g Node> {
+        (self.readers[v] == 1).then(|| self.made_by(g, v, op)).flatten()
+    }
+
+    /// How many nodes (and graph outputs) read `v`.
+    pub fn readers(&self, v: ValueId) -> usize {
+        self.readers[v]
+    }
+}
+
+/// Whether `n` is in the default ONNX domain.
+pub fn is_default(n: &Node) -> bool {
+    matches!(n.domain.as_str(), "" | "ai.onnx")
+}
+
+/// The inputs of `n`, all present, when it has exactly `N`.
+pub fn inputs<const N: usize>(n: &Node) -> Option<[ValueId; N]> {
+    if n.inputs.len() != N {
+        return None;
+    }
+    let mut out = [0; N];
+    for (o, i) in out.iter_mut().zip(&n.inputs) {
+        *o = (*i)?;
+    }
+    Some(out)
+}
+
+/// The one number a float constant of one element holds.
+pub fn scalar(g: &Graph, v: ValueId) -> Option<f64> {
+    let val = &g.values[v];
+    let bytes = val.constant.as_ref()?.as_slice();
+    let one = |n: usize| (bytes.len() == n).then_some(bytes);
+    match val.dtype? {
+        DType::F32 => Some(f32::from_le_bytes(one(4)?.try_into().ok()?) as f64),
+        DType::F64 => Some(f64::from_le_bytes(one(8)?.try_into().ok()?)),
+        DType::F16 => Some(half::f16::from_le_bytes(one(2)?.try_into().ok()?).to_f64()),
+        DType::BF16 => Some(half::bf16::from_le_bytes(one(2)?.try_into().ok()?).to_f64()),
+        _ => None,
+    }
+}
+
+/// The elements of an integer value known at compile time: a constant, or shape arithmetic the
+/// compiler followed to known numbers.
+pub fn ints(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
+    let val = &g.values[v];
+    if let Some(dims) = &val.sym_value {
+        return dims.iter().map(Dim::known).collect();
+    }
+    let bytes = val.constant.as_ref()?.as_slice();
+    match val.dtype? {
+        DType::I64 => Some(bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
+        DType::I32 => {
+            Some(bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect())
+        }
+        _ => None,
+    }
+}
+
+/// An integer attribute of `n`, or `default` when absent.
+pub fn int_attr(n: &Node, name: &str, default: i64) -> Option<i64> {
+    match n.attrs.iter().find(|a| a.name == name) {
+        None => Some(default),
+        Some(a) => (a.kind == kiln_formats::program::AttrKind::Int as i32).then_some(a.i),
+    }
+}
+
+/// An ints attribute of `n`, if present.
+pub fn ints_attr<'n>(n: &'n Node, name: &str) -> Option<&'n [i64]> {
+    let a = n.attrs.iter().find(|a| a.name == name)?;
+    (a.kind == kiln_formats::program::AttrKind::Ints as i32).then_some(a.ints.as_slice())
+}
+
+/// The inferred shape of `v`.
+pub fn shape(g: &Graph, v: ValueId) -> Option<&[Dim]> {
+    g.values[v].shape.as_deref()
+}
+
+/// Whether `axis` of a rank-`rank` tensor is its last.
+pub fn is_last_axis(axis: i64, rank: usize) -> bool {
+    axis == -1 || axis == rank as i64 - 1
+}
+
+/// The operand of a commutative two-input `n` other than `v`, if `v` is one of them.
+pub fn other_operand(n: &Node, v: ValueId) -> Option<ValueId> {
+    let [a, b] = inputs::<2>(n)?;
+    if a == v {
+        Some(b)
+    } else if b == v {
+        Some(a)
+    } else {
+        None
+    }
+}
