@@ -1119,7 +1119,8 @@ fn chains() {
         &["out"],
         vec!["MatMulTransB", "Mul", "Add", "Softmax", "MatMul"],
     ));
-    // A layer norm spelled out: reductions feeding broadcast arithmetic.
+    // A layer norm spelled out: reductions feeding broadcast arithmetic. `sd` is an output too,
+    // so the variance part stays these ops rather than becoming an RMSNormalization of `d`.
     cases.push(chain(
         "ReduceMean -> Sub -> Pow 2 -> ReduceMean -> Add eps -> Sqrt -> Div",
         vec![
@@ -1133,8 +1134,25 @@ fn chains() {
         ],
         vec![("x", F32, f32_in(&[3, 5, 33], 5, -2.0, 4.0))],
         vec![f32_tensor("two", &[], &[2.0]), f32_tensor("eps", &[], &[1e-5])],
-        &["out"],
+        &["out", "sd"],
         vec!["ReduceMean", "Sub", "Pow", "Add", "Sqrt", "Div"],
+    ));
+    // An RMS norm spelled out, as Llama exports write it: compiled to one RMSNormalization.
+    cases.push(chain(
+        "Mul x x -> ReduceMean -> Add eps -> Sqrt -> Reciprocal -> Mul x -> Mul w (RMSNormalization)",
+        vec![
+            node("Mul", &["x", "x"], &["sq"]),
+            with_attrs(node("ReduceMean", &["sq"], &["ms"]), vec![attr_ints("axes", &[-1])]),
+            node("Add", &["ms", "eps"], &["ve"]),
+            node("Sqrt", &["ve"], &["rms"]),
+            node("Reciprocal", &["rms"], &["inv"]),
+            node("Mul", &["x", "inv"], &["normed"]),
+            node("Mul", &["normed", "w"], &["out"]),
+        ],
+        vec![("x", F32, f32_in(&[3, 5, 33], 6, -2.0, 4.0))],
+        vec![f32_tensor("eps", &[], &[1e-5]), f32_tensor("w", &[33], &values(33, 7, -1.0, 1.0))],
+        &["out"],
+        vec!["RMSNormalization"],
     ));
     // Across devices and back: the int64 Cast runs on CPU between GPU steps.
     let mut c = chain(

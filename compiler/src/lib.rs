@@ -95,6 +95,9 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     }
     let ops_before = g.op_counts();
     passes::optimize(&mut g)?;
+    if opts.target.name != "gpu" {
+        passes::fuse_for_cpu(&mut g);
+    }
     let kv_cache =
         opts.kv_cache.as_ref().map(|(pairs, capacity)| passes::kv_cache::keep_in_place(&mut g, pairs, *capacity));
     check_sizes(&g, opts)?;

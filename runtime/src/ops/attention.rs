@@ -9,6 +9,7 @@
 //! scratch the size of one score row, in parallel over rows.
 
 mod rotary;
+pub mod rotate_half;
 
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
@@ -29,6 +30,11 @@ pub fn build(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
         "RotaryEmbedding" => Some(rotary::build(spec)),
         _ => None,
     }
+}
+
+/// Prepares this family's kiln-domain kernel for `spec`, or `None` for another kiln op.
+pub fn build_kiln(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
+    (spec.op == rotate_half::ROTATE_HALF).then(|| Ok(Box::new(rotate_half::RotateHalf) as Box<dyn Kernel>))
 }
 
 struct Attention {

@@ -39,6 +39,8 @@ pub fn build(spec: &OpSpec) -> Result<Box<dyn Kernel>, KernelError> {
         return matmul::build_kiln(spec)
             .or_else(|| kv_cache::build_kiln(spec))
             .or_else(|| transfer::build_kiln(spec))
+            .or_else(|| unary::silu::build_kiln(spec))
+            .or_else(|| attention::build_kiln(spec))
             .unwrap_or_else(|| Err(KernelError::unsupported(format!("op {}::{}", spec.domain, spec.op))));
     }
     if !matches!(spec.domain, "" | "ai.onnx") {

@@ -2,6 +2,7 @@
 
 mod erf;
 pub(crate) mod expf;
+pub mod silu;
 
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
