@@ -14,14 +14,15 @@ pub mod silu;
 pub mod split;
 pub mod sym_values;
 pub mod transposed_weight;
+pub mod unit_transpose;
 
 use crate::error::CompileError;
 use crate::ir::Graph;
 
 /// Shape inference (following shape arithmetic symbolically, folding constants as it goes), then
 /// removal of folded nodes, fusion of transposed weights into their products, products over
-/// grouped-query KV heads without the repeat, RMS normalisations as one node, and removal of
-/// dead nodes.
+/// grouped-query KV heads without the repeat, RMS normalisations as one node, transposes of unit
+/// axes as reshapes (views), and removal of dead nodes.
 pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
     infer::check_supported(g)?;
     infer::infer(g)?;
@@ -29,6 +30,7 @@ pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
     transposed_weight::fuse(g);
     grouped_query::fold(g);
     rms_norm::fuse(g);
+    unit_transpose::to_reshape(g);
     dce::eliminate(g);
     Ok(())
 }
