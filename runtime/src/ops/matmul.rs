@@ -4,6 +4,7 @@
 pub(crate) mod gemm;
 pub mod half16;
 mod lanes;
+pub mod packed;
 pub mod q4;
 pub mod q8;
 pub mod quantized;
@@ -43,6 +44,7 @@ pub fn build_kiln(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>>
                 .or_else(|| quantized::build_kiln::<q4::Q4>(spec))
                 .or_else(|| quantized::build_kiln::<half16::F16>(spec))
                 .or_else(|| quantized::build_kiln::<half16::BF16>(spec))
+                .or_else(|| packed::build_kiln(spec))
         }
     };
     let pitch = |p: i64| usize::try_from(p).map_err(|_| KernelError::attr("b_pitch", format!("{p} is negative")));

@@ -108,20 +108,31 @@ pub(crate) fn gemm<T: Float>(
     } else if m * n * k <= SMALL {
         small(m, n, k, alpha, a, b, c, accumulate);
     } else {
-        blocked_with(Micro::detect(), m, n, k, alpha, a, b, c, accumulate, parallel);
+        blocked_with(Micro::detect(), m, n, k, alpha, a, &b, c, accumulate, parallel);
     }
+}
+
+/// `C[m×n] = A[m×k]·B[k×n]` in f32 with B from `b`, packed by the blocked product whatever the
+/// size (the caller picks this path for enough rows of A to amortize the packing).
+pub(crate) fn gemm_from<S: BSource<f32>>(m: usize, n: usize, k: usize, a: &[f32], b: &S, c: &mut [f32]) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let c = &mut c[..m * n];
+    let parallel = m * n * k >= PAR_WORK && rayon::current_num_threads() > 1;
+    blocked_with(Micro::detect(), m, n, k, 1.0, Mat { data: a, rs: k, cs: 1 }, b, c, false, parallel);
 }
 
 /// The packed product with micro-kernel `micro` (tests run each one the CPU has).
 #[allow(clippy::too_many_arguments)]
-fn blocked_with<T: Float>(
+fn blocked_with<T: Float, S: BSource<T::Acc>>(
     micro: Micro,
     m: usize,
     n: usize,
     k: usize,
     alpha: T::Acc,
     a: Mat<T>,
-    b: Mat<T>,
+    b: &S,
     c: &mut [T],
     accumulate: bool,
     parallel: bool,
@@ -129,9 +140,9 @@ fn blocked_with<T: Float>(
     T::Acc: GAcc,
 {
     match (std::mem::size_of::<T::Acc>(), micro) {
-        (8, micro) => blocked::<T, 6, 8>(m, n, k, alpha, a, b, c, accumulate, parallel, micro),
-        (_, Micro::Avx512) => blocked::<T, 12, 32>(m, n, k, alpha, a, b, c, accumulate, parallel, Micro::Avx512),
-        (_, micro) => blocked::<T, 6, 16>(m, n, k, alpha, a, b, c, accumulate, parallel, micro),
+        (8, micro) => blocked::<T, S, 6, 8>(m, n, k, alpha, a, b, c, accumulate, parallel, micro),
+        (_, Micro::Avx512) => blocked::<T, S, 12, 32>(m, n, k, alpha, a, b, c, accumulate, parallel, Micro::Avx512),
+        (_, micro) => blocked::<T, S, 6, 16>(m, n, k, alpha, a, b, c, accumulate, parallel, micro),
     }
 }
 
@@ -309,13 +320,13 @@ unsafe impl<T: Send> Send for SharedC<T> {}
 unsafe impl<T: Send> Sync for SharedC<T> {}
 
 #[allow(clippy::too_many_arguments)]
-fn blocked<T: Float, const MR: usize, const NR: usize>(
+fn blocked<T: Float, S: BSource<T::Acc>, const MR: usize, const NR: usize>(
     m: usize,
     n: usize,
     k: usize,
     alpha: T::Acc,
     a: Mat<T>,
-    b: Mat<T>,
+    b: &S,
     c: &mut [T],
     accumulate: bool,
     parallel: bool,
@@ -329,21 +340,46 @@ fn blocked<T: Float, const MR: usize, const NR: usize>(
     let nc_max = ((B_PACK / kc_max).max(NR) / NR * NR).min(n.div_ceil(NR) * NR);
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
     let shared = SharedC(c.as_mut_ptr());
+    let avx512 = micro == Micro::Avx512 && MR == 12 && NR == 32 && is_f32::<T::Acc>();
+    // f32 A in rows is read in place by the AVX-512 kernel: no packing of A at all.
+    let a_rows = f32s(a.data).filter(|_| avx512 && a.cs == 1);
+    // Nor of B when it is stored as that kernel's panels.
+    let b_stored = avx512 && b.prepacked(0, 0).is_some();
     let run = |t: Task| {
         let (i0, i1) = t.rows;
-        let mut bpack = vec![T::Acc::ZERO; kc_max * nc_max.min((t.cols.1 - t.cols.0).div_ceil(NR) * NR)];
-        let mut apack = vec![T::Acc::ZERO; MC * kc_max];
+        let b_len = if b_stored { 0 } else { kc_max * nc_max.min((t.cols.1 - t.cols.0).div_ceil(NR) * NR) };
+        let a_len = if a_rows.is_some() { 0 } else { MC * kc_max };
+        let (mut b_buf, mut a_buf) = (scratch::take(&scratch::B, b_len), scratch::take(&scratch::A, a_len));
+        let (bpack, apack): (&mut [T::Acc], &mut [T::Acc]) = (b_buf.get(), a_buf.get());
         for jc in (t.cols.0..t.cols.1).step_by(nc_max) {
             let nc = nc_max.min(t.cols.1 - jc);
             for pc in (0..k).step_by(kc_max) {
                 let kc = kc_max.min(k - pc);
-                pack_b::<T, NR>(b, pc, kc, jc, nc, &mut bpack);
+                let stored = if b_stored { b.prepacked(pc, jc) } else { None };
+                if stored.is_none() {
+                    b.pack::<NR>(pc, kc, jc, nc, bpack);
+                }
                 for ic in (i0..i1).step_by(MC) {
                     let rows = MC.min(i1 - ic);
-                    pack_a::<T, MR>(a, ic, rows, pc, kc, &mut apack);
                     let blk = Block { rows, nc, kc, ldc: n, row0: ic, jc, alpha, keep: accumulate || pc > 0 };
+                    #[cfg(target_arch = "x86_64")]
+                    if avx512 {
+                        let (bp, b_step) = stored.or(f32s(bpack).map(|p| (p, kc * 32))).expect("f32 panels");
+                        let a_in = match a_rows {
+                            Some(data) => avx512::AIn::Rows { data, lda: a.rs, pc },
+                            None => {
+                                pack_a::<T, MR>(a, ic, rows, pc, kc, apack);
+                                avx512::AIn::Packed(f32s(apack).expect("f32 accumulators"))
+                            }
+                        };
+                        // SAFETY: AVX-512F detected (`Micro::Avx512`); this task owns rows
+                        // i0..i1 and columns jc..jc + nc of C (`tasks`).
+                        unsafe { avx512::macro_12x32::<T>(&blk, a_in, bp, b_step, shared) };
+                        continue;
+                    }
+                    pack_a::<T, MR>(a, ic, rows, pc, kc, apack);
                     // SAFETY: this task owns rows i0..i1 and columns jc..jc + nc of C (`tasks`).
-                    unsafe { macro_kernel::<T, MR, NR>(&blk, &apack, &bpack, shared, micro) };
+                    unsafe { macro_kernel::<T, MR, NR>(&blk, apack, bpack, shared, micro) };
                 }
             }
         }
@@ -356,8 +392,88 @@ fn blocked<T: Float, const MR: usize, const NR: usize>(
     }
 }
 
+/// Packing buffers kept per thread: prefill runs hundreds of products, and a fresh zeroed
+/// buffer of B's panels (about 300 KB) per product and thread was a memset each time.
+mod scratch {
+    use std::cell::RefCell;
+
+    thread_local! {
+        pub(super) static B: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+        pub(super) static A: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A buffer of `len` accumulators, eight bytes each (f32 or f64): taken from this thread's
+    /// slot `key` (a new one if that is in use) and handed back when dropped.
+    pub(super) fn take(key: &'static std::thread::LocalKey<RefCell<Vec<u64>>>, len: usize) -> Buf {
+        let mut data = key.with(|cell| cell.try_borrow_mut().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default());
+        if data.len() < len {
+            data.resize(len, 0);
+        }
+        Buf { data, key: Some(key), len }
+    }
+
+    /// A taken buffer.
+    pub(super) struct Buf {
+        data: Vec<u64>,
+        key: Option<&'static std::thread::LocalKey<RefCell<Vec<u64>>>>,
+        len: usize,
+    }
+
+    impl Buf {
+        /// The first `len` elements as accumulators (f32 or f64: any bits are a valid value).
+        pub(super) fn get<A: super::GAcc>(&mut self) -> &mut [A] {
+            assert!(std::mem::size_of::<A>() <= 8 && std::mem::align_of::<A>() <= 8, "f32 or f64 accumulators");
+            // SAFETY: the buffer holds `len` u64s, at least `len` elements of A (at most 8 bytes,
+            // alignment at most 8); A is f32 or f64, for which every bit pattern is a value.
+            unsafe { std::slice::from_raw_parts_mut(self.data.as_mut_ptr() as *mut A, self.len) }
+        }
+    }
+
+    impl Drop for Buf {
+        fn drop(&mut self) {
+            if let Some(key) = self.key.take() {
+                let data = std::mem::take(&mut self.data);
+                key.with(|cell| {
+                    if let Ok(mut slot) = cell.try_borrow_mut() {
+                        if slot.capacity() < data.capacity() {
+                            *slot = data;
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Where the packed product's B comes from: a strided matrix ([`Mat`]), or weights stored in a
+/// compressed format that are expanded straight into the panels.
+pub(crate) trait BSource<A>: Sync {
+    /// Writes B[pc..pc+kc, jc..jc+nc] into `out` as NR-wide panels, each kc rows of NR (zero
+    /// padded). `pc` is a multiple of [`KC`] and `kc` is [`KC`] unless the block ends at k.
+    fn pack<const NR: usize>(&self, pc: usize, kc: usize, jc: usize, nc: usize, out: &mut [A]);
+
+    /// B already stored as the AVX-512 micro-kernel's 32-wide panels: the block at (pc, jc) and
+    /// the distance in floats from one panel to the next, or `None` (the default) to pack.
+    fn prepacked(&self, _pc: usize, _jc: usize) -> Option<(&[f32], usize)> {
+        None
+    }
+}
+
+impl<T: Float> BSource<T::Acc> for Mat<'_, T> {
+    fn pack<const NR: usize>(&self, pc: usize, kc: usize, jc: usize, nc: usize, out: &mut [T::Acc]) {
+        pack_b::<T, NR>(*self, pc, kc, jc, nc, out)
+    }
+}
+
 /// Packs B[pc..pc+kc, jc..jc+nc] into NR-wide panels, each kc rows of NR (zero padded).
-fn pack_b<T: Float, const NR: usize>(b: Mat<T>, pc: usize, kc: usize, jc: usize, nc: usize, out: &mut [T::Acc]) {
+pub(crate) fn pack_b<T: Float, const NR: usize>(
+    b: Mat<T>,
+    pc: usize,
+    kc: usize,
+    jc: usize,
+    nc: usize,
+    out: &mut [T::Acc],
+) {
     for p in 0..nc.div_ceil(NR) {
         let j0 = jc + p * NR;
         let w = NR.min(jc + nc - j0);
@@ -458,6 +574,18 @@ impl Micro {
     }
 }
 
+/// Whether the CPU has AVX2 (x86-64 only).
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 fn has_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -486,7 +614,7 @@ unsafe fn macro_kernel<T: Float, const MR: usize, const NR: usize>(
         if micro == Micro::Avx512 && MR == 12 && NR == 32 {
             if let (Some(ap), Some(bp)) = (f32s(ap), f32s(bp)) {
                 // SAFETY: AVX-512F detected (`Micro::detect`); C ownership passed on.
-                return unsafe { avx512::macro_12x32::<T>(blk, ap, bp, c) };
+                return unsafe { avx512::macro_12x32::<T>(blk, avx512::AIn::Packed(ap), bp, blk.kc * 32, c) };
             }
         }
         if micro != Micro::Portable {
@@ -648,38 +776,81 @@ mod avx512 {
     use crate::ops::num::Float;
     use std::arch::x86_64::*;
 
+    /// How the micro-kernel reads A.
+    #[derive(Clone, Copy)]
+    pub(super) enum AIn<'a> {
+        /// The block packed into 12-tall panels (`pack_a`).
+        Packed(&'a [f32]),
+        /// A's rows where they are: element (r, kk) of the block is `data[(row0 + r) * lda + pc + kk]`.
+        /// Prefill's A is row-major f32, and packing it cost every thread a pass over all of A
+        /// per block of k.
+        Rows { data: &'a [f32], lda: usize, pc: usize },
+    }
+
     /// Every 12 × 32 tile of a packed block: per step of k, two vectors of B and twelve
     /// broadcasts of A feed 24 fused multiply-adds into 24 accumulators held in registers. Each
-    /// element sums over k in order with FMA, as the AVX2 kernel does.
+    /// element sums over k in order with FMA, as the AVX2 kernel does. B's panels start
+    /// `b_step` floats apart (`kc · 32` packed, `k · 32` stored at compile time).
     ///
     /// # Safety
     /// The CPU supports AVX-512F; the caller owns the block's rectangle of C.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn macro_12x32<T: Float>(blk: &Block<T::Acc>, ap: &[f32], bp: &[f32], c: SharedC<T>)
+    pub(super) unsafe fn macro_12x32<T: Float>(blk: &Block<T::Acc>, a: AIn, bp: &[f32], b_step: usize, c: SharedC<T>)
+    where
+        T::Acc: GAcc,
+    {
+        match a {
+            // SAFETY: the CPU supports AVX-512F; C ownership passed on.
+            AIn::Packed(_) => unsafe { tiles::<T, 12>(blk, a, bp, b_step, c) },
+            // SAFETY: as above.
+            AIn::Rows { .. } => unsafe { tiles::<T, 1>(blk, a, bp, b_step, c) },
+        }
+    }
+
+    /// [`macro_12x32`] with A's k steps `STEP` floats apart: 12 packed, 1 for rows in place.
+    ///
+    /// # Safety
+    /// As [`macro_12x32`].
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tiles<T: Float, const STEP: usize>(blk: &Block<T::Acc>, a: AIn, bp: &[f32], b_step: usize, c: SharedC<T>)
     where
         T::Acc: GAcc,
     {
         let kc = blk.kc;
+        match a {
+            AIn::Packed(ap) => assert!(STEP == 12 && ap.len() >= blk.rows.div_ceil(12) * 12 * kc, "A panel"),
+            AIn::Rows { data, lda, pc } => {
+                assert!(STEP == 1 && data.len() >= (blk.row0 + blk.rows - 1) * lda + pc + kc, "A rows")
+            }
+        }
+        let panels = blk.nc.div_ceil(32);
+        assert!(b_step >= kc * 32 && bp.len() >= (panels - 1) * b_step + kc * 32, "B panel");
         // Whole tiles of f32 C are stored straight from the registers.
         let direct = is_f32::<T>();
-        for p in 0..blk.nc.div_ceil(32) {
-            let bpanel = &bp[p * kc * 32..(p + 1) * kc * 32];
+        for p in 0..panels {
+            let bpanel = &bp[p * b_step..p * b_step + kc * 32];
             let w = 32.min(blk.nc - p * 32);
             for q in 0..blk.rows.div_ceil(12) {
-                let apanel = &ap[q * kc * 12..(q + 1) * kc * 12];
                 let h = 12.min(blk.rows - q * 12);
+                // Where each of the tile's rows of A starts; a ragged tile's missing rows repeat
+                // its last one (computed, never stored).
+                let rows: [*const f32; 12] = std::array::from_fn(|i| match a {
+                    AIn::Packed(ap) => ap[q * kc * 12 + i..].as_ptr(),
+                    AIn::Rows { data, lda, pc } => data[(blk.row0 + q * 12 + i.min(h - 1)) * lda + pc..].as_ptr(),
+                });
                 let mut acc = [[_mm512_setzero_ps(); 2]; 12];
                 for kk in 0..kc {
-                    // SAFETY: the panels hold kc steps of 32 (B) and 12 (A) floats.
+                    // SAFETY: the B panel holds kc steps of 32 floats; each A row pointer has
+                    // (kc - 1) * STEP + 1 floats behind it (asserted above).
                     let (b0, b1) = unsafe {
                         (
                             _mm512_loadu_ps(bpanel.as_ptr().add(kk * 32)),
                             _mm512_loadu_ps(bpanel.as_ptr().add(kk * 32 + 16)),
                         )
                     };
-                    let a = &apanel[kk * 12..kk * 12 + 12];
                     for (i, row) in acc.iter_mut().enumerate() {
-                        let ai = _mm512_set1_ps(a[i]);
+                        // SAFETY: as above.
+                        let ai = _mm512_set1_ps(unsafe { *rows[i].add(kk * STEP) });
                         row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
                         row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
                     }
@@ -724,6 +895,40 @@ mod avx512 {
     }
 }
 
+/// The micro-kernels this CPU can run.
+#[cfg(test)]
+fn micros() -> Vec<Micro> {
+    let mut all = vec![Micro::Portable];
+    if has_fma() {
+        all.push(Micro::Fma);
+    }
+    if Micro::detect() == Micro::Avx512 {
+        all.push(Micro::Avx512);
+    }
+    all
+}
+
+/// [`gemm_from`] with each micro-kernel this CPU can run, serial and split across threads:
+/// (what ran, C) for tests to compare with a reference.
+#[cfg(test)]
+pub(crate) fn gemm_from_each<S: BSource<f32>>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &S,
+) -> Vec<(String, Vec<f32>)> {
+    let mut out = Vec::new();
+    for micro in micros() {
+        for parallel in [false, true] {
+            let mut c = vec![f32::NAN; m * n];
+            blocked_with(micro, m, n, k, 1.0, Mat { data: a, rs: k, cs: 1 }, b, &mut c, false, parallel);
+            out.push((format!("{micro:?} parallel={parallel}"), c));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -740,18 +945,6 @@ mod tests {
         c
     }
 
-    /// The micro-kernels this CPU can run.
-    fn micros() -> Vec<Micro> {
-        let mut all = vec![Micro::Portable];
-        if has_fma() {
-            all.push(Micro::Fma);
-        }
-        if Micro::detect() == Micro::Avx512 {
-            all.push(Micro::Avx512);
-        }
-        all
-    }
-
     #[test]
     fn every_micro_kernel_matches_the_reference_on_ragged_sizes() {
         // Sizes off every tile, panel and block multiple, in both B layouts, serial and split.
@@ -765,7 +958,7 @@ mod tests {
                     let bm =
                         if trans_b { Mat { data: &bt[..], rs: 1, cs: k } } else { Mat { data: &b[..], rs: n, cs: 1 } };
                     let mut c = vec![1f32; m * n];
-                    blocked_with(micro, m, n, k, 0.5, Mat { data: &a[..], rs: k, cs: 1 }, bm, &mut c, true, parallel);
+                    blocked_with(micro, m, n, k, 0.5, Mat { data: &a[..], rs: k, cs: 1 }, &bm, &mut c, true, parallel);
                     for (i, (x, y)) in c.iter().zip(&want).enumerate() {
                         let e = 1. + 0.5 * y;
                         assert!((*x as f64 - e).abs() < 1e-4 * (1. + y.abs()), "{m}x{n}x{k} [{i}]: {x} vs {e}");
@@ -892,5 +1085,61 @@ mod tests {
             let s = t.elapsed().as_secs_f64() / reps as f64;
             println!("{m}x{n}x{k}: {:.2} ms, {:.1} GFLOP/s", s * 1e3, 2. * (m * n * k) as f64 / s / 1e9);
         }
+    }
+}
+
+/// Speed of SmolLM2's prefill products and of the AVX-512 micro-kernel alone:
+/// `cargo test -p kiln-runtime --release prefill_speed -- --ignored --nocapture`.
+#[cfg(test)]
+mod speed_probe {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn prefill_speed() {
+        // (m, n, k, products per layer) of one 128-token prefill: q, k, v, o; gate, up; down.
+        let shapes = [(128, 576, 576, 2.0), (128, 192, 576, 2.0), (128, 1536, 576, 2.0), (128, 576, 1536, 1.0)];
+        for par in [false, true] {
+            let mut total = 0.0;
+            for &(m, n, k, per_layer) in &shapes {
+                let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+                let b: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.1).collect();
+                let mut c = vec![0f32; m * n];
+                let mut best = f64::MAX;
+                for _ in 0..30 {
+                    let t = std::time::Instant::now();
+                    let (am, bm) = (Mat { data: &a[..], rs: k, cs: 1 }, Mat { data: &b[..], rs: 1, cs: k });
+                    gemm(m, n, k, 1.0, am, bm, &mut c, false, par);
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                total += best * per_layer;
+                let gflops = 2. * (m * n * k) as f64 / best / 1e9;
+                println!("threads={par} {m}x{n}x{k}: {:.3} ms {gflops:.1} GFLOP/s", best * 1e3);
+            }
+            println!("threads={par} one layer: {:.3} ms, 30 layers {:.1} ms", total * 1e3, total * 30e3);
+        }
+        if Micro::detect() != Micro::Avx512 {
+            return;
+        }
+        // The micro-kernel alone on one packed block in cache, on one thread and on two at once.
+        let (kc, rows, nc) = (256, 72, 256);
+        let ap = vec![0.5f32; MC * kc];
+        let bp = vec![0.25f32; kc * nc];
+        let blk = Block { rows, nc, kc, ldc: nc, row0: 0, jc: 0, alpha: 1.0f32, keep: true };
+        let reps = 2000;
+        let one = || {
+            let mut c = vec![0f32; rows * nc];
+            let shared = SharedC(c.as_mut_ptr());
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                // SAFETY: AVX-512 checked above; `c` is the block's whole C.
+                unsafe { macro_kernel::<f32, 12, 32>(&blk, &ap, &bp, shared, Micro::Avx512) };
+            }
+            std::hint::black_box(&c);
+            2. * (rows * nc * kc) as f64 * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+        };
+        println!("micro-kernel in cache, one thread: {:.1} GFLOP/s", one());
+        let (x, y) = rayon::join(one, one);
+        println!("micro-kernel in cache, two threads at once: {x:.1} + {y:.1} GFLOP/s");
     }
 }

@@ -88,7 +88,8 @@ impl<H: Half16> BlockFormat for Half<H> {
         }
     }
 
-    fn dequantize_row(row: &[u8], dst: &mut [f32]) {
+    fn dequantize_blocks(row: &[u8], _k: usize, first: usize, dst: &mut [f32]) {
+        let row = &row[2 * BLOCK * first..];
         // `half`'s slice conversion takes eight at a time with F16C (one at a time, SmolLM2's
         // prefill ran at 350 tokens/s instead of 420); it needs the row 2-aligned (bundle rows
         // are) and in native order.

@@ -45,9 +45,10 @@ impl BlockFormat for Q4 {
         }
     }
 
-    fn dequantize_row(row: &[u8], dst: &mut [f32]) {
-        let (scales, mins, quants) = <Q4 as LaneDot>::row(row, dst.len() / BLOCK);
-        for (((d, q), s), m) in dst.chunks_exact_mut(BLOCK).zip(quants).zip(scales).zip(mins) {
+    fn dequantize_blocks(row: &[u8], k: usize, first: usize, dst: &mut [f32]) {
+        let (scales, mins, quants) = <Q4 as LaneDot>::row(row, k / BLOCK);
+        let params = scales[first..].iter().zip(&mins[first..]);
+        for ((d, q), (s, m)) in dst.chunks_exact_mut(BLOCK).zip(&quants[first..]).zip(params) {
             let (scale, min) = (f32::from_le_bytes(*s), f32::from_le_bytes(*m));
             for (j, &byte) in q.iter().enumerate() {
                 d[j] = (byte & 15) as f32 * scale + min;

@@ -33,9 +33,9 @@ impl BlockFormat for Q8 {
         }
     }
 
-    fn dequantize_row(row: &[u8], dst: &mut [f32]) {
-        let (scales, quants) = <Q8 as LaneDot>::row(row, dst.len() / BLOCK);
-        for ((d, q), s) in dst.chunks_exact_mut(BLOCK).zip(quants).zip(scales) {
+    fn dequantize_blocks(row: &[u8], k: usize, first: usize, dst: &mut [f32]) {
+        let (scales, quants) = <Q8 as LaneDot>::row(row, k / BLOCK);
+        for ((d, q), s) in dst.chunks_exact_mut(BLOCK).zip(&quants[first..]).zip(&scales[first..]) {
             let scale = f32::from_le_bytes(*s);
             for (x, &v) in d.iter_mut().zip(q) {
                 *x = (v as i8) as f32 * scale;

@@ -4,7 +4,7 @@
 //! directly: decode (a few rows of A) takes dot products block by block; longer inputs dequantize
 //! a panel of W's rows at a time and hand it to the dense product.
 
-use super::gemm::{gemm, Mat};
+use super::gemm::{gemm_from, pack_b, BSource, Mat};
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
 use crate::view::{TensorMut, TensorRef};
@@ -14,10 +14,6 @@ use std::marker::PhantomData;
 
 /// Weights per block.
 pub const BLOCK: usize = 32;
-/// Most rows of W dequantized together for a product of many rows of A.
-const PANEL: usize = 256;
-/// Fewest rows of W in a panel.
-const MIN_PANEL: usize = 32;
 /// Rows of A from which the panel path beats block-by-block dot products.
 const PANEL_ROWS: usize = 4;
 
@@ -32,7 +28,13 @@ pub trait BlockFormat: Send + Sync + 'static {
     /// Stores one row of weights (`src.len()` a multiple of [`BLOCK`]) into `row_bytes` bytes.
     fn quantize_row(src: &[f32], dst: &mut [u8]);
     /// The f32 weights of one stored row.
-    fn dequantize_row(row: &[u8], dst: &mut [f32]);
+    fn dequantize_row(row: &[u8], dst: &mut [f32]) {
+        Self::dequantize_blocks(row, dst.len(), 0, dst)
+    }
+    /// Weights `first * BLOCK..first * BLOCK + dst.len()` of one stored row of `k` weights
+    /// (`dst.len()` a multiple of [`BLOCK`]): what the packed product expands one block of k at a
+    /// time.
+    fn dequantize_blocks(row: &[u8], k: usize, first: usize, dst: &mut [f32]);
     /// A row of A as [`BlockFormat::dot_rows`] reads it, made once for all of W's rows.
     type Prepared: Sync;
     /// Prepares one row of A (`k` values, a multiple of [`BLOCK`]).
@@ -128,32 +130,45 @@ fn dot_rows<F: BlockFormat>(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f3
     }
 }
 
-/// Many rows of A: a panel of W's rows is dequantized once and multiplied with all of A by the
-/// dense product, panels in parallel. Each panel's product packs all of A again, so panels are as
-/// tall as keeps every thread busy, up to [`PANEL`] rows.
+/// Many rows of A: the blocked dense product, with each thread expanding the rows of W it
+/// multiplies straight into its packed panels (one block of k at a time), so no dequantized
+/// copy of W is made and nothing is packed twice.
 fn panels<F: BlockFormat>(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) {
     let m = a.len() / k;
-    let rb = F::row_bytes(k);
-    let tall = n.div_ceil(rayon::current_num_threads()).clamp(MIN_PANEL, PANEL);
-    let results: Vec<Vec<f32>> = (0..n.div_ceil(tall))
-        .into_par_iter()
-        .map(|p| {
-            let rows = tall.min(n - p * tall);
-            let mut panel = vec![0f32; rows * k];
-            for (r, dst) in panel.chunks_exact_mut(k).enumerate() {
-                F::dequantize_row(&w[(p * tall + r) * rb..(p * tall + r + 1) * rb], dst);
+    gemm_from(m, n, k, a, &Stored::<F> { w, k, format: PhantomData }, y);
+}
+
+/// W's `n` stored rows as the product's B (`k × n`: column `j` is row `j` of W).
+struct Stored<'a, F> {
+    w: &'a [u8],
+    k: usize,
+    format: PhantomData<F>,
+}
+
+thread_local! {
+    /// One panel's rows of W expanded to f32 before they are transposed into the packed panel:
+    /// kept per thread, as prefill calls this hundreds of times.
+    static ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl<F: BlockFormat> BSource<f32> for Stored<'_, F> {
+    fn pack<const NR: usize>(&self, pc: usize, kc: usize, jc: usize, nc: usize, out: &mut [f32]) {
+        assert!(pc.is_multiple_of(BLOCK) && kc.is_multiple_of(BLOCK), "k blocks of whole weight blocks");
+        let rb = F::row_bytes(self.k);
+        ROWS.with_borrow_mut(|rows| {
+            if rows.len() < NR * kc {
+                rows.resize(NR * kc, 0.0);
             }
-            let mut c = vec![0f32; m * rows];
-            let (am, bm) = (Mat { data: a, rs: k, cs: 1 }, Mat { data: &panel, rs: 1, cs: k });
-            gemm(m, rows, k, 1.0, am, bm, &mut c, false, false);
-            c
-        })
-        .collect();
-    for (p, c) in results.iter().enumerate() {
-        let rows = c.len() / m;
-        for i in 0..m {
-            y[i * n + p * tall..i * n + p * tall + rows].copy_from_slice(&c[i * rows..(i + 1) * rows]);
-        }
+            for (p, panel) in out.chunks_exact_mut(kc * NR).take(nc.div_ceil(NR)).enumerate() {
+                let j0 = jc + p * NR;
+                let width = NR.min(jc + nc - j0);
+                for (r, dst) in rows.chunks_exact_mut(kc).take(width).enumerate() {
+                    F::dequantize_blocks(&self.w[(j0 + r) * rb..(j0 + r + 1) * rb], self.k, pc / BLOCK, dst);
+                }
+                let expanded = Mat { data: &rows[..width * kc], rs: 1, cs: kc };
+                pack_b::<f32, NR>(expanded, 0, kc, 0, width, panel);
+            }
+        });
     }
 }
 
@@ -210,6 +225,56 @@ mod tests {
                 assert!((g - e).abs() <= 1e-4 * (1.0 + e.abs()), "{} m={m} k={k} n={n}: {g} vs {e}", F::NAME);
             }
         }
+    }
+
+    /// The packed product over stored rows, with every micro-kernel the CPU has: k of several
+    /// blocks of the product's depth (the expansion starts mid-row), n off the panel width.
+    fn stored_rows_pack_like_their_dequantized_copy<F: BlockFormat>() {
+        for (m, k, n) in [(13, 544, 70), (30, 96, 33), (5, 288, 64)] {
+            let (_, q) = test_weights::<F>(n, k);
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05).collect();
+            let mut wd = vec![0f32; n * k];
+            for (r, dst) in wd.chunks_exact_mut(k).enumerate() {
+                F::dequantize_row(&q[r * F::row_bytes(k)..(r + 1) * F::row_bytes(k)], dst);
+            }
+            let expect: Vec<f64> = (0..m * n)
+                .map(|x| (0..k).map(|t| a[(x / n) * k + t] as f64 * wd[(x % n) * k + t] as f64).sum::<f64>())
+                .collect();
+            let stored = Stored::<F> { w: &q, k, format: PhantomData };
+            for (how, got) in super::super::gemm::gemm_from_each(m, n, k, &a, &stored) {
+                for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+                    let ok = (*g as f64 - e).abs() <= 1e-4 * (1.0 + e.abs());
+                    assert!(ok, "{} {how} m={m} k={k} n={n} [{i}]: {g} vs {e}", F::NAME);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stored_rows_of_every_format_pack_like_their_dequantized_copy() {
+        stored_rows_pack_like_their_dequantized_copy::<Q8>();
+        stored_rows_pack_like_their_dequantized_copy::<Q4>();
+        stored_rows_pack_like_their_dequantized_copy::<F16>();
+        stored_rows_pack_like_their_dequantized_copy::<BF16>();
+    }
+
+    #[test]
+    fn blocks_of_a_row_expand_as_the_whole_row_does() {
+        fn check<F: BlockFormat>() {
+            let k = 160;
+            let (_, q) = test_weights::<F>(1, k);
+            let mut whole = vec![0f32; k];
+            F::dequantize_row(&q, &mut whole);
+            for (first, count) in [(0, 5), (1, 2), (4, 1), (2, 3)] {
+                let mut part = vec![0f32; count * BLOCK];
+                F::dequantize_blocks(&q, k, first, &mut part);
+                assert_eq!(part, whole[first * BLOCK..(first + count) * BLOCK], "{} {first}+{count}", F::NAME);
+            }
+        }
+        check::<Q8>();
+        check::<Q4>();
+        check::<F16>();
+        check::<BF16>();
     }
 
     #[test]
