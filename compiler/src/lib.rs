@@ -114,7 +114,10 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
         dims.iter().try_fold(v.dtype?.size() as u64, |acc, &d| acc.checked_mul(d))
     };
     splits.extend(passes::split::split_outputs(&mut g, limit, &bytes)?);
-    passes::transposed_weight::pretranspose(&mut g);
+    // CPU plans of f32 weights store them in the micro-kernel's panels; the GPU reads them
+    // transposed, and the other formats quantize the transposed rows.
+    let pack_f32 = opts.weights == passes::quantize::WeightFormat::F32 && opts.target.name == "cpu";
+    passes::transposed_weight::pretranspose_or_pack(&mut g, pack_f32);
     let quantized = match opts.weights {
         passes::quantize::WeightFormat::F32 => None,
         passes::quantize::WeightFormat::Q8 => Some(passes::quantize::quantize::<q8::Q8>(&mut g)),

@@ -6,7 +6,8 @@
 
 use crate::ir::{Graph, Node, Value, ValueId};
 use kiln_formats::bytes::ByteOwner;
-use kiln_formats::{AlignedBuf, Dim, SharedBytes};
+use kiln_formats::{AlignedBuf, DType, Dim, SharedBytes};
+use kiln_runtime::ops::matmul::packed;
 use kiln_runtime::ops::KILN_DOMAIN;
 use std::sync::{Arc, OnceLock};
 
@@ -44,6 +45,36 @@ impl ByteOwner for Transposed {
     }
 }
 
+/// A 2-D f32 constant `W` (`k × n`) packed as `kiln::MatMulPacked` reads it, made on first read.
+struct Packed {
+    src: SharedBytes,
+    k: usize,
+    n: usize,
+    copy: OnceLock<AlignedBuf>,
+}
+
+impl ByteOwner for Packed {
+    fn bytes(&self) -> &[u8] {
+        self.copy
+            .get_or_init(|| {
+                let (k, n) = (self.k, self.n);
+                let mut out = AlignedBuf::zeroed(n.div_ceil(packed::PANEL) * k * packed::PANEL * 4);
+                // ONNX constants need not be 4-aligned: such a weight is copied first.
+                let copied: Vec<f32>;
+                let w: &[f32] = match bytemuck::try_cast_slice(self.src.as_slice()) {
+                    Ok(w) => w,
+                    Err(_) => {
+                        copied = bytemuck::pod_collect_to_vec(self.src.as_slice());
+                        &copied
+                    }
+                };
+                packed::pack(w, k, n, bytemuck::cast_slice_mut(out.as_mut_slice()));
+                out
+            })
+            .as_slice()
+    }
+}
+
 /// (A, B) of a two-operand `MatMul` in the default domain.
 fn matmul_operands(n: &Node) -> Option<(ValueId, ValueId)> {
     if n.op != "MatMul" || !matches!(n.domain.as_str(), "" | "ai.onnx") || n.inputs.len() != 2 {
@@ -65,6 +96,14 @@ fn into_trans_b(n: &mut Node, a: ValueId, b: ValueId) {
 /// then a dot product per output over contiguous memory, the layout decode (one token, every
 /// weight read once) streams fastest. Returns how many weights were stored transposed.
 pub fn pretranspose(g: &mut Graph) -> usize {
+    pretranspose_or_pack(g, false)
+}
+
+/// [`pretranspose`], except that with `pack_f32` an f32 weight is stored instead in the
+/// micro-kernel's column panels and read by `kiln::MatMulPacked` (attribute `n`, the weight's
+/// columns): CPU plans of f32 weights, whose prefill then packs nothing. Returns how many
+/// weights were stored transposed or packed.
+pub fn pretranspose_or_pack(g: &mut Graph, pack_f32: bool) -> usize {
     let mut readers = vec![0usize; g.values.len()];
     for n in &g.nodes {
         for v in n.inputs.iter().flatten() {
@@ -87,6 +126,26 @@ pub fn pretranspose(g: &mut Graph) -> usize {
         }
         let (rows, cols) = (shape[0], shape[1]);
         if bytes.len() != rows * cols * dtype.size() {
+            continue;
+        }
+        if pack_f32 && dtype == DType::F32 && g.values[a].dtype == Some(DType::F32) {
+            let panels = cols.div_ceil(packed::PANEL);
+            let owner = Packed { src: bytes, k: rows, n: cols, copy: OnceLock::new() };
+            let id = g.values.len();
+            g.values.push(Value {
+                name: format!("{}.packed", wv.name),
+                dtype: Some(dtype),
+                shape: Some([panels, rows, packed::PANEL].map(|d| Dim::Known(d as i64)).to_vec()),
+                constant: Some(SharedBytes::lazy(Arc::new(owner), panels * rows * packed::PANEL * 4)),
+                sym_value: None,
+            });
+            let n = &mut g.nodes[i];
+            n.op = packed::MATMUL_PACKED.into();
+            n.domain = KILN_DOMAIN.into();
+            n.opset = 1;
+            n.inputs = vec![Some(a), Some(id)];
+            n.attrs = vec![kiln_formats::program::Attribute::int("n", cols as i64)];
+            done += 1;
             continue;
         }
         let owner = Transposed { src: bytes, rows, cols, elem: dtype.size(), copy: OnceLock::new() };
@@ -206,6 +265,32 @@ mod tests {
         let bytes = t.constant.as_ref().unwrap();
         let got: &[f32] = bytemuck::cast_slice(bytes.as_slice());
         assert_eq!(got, [1., 4., 2., 5., 3., 6.]);
+    }
+
+    #[test]
+    fn f32_weights_for_the_cpu_are_stored_in_panels() {
+        let mut g = graph(2);
+        // W: k = 3 rows of n = 34 columns, so the second panel holds two columns and 30 zeros.
+        let (k, n) = (3, 34);
+        let w: Vec<f32> = (0..k * n).map(|i| i as f32).collect();
+        g.values[1].shape = Some(vec![Dim::Known(k as i64), Dim::Known(n as i64)]);
+        g.values[1].constant = Some(SharedBytes::copy_from(bytemuck::cast_slice(&w)));
+        g.nodes.remove(0);
+        g.nodes[0].inputs = vec![Some(0), Some(1)];
+        assert_eq!(pretranspose_or_pack(&mut g, true), 1);
+        let node = &g.nodes[0];
+        assert_eq!((node.op.as_str(), node.domain.as_str()), (packed::MATMUL_PACKED, KILN_DOMAIN));
+        assert_eq!(node.attrs, vec![kiln_formats::program::Attribute::int("n", n as i64)]);
+        let p = &g.values[node.inputs[1].unwrap()];
+        assert_eq!(p.shape, Some(vec![Dim::Known(2), Dim::Known(k as i64), Dim::Known(32)]));
+        let got: &[f32] = bytemuck::cast_slice(p.constant.as_ref().unwrap().as_slice());
+        assert_eq!(got.len(), 2 * k * 32);
+        for kk in 0..k {
+            for j in 0..64 {
+                let want = if j < n { w[kk * n + j] } else { 0.0 };
+                assert_eq!(got[(j / 32) * k * 32 + kk * 32 + j % 32], want, "({kk}, {j})");
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub use read::{Bundle, BundleError, OpenOptions, WeightCheck};
 pub use write::{write_bundle, BundleParts, WeightEntry};
 
 /// Version this build writes and the newest major version it reads.
-pub const FORMAT_VERSION: manifest::FormatVersion = manifest::FormatVersion { major: 1, minor: 0 };
+pub const FORMAT_VERSION: manifest::FormatVersion = manifest::FormatVersion { major: 1, minor: 1 };
 /// Alignment of each weight entry's data in the file: the Apple Silicon page size, so a GPU
 /// runtime can wrap mapped memory without a copy.
 pub const WEIGHT_ENTRY_ALIGN: u64 = 16 << 10;
