@@ -231,8 +231,10 @@ fn targets_share_one_copy_of_the_weights() {
     // main (every dim bounded), prefill and prefill_last (a causal LM), once per target.
     assert_eq!(one.compiled.len(), 3);
     assert_eq!(both.compiled.len(), 6);
+    // The programs may keep different small constants (the CPU's fused attention takes its scale
+    // as an attribute; the GPU's Mul keeps the constant), but never a second copy of a weight.
     assert!(
-        both.weight_bytes <= one.weight_bytes,
+        both.weight_bytes <= one.weight_bytes + one.weight_bytes / 100,
         "{} bytes for two targets, {} for one",
         both.weight_bytes,
         one.weight_bytes

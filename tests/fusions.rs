@@ -1,6 +1,6 @@
 //! The compiler's fusions on a Llama-style block fragment: RMS normalisations (weighted via
-//! Reciprocal, unweighted via Pow and Div), a rotary embedding of a head tensor, and a gated SiLU
-//! become one step each on CPU, compute what the ops they replace compute, and stay separate ops
+//! Reciprocal, unweighted via Pow and Div), a rotary embedding of a head tensor, a gated SiLU and
+//! a scaled, masked softmax become one step each on CPU, compute what the ops they replace compute, and stay separate ops
 //! for a GPU target, which has no kernels for the CPU-only fusions.
 
 mod common;
@@ -17,6 +17,7 @@ const D: usize = 8;
 const HEADS: usize = 2;
 const HD: usize = D / HEADS;
 const EPS: f32 = 1e-5;
+const SCALE: f32 = 0.7;
 
 fn with_attr(mut n: NodeProto, name: &str, ty: AttributeType, i: i64, ints: &[i64]) -> NodeProto {
     let mut a = AttributeProto::new();
@@ -61,6 +62,9 @@ fn block(dir: &std::path::Path) -> std::path::PathBuf {
         node("Sigmoid", &["a"], &["sig"]),
         node("Mul", &["a", "sig"], &["silu"]),
         node("Mul", &["silu", "b"], &["y"]),
+        node("Mul", &["q_rot", "scale"], &["scaled"]),
+        node("Add", &["scaled", "mask"], &["masked"]),
+        node("Softmax", &["masked"], &["p"]),
     ];
     let m = model(
         nodes,
@@ -68,14 +72,17 @@ fn block(dir: &std::path::Path) -> std::path::PathBuf {
             value_info("x", 1, &["1", "s", &D.to_string()]),
             value_info("cos", 1, &["1", "1", "s", &HD.to_string()]),
             value_info("sin", 1, &["1", "1", "s", &HD.to_string()]),
+            value_info("mask", 1, &["1", "1", "s", &HD.to_string()]),
         ],
         vec![
             value_info("q_rot", 1, &["1", &HEADS.to_string(), "s", &HD.to_string()]),
             value_info("y", 1, &["1", "s", &D.to_string()]),
+            value_info("p", 1, &["1", &HEADS.to_string(), "s", &HD.to_string()]),
         ],
         vec![
             f32_tensor("eps", &[], &[EPS]),
             f32_tensor("two", &[], &[2.0]),
+            f32_tensor("scale", &[], &[SCALE]),
             f32_tensor("w", &[D as i64], &values(D, 3, 0.05)),
             int64_tensor("heads_shape", &[4], &[1, -1, HEADS as i64, HD as i64]),
             int64_tensor("zero", &[1], &[0]),
@@ -141,7 +148,10 @@ fn a_block_fuses_to_one_step_per_pattern_and_computes_the_same() {
     assert_eq!(ops.get("RMSNormalization"), Some(&2), "{ops:?}");
     assert_eq!(ops.get("kiln::RotateHalf"), Some(&1), "{ops:?}");
     assert_eq!(ops.get("kiln::Silu"), Some(&1), "{ops:?}");
-    for gone in ["Sqrt", "Reciprocal", "Div", "Pow", "ReduceMean", "Neg", "Slice", "Concat", "Sigmoid", "Mul", "Add"] {
+    assert_eq!(ops.get("kiln::ScaledSoftmax"), Some(&1), "{ops:?}");
+    for gone in
+        ["Sqrt", "Reciprocal", "Div", "Pow", "ReduceMean", "Neg", "Slice", "Concat", "Sigmoid", "Mul", "Add", "Softmax"]
+    {
         assert!(!ops.contains_key(gone), "{gone} is left: {ops:?}");
     }
 
@@ -151,16 +161,31 @@ fn a_block_fuses_to_one_step_per_pattern_and_computes_the_same() {
     let cos: Vec<f32> = (0..S * HD).map(|i| (i as f32 * 0.37).cos()).collect();
     let sin: Vec<f32> = (0..S * HD).map(|i| (i as f32 * 0.23).sin()).collect();
     let model = Model::new(compiled.program.clone(), &compiled.weights).unwrap();
+    // A causal-style mask: -inf above a diagonal, small offsets elsewhere.
+    let mask: Vec<f32> =
+        (0..S * HD).map(|i| if i % HD > i / HD + 1 { f32::NEG_INFINITY } else { 0.01 * i as f32 }).collect();
     let tensors = [
         Tensor::from_vec(&[1, S, D], x.clone()),
         Tensor::from_vec(&[1, 1, S, HD], cos.clone()),
         Tensor::from_vec(&[1, 1, S, HD], sin.clone()),
+        Tensor::from_vec(&[1, 1, S, HD], mask.clone()),
     ];
     let inputs: Vec<TensorRef> = tensors.iter().map(TensorRef::from_tensor).collect();
     let out = Session::new(model).run(&inputs).unwrap();
     let (q, y) = reference(&x, &w, &cos, &sin);
     close(out[0].as_slice::<f32>().unwrap(), &q, "q_rot");
     close(out[1].as_slice::<f32>().unwrap(), &y, "y");
+    let mut p = vec![0f64; q.len()];
+    for (r, (qr, pr)) in q.chunks(HD).zip(p.chunks_mut(HD)).enumerate() {
+        let s = r % S;
+        let u: Vec<f64> = qr.iter().enumerate().map(|(j, v)| v * SCALE as f64 + mask[s * HD + j] as f64).collect();
+        let m = u.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = u.iter().map(|v| (v - m).exp()).sum();
+        for (o, v) in pr.iter_mut().zip(&u) {
+            *o = (v - m).exp() / sum;
+        }
+    }
+    close(out[2].as_slice::<f32>().unwrap(), &p, "p");
 }
 
 #[test]
@@ -172,4 +197,5 @@ fn a_gpu_program_keeps_the_ops_only_the_cpu_fuses() {
     assert_eq!(ops.get("RMSNormalization"), Some(&2), "the GPU has RMSNormalization: {ops:?}");
     assert!(!ops.keys().any(|k| k.starts_with("kiln::RotateHalf") || k.starts_with("kiln::Silu")), "{ops:?}");
     assert_eq!(ops.get("Sigmoid"), Some(&1), "{ops:?}");
+    assert_eq!(ops.get("Softmax"), Some(&1), "{ops:?}");
 }

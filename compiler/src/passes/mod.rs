@@ -8,8 +8,10 @@ pub mod kv_cache;
 pub mod last_position;
 pub mod pattern;
 pub mod quantize;
+pub mod reshape_chain;
 pub mod rms_norm;
 pub mod rotate_half;
+pub mod scaled_softmax;
 pub mod silu;
 pub mod split;
 pub mod sym_values;
@@ -22,7 +24,7 @@ use crate::ir::Graph;
 /// Shape inference (following shape arithmetic symbolically, folding constants as it goes), then
 /// removal of folded nodes, fusion of transposed weights into their products, products over
 /// grouped-query KV heads without the repeat, RMS normalisations as one node, transposes of unit
-/// axes as reshapes (views), and removal of dead nodes.
+/// axes as reshapes (views), chains of reshapes as one, and removal of dead nodes.
 pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
     infer::check_supported(g)?;
     infer::infer(g)?;
@@ -31,15 +33,17 @@ pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
     grouped_query::fold(g);
     rms_norm::fuse(g);
     unit_transpose::to_reshape(g);
+    reshape_chain::collapse(g);
     dce::eliminate(g);
     Ok(())
 }
 
-/// Fusions whose kernels only the CPU backend has: rotary embeddings and SiLU (gated or not) as
-/// one step each. Run after [`optimize`] for CPU targets; a GPU program keeps the separate ops,
+/// Fusions whose kernels only the CPU backend has: rotary embeddings, SiLU (gated or not) and
+/// attention's scale-mask-softmax as one step each. Run after [`optimize`] for CPU targets; a GPU program keeps the separate ops,
 /// which all have GPU kernels.
 pub fn fuse_for_cpu(g: &mut Graph) {
     rotate_half::fuse(g);
     silu::fuse(g);
+    scaled_softmax::fuse(g);
     dce::eliminate(g);
 }

@@ -1,6 +1,7 @@
 //! Normalisations: Softmax, LogSoftmax and Hardmax; LayerNormalization and RMSNormalization.
 
 mod layernorm;
+pub mod scaled_softmax;
 mod softmax;
 
 use crate::error::KernelError;
