@@ -183,6 +183,8 @@ pub fn compile_bundle(
                     require_bounds: true,
                     dim_bounds: dim_bounds.clone(),
                     kv_cache,
+                    // A GPU plan reads f32 weights transposed; both plans share that copy.
+                    pack_weights: opts.pack_weights && targets.iter().all(|t| t.name == "cpu"),
                     ..opts.clone()
                 };
                 let c = compile_graph(g.clone(), &topts).map_err(|e| match &generation {

@@ -40,6 +40,10 @@ pub struct CompileOptions {
     pub kv_cache: Option<(Vec<kiln_formats::generation::KvPair>, u64)>,
     /// How products' weights are stored (`--weights`).
     pub weights: passes::quantize::WeightFormat,
+    /// CPU plans store f32 weights in the micro-kernel's panels (`kiln::MatMulPacked`). Off when
+    /// a bundle also holds a GPU plan, which reads them transposed: the targets then share one
+    /// copy of each weight.
+    pub pack_weights: bool,
     /// Most arena bytes one plan may ask the runtime to allocate (`--max-memory`); a larger plan
     /// is refused with both numbers. `None`: no limit.
     pub max_memory: Option<u64>,
@@ -56,6 +60,7 @@ impl Default for CompileOptions {
             prefill_max: None,
             kv_cache: None,
             weights: passes::quantize::WeightFormat::F32,
+            pack_weights: true,
             max_memory: None,
         }
     }
@@ -116,7 +121,8 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     splits.extend(passes::split::split_outputs(&mut g, limit, &bytes)?);
     // CPU plans of f32 weights store them in the micro-kernel's panels; the GPU reads them
     // transposed, and the other formats quantize the transposed rows.
-    let pack_f32 = opts.weights == passes::quantize::WeightFormat::F32 && opts.target.name == "cpu";
+    let pack_f32 =
+        opts.pack_weights && opts.weights == passes::quantize::WeightFormat::F32 && opts.target.name == "cpu";
     passes::transposed_weight::pretranspose_or_pack(&mut g, pack_f32);
     let quantized = match opts.weights {
         passes::quantize::WeightFormat::F32 => None,
