@@ -1,8 +1,8 @@
 //! What the fusion passes ask of a graph while matching a subgraph: who makes a value, how many
 //! readers it has, and the numbers a small constant holds.
 
-use crate::ir::{Graph, Node, ValueId};
-use kiln_formats::{DType, Dim};
+use crate::ir::{Graph, Node, Value, ValueId};
+use kiln_formats::{DType, Dim, SharedBytes};
 
 /// Producer and reader counts of every value, taken once before a pass rewrites anything.
 pub struct Index {
@@ -129,4 +129,27 @@ pub fn other_operand(n: &Node, v: ValueId) -> Option<ValueId> {
     } else {
         None
     }
+}
+
+/// Whether `a` and `b` have one dtype and one inferred shape.
+pub fn same_type(g: &Graph, a: ValueId, b: ValueId) -> bool {
+    g.values[a].dtype == g.values[b].dtype && matches!((shape(g, a), shape(g, b)), (Some(p), Some(q)) if p == q)
+}
+
+/// Whether a value of shape `p` broadcasts to `x` without growing it: right-aligned, each of its
+/// dims 1 or equal to x's.
+pub fn broadcasts_to(p: &[Dim], x: &[Dim]) -> bool {
+    p.len() <= x.len() && p.iter().rev().zip(x.iter().rev()).all(|(a, b)| *a == Dim::Known(1) || a == b)
+}
+
+/// A new constant 1-D int64 value holding `dims` (a Reshape's target shape).
+pub fn shape_const(g: &mut Graph, name: String, dims: &[i64]) -> ValueId {
+    let bytes: Vec<u8> = dims.iter().flat_map(|d| d.to_le_bytes()).collect();
+    g.add_value(Value {
+        name,
+        dtype: Some(DType::I64),
+        shape: Some(vec![Dim::Known(dims.len() as i64)]),
+        constant: Some(SharedBytes::copy_from(&bytes)),
+        sym_value: None,
+    })
 }

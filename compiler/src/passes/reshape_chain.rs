@@ -4,8 +4,7 @@
 //! SmolLM2 decode token.
 
 use super::pattern::{self, Index};
-use crate::ir::{Graph, Value, ValueId};
-use kiln_formats::{DType, Dim, SharedBytes};
+use crate::ir::{Graph, ValueId};
 
 /// Collapses every chain whose outer shape is known but for at most one dim; returns how many
 /// inner Reshapes were bypassed. Run after shape inference, before dead code elimination.
@@ -23,7 +22,7 @@ pub fn collapse(g: &mut Graph) -> usize {
         let Some(x) = p.inputs.first().copied().flatten() else { continue };
         let Some(target) = target(g, n.outputs[0]) else { continue };
         let name = format!("{}/collapsed_shape", n.name);
-        let shape = shape_const(g, name, &target);
+        let shape = pattern::shape_const(g, name, &target);
         let n = &mut g.nodes[i];
         n.inputs = vec![Some(x), Some(shape)];
         n.attrs.retain(|a| a.name != "allowzero");
@@ -49,21 +48,12 @@ fn target(g: &Graph, y: ValueId) -> Option<Vec<i64>> {
     (unknown <= 1 && !dims.contains(&0)).then_some(dims)
 }
 
-fn shape_const(g: &mut Graph, name: String, dims: &[i64]) -> ValueId {
-    let bytes: Vec<u8> = dims.iter().flat_map(|d| d.to_le_bytes()).collect();
-    g.add_value(Value {
-        name,
-        dtype: Some(DType::I64),
-        shape: Some(vec![Dim::Known(dims.len() as i64)]),
-        constant: Some(SharedBytes::copy_from(&bytes)),
-        sym_value: None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ir::Node;
+    use crate::ir::Value;
+    use kiln_formats::{DType, Dim};
 
     fn graph(shapes: &[Vec<Dim>], outputs: &[ValueId]) -> Graph {
         let mut g = Graph::default();

@@ -44,7 +44,7 @@ pub fn fuse(g: &mut Graph) -> usize {
         };
         for (y, w) in [(a, b), (b, a)] {
             let Some(m) = normalized_at[y] else { continue };
-            if index.readers(y) == 1 && is_scale(g, w, found[m].x) && same_shape(g, n.outputs[0], found[m].x) {
+            if index.readers(y) == 1 && is_scale(g, w, found[m].x) && pattern::same_type(g, n.outputs[0], found[m].x) {
                 found[m].end = i;
                 found[m].scale = Some(w);
                 break;
@@ -105,7 +105,7 @@ fn normalized(g: &Graph, index: &Index, n: &Node) -> Option<(ValueId, f32)> {
     };
     let float = g.values[x].dtype.is_some_and(|d| d.is_float());
     let eps_ok = eps.is_finite() && eps >= 0.0;
-    (squares_x && float && eps_ok && last_dim(g, x).is_some() && same_shape(g, n.outputs[0], x))
+    (squares_x && float && eps_ok && last_dim(g, x).is_some() && pattern::same_type(g, n.outputs[0], x))
         .then_some((x, eps as f32))
 }
 
@@ -134,10 +134,6 @@ fn is_scale(g: &Graph, w: ValueId, x: ValueId) -> bool {
         && lead.iter().all(|d| *d == Dim::Known(1))
         && Some(last) == xs.last()
         && last.is_known()
-}
-
-fn same_shape(g: &Graph, a: ValueId, b: ValueId) -> bool {
-    matches!((pattern::shape(g, a), pattern::shape(g, b)), (Some(p), Some(q)) if p == q)
 }
 
 fn last_dim(g: &Graph, x: ValueId) -> Option<usize> {

@@ -45,7 +45,7 @@ fn rotation(g: &Graph, index: &Index, n: &Node) -> Option<[ValueId; 3]> {
     let dtype = g.values[x].dtype.filter(|t| t.is_float())?;
     let fits = |v: ValueId| {
         let s = pattern::shape(g, v);
-        g.values[v].dtype == Some(dtype) && s.is_some_and(|s| s.last() == Some(d) && broadcasts_to(s, xs))
+        g.values[v].dtype == Some(dtype) && s.is_some_and(|s| s.last() == Some(d) && pattern::broadcasts_to(s, xs))
     };
     (fits(cos) && fits(sin) && pattern::shape(g, n.outputs[0]) == Some(xs)).then_some(m)
 }
@@ -99,12 +99,6 @@ fn slice_of(g: &Graph, s: &Node) -> Option<(ValueId, (i64, i64))> {
     }
     let clamp = |v: i64| if v < 0 { (v.saturating_add(d)).max(0) } else { v.min(d) };
     Some((data, (clamp(starts[0]), clamp(ends[0]))))
-}
-
-/// Whether `p` broadcasts to `x` without growing it, as far as known dims tell.
-fn broadcasts_to(p: &[kiln_formats::Dim], x: &[kiln_formats::Dim]) -> bool {
-    use kiln_formats::Dim;
-    p.len() <= x.len() && p.iter().rev().zip(x.iter().rev()).all(|(a, b)| *a == Dim::Known(1) || a == b)
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ fn matched(g: &Graph, index: &Index, i: usize, n: &Node) -> Option<Match> {
         let orders: &[(ValueId, ValueId)] = if divide { &[(a, b)] } else { &[(a, b), (b, a)] };
         orders.iter().find_map(|&(x, c)| {
             let c = pattern::scalar(g, c)? as f32;
-            (c.is_finite() && same(g, x, v)).then_some((x, c, divide))
+            (c.is_finite() && pattern::same_type(g, x, v)).then_some((x, c, divide))
         })
     };
     let (x, scale, divide, mask) = match index.private(g, u, "Add") {
@@ -65,8 +65,8 @@ fn matched(g: &Graph, index: &Index, i: usize, n: &Node) -> Option<Match> {
             let [a, b] = pattern::inputs::<2>(add)?;
             [(a, b), (b, a)].into_iter().find_map(|(s, m)| {
                 let (x, c, d) = scaled(s)?;
-                let fits = g.values[m].dtype == Some(dtype) && broadcasts_to(g, m, x);
-                (fits && same(g, s, u)).then_some((x, c, d, Some(m)))
+                let fits = g.values[m].dtype == Some(dtype) && matches!((pattern::shape(g, m), pattern::shape(g, x)), (Some(ms), Some(xs)) if pattern::broadcasts_to(ms, xs));
+                (fits && pattern::same_type(g, s, u)).then_some((x, c, d, Some(m)))
             })?
         }
         None => {
@@ -75,19 +75,6 @@ fn matched(g: &Graph, index: &Index, i: usize, n: &Node) -> Option<Match> {
         }
     };
     Some(Match { node: i, x, scale, divide, mask })
-}
-
-/// Whether `a` and `b` have one dtype and one inferred shape.
-fn same(g: &Graph, a: ValueId, b: ValueId) -> bool {
-    g.values[a].dtype == g.values[b].dtype
-        && matches!((pattern::shape(g, a), pattern::shape(g, b)), (Some(p), Some(q)) if p == q)
-}
-
-/// Whether `m` broadcasts to `x`'s shape without growing it.
-fn broadcasts_to(g: &Graph, m: ValueId, x: ValueId) -> bool {
-    use kiln_formats::Dim;
-    let (Some(ms), Some(xs)) = (pattern::shape(g, m), pattern::shape(g, x)) else { return false };
-    ms.len() <= xs.len() && ms.iter().rev().zip(xs.iter().rev()).all(|(a, b)| *a == Dim::Known(1) || a == b)
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ pub fn fuse(g: &mut Graph) -> usize {
         for (s, up) in [(a, b), (b, a)] {
             let Some(m) = silu_at[s] else { continue };
             let x = found[m].x;
-            let same = |v: ValueId| g.values[v].dtype == g.values[x].dtype && same_shape(g, v, x);
+            let same = |v: ValueId| g.values[v].dtype == g.values[x].dtype && pattern::same_type(g, v, x);
             if index.readers(s) == 1 && found[m].up.is_none() && up != s && same(up) && same(n.outputs[0]) {
                 found[m].end = i;
                 found[m].up = Some(up);
@@ -56,10 +56,6 @@ pub fn fuse(g: &mut Graph) -> usize {
 
 fn is_mul(n: &Node) -> Option<[ValueId; 2]> {
     (n.op == "Mul" && pattern::is_default(n) && n.outputs.len() == 1).then(|| pattern::inputs::<2>(n)).flatten()
-}
-
-fn same_shape(g: &Graph, a: ValueId, b: ValueId) -> bool {
-    matches!((pattern::shape(g, a), pattern::shape(g, b)), (Some(p), Some(q)) if p == q)
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 //! (`[B, S, H, D] ↔ [B, H, S, D]`); at decode S is 1, and those four copies per layer go away.
 
 use super::pattern;
-use crate::ir::{Graph, Value, ValueId};
-use kiln_formats::{DType, Dim, SharedBytes};
+use crate::ir::{Graph, ValueId};
+use kiln_formats::Dim;
 
 /// Rewrites every such transpose whose output shape is known well enough for a `Reshape`; returns
 /// how many. Run after shape inference.
@@ -19,7 +19,7 @@ pub fn to_reshape(g: &mut Graph) -> usize {
         let Some([x]) = pattern::inputs::<1>(n) else { continue };
         let Some(target) = reshape_target(g, x, n.outputs[0], pattern::ints_attr(n, "perm")) else { continue };
         let name = format!("{}/unit_axes_shape", n.name);
-        let shape = shape_const(g, name, &target);
+        let shape = pattern::shape_const(g, name, &target);
         let opset = g.opsets.get("").copied().unwrap_or(17).max(14);
         let n = &mut g.nodes[i];
         n.op = "Reshape".into();
@@ -63,22 +63,13 @@ fn reshape_target(g: &Graph, x: ValueId, y: ValueId, perm: Option<&[i64]>) -> Op
     (unknown <= 1).then_some(target)
 }
 
-fn shape_const(g: &mut Graph, name: String, dims: &[i64]) -> ValueId {
-    let bytes: Vec<u8> = dims.iter().flat_map(|d| d.to_le_bytes()).collect();
-    g.add_value(Value {
-        name,
-        dtype: Some(DType::I64),
-        shape: Some(vec![Dim::Known(dims.len() as i64)]),
-        constant: Some(SharedBytes::copy_from(&bytes)),
-        sym_value: None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ir::Node;
+    use crate::ir::Value;
     use kiln_formats::program::{AttrKind, Attribute};
+    use kiln_formats::DType;
 
     fn graph(x: &[Dim], y: &[Dim], perm: &[i64]) -> Graph {
         let value = |name: &str, shape: &[Dim]| Value {

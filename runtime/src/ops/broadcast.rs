@@ -32,6 +32,17 @@ pub fn broadcast_shapes(shapes: &[&[Dim]]) -> Result<Vec<Dim>, KernelError> {
     Ok(out)
 }
 
+/// Whether an input of shape `p` broadcasts to `x` without growing it, as far as known dims tell:
+/// right-aligned, each dim 1, equal, or symbolic where x's is.
+pub fn fits_in(p: &[Dim], x: &[Dim]) -> bool {
+    p.len() <= x.len()
+        && p.iter().rev().zip(x.iter().rev()).all(|(a, b)| match (a, b) {
+            (Dim::Known(1), _) => true,
+            (Dim::Known(a), Dim::Known(b)) => a == b,
+            (a, b) => a == b,
+        })
+}
+
 /// Element strides of an input of `shape` read at the indices of `out` (0 along broadcast axes).
 /// An error when `shape` does not broadcast to `out`.
 pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Result<Vec<usize>, KernelError> {

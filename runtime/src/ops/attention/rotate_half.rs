@@ -10,22 +10,11 @@ use crate::kernel::{required, InferCx, Kernel, OutputInfo, ShapeInput};
 use crate::ops::broadcast::{broadcast_strides, for_each_offsets};
 use crate::ops::num::Float;
 use crate::view::{TensorMut, TensorRef};
-use kiln_formats::Dim;
 
 /// The op's name in the kiln domain.
 pub const ROTATE_HALF: &str = "RotateHalf";
 
 pub(super) struct RotateHalf;
-
-/// Whether `p` broadcasts to `x` without growing it, as far as known dims tell.
-fn broadcasts_to(p: &[Dim], x: &[Dim]) -> bool {
-    p.len() <= x.len()
-        && p.iter().rev().zip(x.iter().rev()).all(|(a, b)| match (a, b) {
-            (Dim::Known(1), _) => true,
-            (Dim::Known(a), Dim::Known(b)) => a == b,
-            (a, b) => a == b,
-        })
-}
 
 impl Kernel for RotateHalf {
     fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
@@ -42,7 +31,7 @@ impl Kernel for RotateHalf {
             if t.dtype != x.dtype {
                 return Err(KernelError::input(i, format!("is {}, x is {}", t.dtype, x.dtype)));
             }
-            if t.shape.last() != Some(d) || !broadcasts_to(t.shape, x.shape) {
+            if t.shape.last() != Some(d) || !crate::ops::broadcast::fits_in(t.shape, x.shape) {
                 return Err(KernelError::input(i, format!("shape {:?} does not broadcast to {:?}", t.shape, x.shape)));
             }
         }
@@ -96,7 +85,7 @@ fn rotate<T: Float>(x: &[T], cos: &[T], sin: &[T], starts: &[Vec<usize>; 2], d: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_formats::DType;
+    use kiln_formats::{DType, Dim};
 
     fn run(x: &[f32], xs: &[usize], cos: &[f32], cs: &[usize], sin: &[f32]) -> Result<Vec<f32>, KernelError> {
         fn r<'a>(d: &'a [f32], s: &'a [usize]) -> TensorRef<'a> {

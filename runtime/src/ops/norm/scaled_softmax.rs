@@ -10,7 +10,6 @@ use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
 use crate::ops::broadcast::{broadcast_strides, for_each_offsets};
 use crate::ops::num::Float;
 use crate::view::{TensorMut, TensorRef};
-use kiln_formats::Dim;
 
 /// The op's name in the kiln domain.
 pub const SCALED_SOFTMAX: &str = "ScaledSoftmax";
@@ -29,16 +28,6 @@ struct ScaledSoftmax {
     divide: bool,
 }
 
-/// Whether `p` broadcasts to `x` without growing it, as far as known dims tell.
-fn broadcasts_to(p: &[Dim], x: &[Dim]) -> bool {
-    p.len() <= x.len()
-        && p.iter().rev().zip(x.iter().rev()).all(|(a, b)| match (a, b) {
-            (Dim::Known(1), _) => true,
-            (Dim::Known(a), Dim::Known(b)) => a == b,
-            (a, b) => a == b,
-        })
-}
-
 impl Kernel for ScaledSoftmax {
     fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let x = required(inputs, 0)?;
@@ -46,7 +35,7 @@ impl Kernel for ScaledSoftmax {
             return Err(KernelError::input(0, format!("{} {:?} is not a float tensor of rank ≥ 1", x.dtype, x.shape)));
         }
         if let Some(m) = inputs.get(1).copied().flatten() {
-            if m.dtype != x.dtype || !broadcasts_to(m.shape, x.shape) {
+            if m.dtype != x.dtype || !crate::ops::broadcast::fits_in(m.shape, x.shape) {
                 return Err(KernelError::input(
                     1,
                     format!("{} {:?} does not broadcast to {} {:?}", m.dtype, m.shape, x.dtype, x.shape),
@@ -112,7 +101,7 @@ impl Job<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_formats::DType;
+    use kiln_formats::{DType, Dim};
 
     fn run(k: &ScaledSoftmax, x: &[f32], xs: &[usize], mask: Option<(&[f32], &[usize])>) -> Vec<f32> {
         let mut out = vec![0f32; x.len()];
