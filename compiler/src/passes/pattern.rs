@@ -12,6 +12,8 @@ pub struct Index {
 }
 
 impl Index {
+    /// Indexes `g` as it is now; rewrites that keep nodes' outputs and the matched values' readers
+    /// leave it valid.
     pub fn new(g: &Graph) -> Index {
         let mut producer = vec![None; g.values.len()];
         let mut readers = vec![0; g.values.len()];
