@@ -100,7 +100,8 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     }
     let ops_before = g.op_counts();
     passes::optimize(&mut g)?;
-    if opts.target.name != "gpu" {
+    let on_cpu = opts.target.name == "cpu";
+    if on_cpu {
         passes::fuse_for_cpu(&mut g);
     }
     let kv_cache =
@@ -121,8 +122,7 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     splits.extend(passes::split::split_outputs(&mut g, limit, &bytes)?);
     // CPU plans of f32 weights store them in the micro-kernel's panels; the GPU reads them
     // transposed, and the other formats quantize the transposed rows.
-    let pack_f32 =
-        opts.pack_weights && opts.weights == passes::quantize::WeightFormat::F32 && opts.target.name == "cpu";
+    let pack_f32 = opts.pack_weights && opts.weights == passes::quantize::WeightFormat::F32 && on_cpu;
     passes::transposed_weight::pretranspose_or_pack(&mut g, pack_f32);
     let quantized = match opts.weights {
         passes::quantize::WeightFormat::F32 => None,

@@ -6,7 +6,7 @@
 //! switch, several microseconds on a VM) before the helper starts its half. `perf` put the
 //! scheduler at over 15% of SmolLM2 decode. onnxruntime and llama.cpp spin their intra-op threads
 //! for the same reason; this does it within rayon: each other worker runs a task that takes any
-//! pending split with [`rayon::yield_now`] and otherwise spins, until the run ends.
+//! pending split with [`rayon::yield_now`] and otherwise yields the core, until the run ends.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -39,8 +39,8 @@ pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
 }
 
 /// Fusions whose kernels only the CPU backend has: rotary embeddings, SiLU (gated or not) and
-/// attention's scale-mask-softmax as one step each. Run after [`optimize`] for CPU targets; a GPU program keeps the separate ops,
-/// which all have GPU kernels.
+/// attention's scale-mask-softmax as one step each. Run after [`optimize`] for CPU targets; a GPU
+/// program keeps the separate ops, which all have GPU kernels.
 pub fn fuse_for_cpu(g: &mut Graph) {
     rotate_half::fuse(g);
     silu::fuse(g);
