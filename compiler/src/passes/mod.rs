@@ -3,6 +3,7 @@
 pub mod const_fold;
 pub mod dce;
 pub mod grouped_query;
+pub mod identity_cast;
 pub mod infer;
 pub mod kv_cache;
 pub mod last_position;
@@ -22,13 +23,14 @@ use crate::error::CompileError;
 use crate::ir::Graph;
 
 /// Shape inference (following shape arithmetic symbolically, folding constants as it goes), then
-/// removal of folded nodes, fusion of transposed weights into their products, products over
+/// removal of folded nodes and of casts to the type a value already has, fusion of transposed weights into their products, products over
 /// grouped-query KV heads without the repeat, RMS normalisations as one node, transposes of unit
 /// axes as reshapes (views), chains of reshapes as one, and removal of dead nodes.
 pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
     infer::check_supported(g)?;
     infer::infer(g)?;
     const_fold::remove_folded(g);
+    identity_cast::bypass(g);
     transposed_weight::fuse(g);
     grouped_query::fold(g);
     rms_norm::fuse(g);

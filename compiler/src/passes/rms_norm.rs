@@ -2,7 +2,7 @@
 //!
 //! Exporters of Llama-style models write `x / sqrt(mean(x²) + eps) · w` as six or seven nodes:
 //! `Mul(x, x)` or `Pow(x, 2)`, `ReduceMean` over the last axis, `Add(eps)`, `Sqrt`, then
-//! `Reciprocal` and `Mul(x, ·)` or a `Div(x, ·)`, and usually `Mul(·, w)`. Each is a step with its
+//! `Reciprocal` (or `Div(1, ·)`) and `Mul(x, ·)` or a `Div(x, ·)`, and usually `Mul(·, w)`. Each is a step with its
 //! own pass over the row and its own dispatch; at decode, where a row is a few hundred numbers,
 //! the steps cost far more than the arithmetic (SmolLM2: 61 norms, 366 of its ~1500 steps per
 //! token). One fused step reads the row twice and writes it once. Both backends have the kernel.
@@ -86,8 +86,15 @@ fn normalized(g: &Graph, index: &Index, n: &Node) -> Option<(ValueId, f32)> {
     let (x, root) = match n.op.as_str() {
         "Div" => (a, index.private(g, b, "Sqrt")?),
         "Mul" => [(a, b), (b, a)].into_iter().find_map(|(x, inv)| {
-            let r = index.private(g, inv, "Reciprocal")?;
-            Some((x, index.private(g, r.inputs.first().copied()??, "Sqrt")?))
+            // `Reciprocal(s)`, or `Div(1, s)` as TorchScript writes `torch.rsqrt`.
+            let s = match index.private(g, inv, "Reciprocal") {
+                Some(r) => r.inputs.first().copied()??,
+                None => {
+                    let [one, s] = pattern::inputs::<2>(index.private(g, inv, "Div")?)?;
+                    (pattern::scalar(g, one)? == 1.0).then_some(s)?
+                }
+            };
+            Some((x, index.private(g, s, "Sqrt")?))
         })?,
         _ => return None,
     };
@@ -189,8 +196,9 @@ mod tests {
         });
     }
 
-    /// `x / sqrt(mean(x²) + 1e-5)`, through Reciprocal or Div, then `· w` when `scaled`.
-    fn norm(div: bool, scaled: bool) -> Graph {
+    /// `x / sqrt(mean(x²) + 1e-5)` spelled `how` (`Div(x, s)`, `x · Reciprocal(s)` or
+    /// `x · Div(1, s)`), then `· w` when `scaled`.
+    fn norm(how: &str, scaled: bool) -> Graph {
         let mut g = Graph::default();
         let f = DType::F32;
         let x = value(&mut g, "x", &[1, -1, 8], f, None);
@@ -198,14 +206,17 @@ mod tests {
             ["sq", "mean", "sum", "root", "inv", "y", "out"].map(|n| value(&mut g, n, &[1, -1, 8], f, None));
         let eps = value(&mut g, "eps", &[], f, Some(&1e-5f32.to_le_bytes()));
         let w = value(&mut g, "w", &[8], f, Some(&[0u8; 32]));
+        let one = value(&mut g, "one", &[], f, Some(&1f32.to_le_bytes()));
         node(&mut g, "Mul", &[x, x], sq);
         node(&mut g, "ReduceMean", &[sq], mean);
         node(&mut g, "Add", &[mean, eps], sum);
         node(&mut g, "Sqrt", &[sum], root);
-        if div {
-            node(&mut g, "Div", &[x, root], y);
-        } else {
-            node(&mut g, "Reciprocal", &[root], inv);
+        match how {
+            "div" => node(&mut g, "Div", &[x, root], y),
+            "reciprocal" => node(&mut g, "Reciprocal", &[root], inv),
+            _ => node(&mut g, "Div", &[one, root], inv),
+        }
+        if how != "div" {
             node(&mut g, "Mul", &[x, inv], y);
         }
         g.inputs = vec![x];
@@ -230,15 +241,15 @@ mod tests {
 
     #[test]
     fn every_spelling_becomes_one_node_with_the_scale() {
-        for div in [false, true] {
-            let g = fused(norm(div, true));
-            assert_eq!(g.nodes[0].inputs, [Some(0), Some(9)], "x and the weight");
+        for how in ["div", "reciprocal", "one_over"] {
+            let g = fused(norm(how, true));
+            assert_eq!(g.nodes[0].inputs, [Some(0), Some(9)], "{how}: x and the weight");
         }
     }
 
     #[test]
     fn without_a_weight_the_scale_is_ones() {
-        let g = fused(norm(false, false));
+        let g = fused(norm("reciprocal", false));
         let scale = &g.values[g.nodes[0].inputs[1].unwrap()];
         let ones: &[f32] = bytemuck::cast_slice(scale.constant.as_ref().unwrap().as_slice());
         assert_eq!(ones, [1.0; 8]);
@@ -246,14 +257,18 @@ mod tests {
 
     #[test]
     fn an_intermediate_read_elsewhere_or_another_axis_is_left_alone() {
-        let mut g = norm(false, true);
+        let mut g = norm("reciprocal", true);
         g.outputs.push(3); // the mean is also an output
         assert_eq!(fuse(&mut g), 0);
-        let mut g = norm(false, true);
+        let mut g = norm("reciprocal", true);
         g.nodes[1].attrs[0].ints = vec![1];
         assert_eq!(fuse(&mut g), 0, "a mean over the sequence is not a norm");
-        let mut g = norm(false, true);
+        let mut g = norm("reciprocal", true);
         g.nodes[0].inputs[1] = Some(g.outputs[0] - 1); // squares something other than x
         assert_eq!(fuse(&mut g), 0);
+        let mut g = norm("one_over", true);
+        let two = value(&mut g, "two", &[], DType::F32, Some(&2f32.to_le_bytes()));
+        g.nodes[4].inputs[0] = Some(two);
+        assert_eq!(fuse(&mut g), 0, "2 / sqrt is not a reciprocal");
     }
 }

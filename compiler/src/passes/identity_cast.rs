@@ -1,0 +1,121 @@
+//! A `Cast` to the type its input already has changes nothing, yet it is a step and a copy.
+//! TorchScript exports write them inside attention (`softmax(..., dtype=float32).to(q.dtype)` in
+//! an f32 model) and RMS norms (`hidden.to(float32)`), where they also hide those patterns from
+//! the fusions. Their readers read the input instead.
+
+use super::pattern;
+use crate::ir::Graph;
+use kiln_formats::DType;
+
+/// Bypasses every such cast; returns how many. A cast whose output is a graph output becomes an
+/// `Identity` (a view), since the output value must still be made. Run after shape inference.
+pub fn bypass(g: &mut Graph) -> usize {
+    let mut done = 0;
+    // A bypassed cast still reads its input: it goes, so the readers' counts the fusions take
+    // afterwards are right.
+    let mut dead = vec![false; g.nodes.len()];
+    for i in 0..g.nodes.len() {
+        let n = &g.nodes[i];
+        if n.op != "Cast" || !pattern::is_default(n) || n.outputs.len() != 1 {
+            continue;
+        }
+        let Some([x]) = pattern::inputs::<1>(n) else { continue };
+        let to = pattern::int_attr(n, "to", -1).and_then(|c| DType::from_onnx_code(c as i32));
+        let y = n.outputs[0];
+        if to.is_none() || to != g.values[x].dtype {
+            continue;
+        }
+        if g.outputs.contains(&y) {
+            let n = &mut g.nodes[i];
+            n.op = "Identity".into();
+            n.attrs.clear();
+        } else {
+            for input in g.nodes.iter_mut().flat_map(|n| n.inputs.iter_mut()) {
+                if *input == Some(y) {
+                    *input = Some(x);
+                }
+            }
+            dead[i] = true;
+        }
+        done += 1;
+    }
+    let mut i = 0;
+    g.nodes.retain(|_| {
+        i += 1;
+        !dead[i - 1]
+    });
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Node, Value};
+    use kiln_formats::program::Attribute;
+
+    fn value(name: &str, dtype: DType) -> Value {
+        Value { name: name.into(), dtype: Some(dtype), ..Default::default() }
+    }
+
+    fn cast(name: &str, x: usize, y: usize, to: DType) -> Node {
+        Node {
+            name: name.into(),
+            op: "Cast".into(),
+            opset: 19,
+            attrs: vec![Attribute::int("to", to.onnx_code() as i64)],
+            domain: String::new(),
+            inputs: vec![Some(x)],
+            outputs: vec![y],
+        }
+    }
+
+    fn neg(x: usize, y: usize) -> Node {
+        Node {
+            name: format!("neg{y}"),
+            op: "Neg".into(),
+            domain: String::new(),
+            opset: 19,
+            attrs: vec![],
+            inputs: vec![Some(x)],
+            outputs: vec![y],
+        }
+    }
+
+    #[test]
+    fn a_cast_to_its_own_type_is_bypassed_and_a_real_one_kept() {
+        // x:f32 -> Cast(f32) -> a -> Neg -> b -> Cast(f16) -> c -> Neg -> d
+        let mut g = Graph {
+            values: vec![
+                value("x", DType::F32),
+                value("a", DType::F32),
+                value("b", DType::F32),
+                value("c", DType::F16),
+                value("d", DType::F16),
+            ],
+            nodes: vec![cast("same", 0, 1, DType::F32), neg(1, 2), cast("real", 2, 3, DType::F16), neg(3, 4)],
+            inputs: vec![0],
+            outputs: vec![4],
+            ..Default::default()
+        };
+        assert_eq!(bypass(&mut g), 1);
+        assert_eq!(g.nodes.len(), 3, "the bypassed cast is gone");
+        assert_eq!(g.nodes[0].inputs, vec![Some(0)], "Neg reads x, not the cast");
+        assert_eq!(g.nodes[1].op, "Cast", "the f16 cast stays");
+        assert_eq!(g.nodes[2].inputs, vec![Some(3)]);
+    }
+
+    #[test]
+    fn a_cast_making_a_graph_output_becomes_an_identity() {
+        let mut g = Graph {
+            values: vec![value("x", DType::F32), value("y", DType::F32)],
+            nodes: vec![cast("out", 0, 1, DType::F32)],
+            inputs: vec![0],
+            outputs: vec![1],
+            ..Default::default()
+        };
+        assert_eq!(bypass(&mut g), 1);
+        assert_eq!(g.nodes[0].op, "Identity");
+        assert!(g.nodes[0].attrs.is_empty());
+        assert_eq!(g.outputs, vec![1]);
+    }
+}
