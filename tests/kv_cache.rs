@@ -79,6 +79,30 @@ fn in_place_copied_and_mixed_caches_generate_the_reference() {
     }
 }
 
+/// On every KV export (GPT-2 and Llama, TorchScript and dynamo), CPU attention becomes one
+/// `kiln::FusedAttention` step per layer, which reads both cache tensors in place: no scores
+/// product or softmax is left.
+#[test]
+fn attention_is_one_step_per_layer_reading_the_cache_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in KV_LMS {
+        let (lm, loaded) = bundled(name, dir.path());
+        let layers = lm.config().kv.len() / 2;
+        for entry in ["prefill", "decode"] {
+            let program = loaded.model(entry, None).unwrap().program().clone();
+            let fused: Vec<_> = program.steps.iter().filter(|s| s.op == "FusedAttention").collect();
+            assert_eq!(fused.len(), layers, "{name} {entry}");
+            for step in fused {
+                let reads = |i: usize| program.states.iter().any(|s| s.present == step.inputs[i]);
+                assert!(reads(1) && reads(2), "{name} {entry}: k and v are the states");
+            }
+            let left: Vec<_> =
+                program.steps.iter().filter(|s| s.op.contains("Softmax") || s.op == "MatMulTransB").collect();
+            assert!(left.is_empty(), "{name} {entry}: {:?}", left.iter().map(|s| &s.op).collect::<Vec<_>>());
+        }
+    }
+}
+
 /// The decode program of a compiled tiny model, and its weights.
 fn decode_program(dir: &Path) -> (Program, LoadedBundle) {
     let (_, loaded) = bundled("llama-dynamo-kv", dir);
@@ -99,20 +123,23 @@ fn the_loader_refuses_a_state_read_without_its_pitch() {
     assert!(!program.states.is_empty());
     assert_eq!(refusal(program.clone(), &loaded), None);
 
-    // A product that forgets the pitch would read the cache's unfilled rows as keys.
+    // A reader that forgets the pitch would read the cache's unfilled rows as keys.
+    let pitched = |a: &kiln_formats::program::Attribute| a.name.ends_with("_pitch");
     let mut p = program.clone();
-    let step = p.steps.iter_mut().find(|s| s.attrs.iter().any(|a| a.name == "b_pitch")).unwrap();
-    step.attrs.retain(|a| a.name != "b_pitch");
+    let step = p.steps.iter_mut().find(|s| s.attrs.iter().any(pitched)).unwrap();
+    step.attrs.retain(|a| !pitched(a));
     let err = refusal(p, &loaded).expect("refused");
     assert!(err.contains("cannot read its pitched layout"), "{err}");
 
-    // Any other op reading a state (here the append's new operand swapped for the cache).
-    let mut p = program.clone();
-    let present = p.states[0].present;
-    let step = p.steps.iter_mut().find(|s| s.op.ends_with("Softmax")).unwrap();
-    step.inputs[0] = present;
-    let err = refusal(p, &loaded).expect("refused");
-    assert!(err.contains("KV state"), "{err}");
+    // A state read where no pitch applies: fused attention's queries, and a plain op.
+    for op in ["FusedAttention", "Add"] {
+        let mut p = program.clone();
+        let present = p.states[0].present;
+        let step = p.steps.iter_mut().find(|s| s.op == op).unwrap();
+        step.inputs[0] = present;
+        let err = refusal(p, &loaded).expect("refused");
+        assert!(err.contains("KV state"), "{op}: {err}");
+    }
 
     // A capacity that disagrees with the append's.
     let mut p = program.clone();

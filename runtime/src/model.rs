@@ -371,8 +371,9 @@ impl Model {
 
 /// Checks the program's states and returns their buffer sizes: each has a sane layout, its past
 /// and present slots match it, `present` is written by one `kiln::KvAppend` of its capacity, and
-/// every step that reads a state can read its pitched layout (an append, a `Shape`, or a product
-/// with the state as B and `b_pitch` equal to the capacity). No view may alias a state.
+/// every step that reads a state can read its pitched layout (an append, a `Shape`, or a kiln op
+/// reading it where [`ops::kv_cache::pitch_attr`] names a pitch attribute, equal to the
+/// capacity). No view may alias a state.
 fn check_states(
     program: &Program,
     dtypes: &[DType],
@@ -454,13 +455,11 @@ fn check_states(
             let Some(i) = (x != NO_VALUE).then(|| state_of(x)).flatten() else { continue };
             let s = &program.states[i];
             let rank = s.dims.len();
-            let product = kiln && matches!(step.op.as_str(), "MatMul" | "MatMulTransB");
+            let pitch = kiln.then(|| ops::kv_cache::pitch_attr(&step.op, k)).flatten();
             let ok = if kiln && step.op == ops::kv_cache::KV_APPEND {
                 k == 0 && x == s.past
-            } else if product {
-                k == 1
-                    && s.axis as usize + 2 == rank
-                    && attrs.int("b_pitch", 0).ok() == Some(s.dims[s.axis as usize] as i64)
+            } else if let Some(pitch) = pitch {
+                s.axis as usize + 2 == rank && attrs.int(pitch, 0).ok() == Some(s.dims[s.axis as usize] as i64)
             } else {
                 step.op == "Shape" && step.domain.is_empty()
             };

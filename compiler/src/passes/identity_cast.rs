@@ -4,47 +4,48 @@
 //! the fusions. Their readers read the input instead.
 
 use super::pattern;
-use crate::ir::Graph;
+use crate::ir::{Graph, ValueId};
 use kiln_formats::DType;
 
 /// Bypasses every such cast; returns how many. A cast whose output is a graph output becomes an
 /// `Identity` (a view), since the output value must still be made. Run after shape inference.
 pub fn bypass(g: &mut Graph) -> usize {
-    let mut done = 0;
+    let found: Vec<(usize, ValueId, ValueId)> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.op == "Cast" && pattern::is_default(n) && n.outputs.len() == 1)
+        .filter_map(|(i, n)| {
+            let [x] = pattern::inputs::<1>(n)?;
+            let to = pattern::int_attr(n, "to", -1).and_then(|c| DType::from_onnx_code(c as i32))?;
+            (Some(to) == g.values[x].dtype).then_some((i, x, n.outputs[0]))
+        })
+        .collect();
     // A bypassed cast still reads its input: it goes, so the readers' counts the fusions take
     // afterwards are right.
     let mut dead = vec![false; g.nodes.len()];
-    for i in 0..g.nodes.len() {
-        let n = &g.nodes[i];
-        if n.op != "Cast" || !pattern::is_default(n) || n.outputs.len() != 1 {
-            continue;
-        }
-        let Some([x]) = pattern::inputs::<1>(n) else { continue };
-        let to = pattern::int_attr(n, "to", -1).and_then(|c| DType::from_onnx_code(c as i32));
-        let y = n.outputs[0];
-        if to.is_none() || to != g.values[x].dtype {
-            continue;
-        }
+    // What a bypassed cast's output became, so a cast of a cast reads the first one's input.
+    let mut now: Vec<ValueId> = (0..g.values.len()).collect();
+    for &(i, x, y) in &found {
+        let x = now[x];
         if g.outputs.contains(&y) {
+            g.nodes[i].inputs[0] = Some(x);
             let n = &mut g.nodes[i];
             n.op = "Identity".into();
             n.attrs.clear();
-        } else {
-            for input in g.nodes.iter_mut().flat_map(|n| n.inputs.iter_mut()) {
-                if *input == Some(y) {
-                    *input = Some(x);
-                }
-            }
-            dead[i] = true;
+            continue;
         }
-        done += 1;
+        for input in g.nodes.iter_mut().flat_map(|n| n.inputs.iter_mut()) {
+            if *input == Some(y) {
+                *input = Some(x);
+            }
+        }
+        now[y] = x;
+        dead[i] = true;
     }
-    let mut i = 0;
-    g.nodes.retain(|_| {
-        i += 1;
-        !dead[i - 1]
-    });
-    done
+    let mut dead = dead.into_iter();
+    g.nodes.retain(|_| !dead.next().unwrap_or(false));
+    found.len()
 }
 
 #[cfg(test)]
@@ -102,6 +103,26 @@ mod tests {
         assert_eq!(g.nodes[0].inputs, vec![Some(0)], "Neg reads x, not the cast");
         assert_eq!(g.nodes[1].op, "Cast", "the f16 cast stays");
         assert_eq!(g.nodes[2].inputs, vec![Some(3)]);
+    }
+
+    #[test]
+    fn a_chain_of_such_casts_is_bypassed_whole() {
+        // x -> Cast(f32) -> a -> Cast(f32) -> b -> Neg -> c
+        let mut g = Graph {
+            values: vec![
+                value("x", DType::F32),
+                value("a", DType::F32),
+                value("b", DType::F32),
+                value("c", DType::F32),
+            ],
+            nodes: vec![cast("one", 0, 1, DType::F32), cast("two", 1, 2, DType::F32), neg(2, 3)],
+            inputs: vec![0],
+            outputs: vec![3],
+            ..Default::default()
+        };
+        assert_eq!(bypass(&mut g), 2);
+        assert_eq!(g.nodes.len(), 1);
+        assert_eq!(g.nodes[0].inputs, vec![Some(0)]);
     }
 
     #[test]

@@ -7,14 +7,14 @@
 //!
 //! A pair is rewritten only when the compiler can prove every reader copes with the cache's
 //! pitched layout: the concat is over the pair's axis, which is the products' row axis, and the
-//! cache is read only by `Shape` and as the B operand of products. Anything else (a sliding
+//! cache is read only by `Shape`, as the B operand of products, or as fused attention's k or v. Anything else (a sliding
 //! window that crops `present`, an elementwise op over the cache) keeps the copying path, and
 //! the report says why.
 
 use crate::ir::{Graph, Node, ValueId};
 use kiln_formats::generation::KvPair;
 use kiln_formats::program::Attribute;
-use kiln_runtime::ops::kv_cache::KV_APPEND;
+use kiln_runtime::ops::kv_cache::{pitch_attr as pitch_attr_of, KV_APPEND};
 use kiln_runtime::ops::KILN_DOMAIN;
 
 /// A cache tensor kept in place: the `past` value the caller's state provides and the `present`
@@ -71,10 +71,14 @@ fn producer(g: &Graph, v: ValueId) -> Option<usize> {
     g.nodes.iter().position(|n| n.outputs.contains(&v))
 }
 
-/// The product kinds that can read a state as their B operand, and whether `n` is one.
-fn is_product(n: &Node) -> bool {
-    (is_default(n) && n.op == "MatMul")
-        || (n.domain == KILN_DOMAIN && matches!(n.op.as_str(), "MatMul" | "MatMulTransB"))
+/// The pitch attribute through which `n` can read a state as its input `input`, if it can: a
+/// default-domain `MatMul` becomes the kiln one, which can.
+fn pitch_attr(n: &Node, input: usize) -> Option<&'static str> {
+    match n.domain.as_str() {
+        KILN_DOMAIN => pitch_attr_of(&n.op, input),
+        _ if is_default(n) && n.op == "MatMul" => pitch_attr_of("MatMul", input),
+        _ => None,
+    }
 }
 
 fn rewrite(g: &mut Graph, pair: &KvPair, capacity: u64) -> Result<(), String> {
@@ -127,10 +131,10 @@ fn rewrite(g: &mut Graph, pair: &KvPair, capacity: u64) -> Result<(), String> {
         if shape_only(g, r) {
             continue;
         }
-        if !is_product(n) || r.1 != 1 || pair.axis + 2 != rank {
-            return Err(format!("it is read by {} '{}', which cannot read the cache in place", n.op, n.name));
+        match pitch_attr(n, r.1) {
+            Some(attr) if pair.axis + 2 == rank => products.push((r.0, attr)),
+            _ => return Err(format!("it is read by {} '{}', which cannot read the cache in place", n.op, n.name)),
         }
-        products.push(r.0);
     }
     let v = &g.values[present];
     let dims = v.shape.as_ref().ok_or("its shape is unknown")?;
@@ -153,14 +157,14 @@ fn rewrite(g: &mut Graph, pair: &KvPair, capacity: u64) -> Result<(), String> {
     for r in shape_readers {
         g.nodes[r].inputs[0] = Some(past);
     }
-    for p in products {
+    for (p, attr) in products {
         let n = &mut g.nodes[p];
         if is_default(n) {
             n.domain = KILN_DOMAIN.into();
             n.opset = 1;
         }
-        n.attrs.retain(|a| a.name != "b_pitch");
-        n.attrs.push(Attribute::int("b_pitch", capacity as i64));
+        n.attrs.retain(|a| a.name != attr);
+        n.attrs.push(Attribute::int(attr, capacity as i64));
     }
     g.inputs.retain(|&i| i != past);
     g.outputs.retain(|&o| o != present);

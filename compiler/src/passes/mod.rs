@@ -1,5 +1,6 @@
 //! Graph passes, one per file, run in this order by [`optimize`].
 
+pub mod attention;
 pub mod const_fold;
 pub mod dce;
 pub mod grouped_query;
@@ -40,12 +41,16 @@ pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
     Ok(())
 }
 
-/// Fusions whose kernels only the CPU backend has: rotary embeddings, SiLU (gated or not) and
-/// attention's scale-mask-softmax as one step each. Run after [`optimize`] for CPU targets; a GPU
-/// program keeps the separate ops, which all have GPU kernels.
+/// Fusions whose kernels only the CPU backend has: rotary embeddings, SiLU (gated or not),
+/// attention's scale-mask-softmax, and then attention as a whole (scores, softmax and the product
+/// with v), as one step each. Run after [`optimize`] for CPU targets; a GPU program keeps the
+/// separate ops, which all have GPU kernels.
 pub fn fuse_for_cpu(g: &mut Graph) {
     rotate_half::fuse(g);
     silu::fuse(g);
     scaled_softmax::fuse(g);
+    dce::eliminate(g);
+    attention::fuse(g);
+    reshape_chain::collapse(g);
     dce::eliminate(g);
 }

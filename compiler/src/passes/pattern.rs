@@ -43,6 +43,13 @@ impl Index {
         (self.readers[v] == 1).then(|| self.made_by(g, v, op)).flatten()
     }
 
+    /// [`Index::private`] for an op of the `kiln` domain (one made by an earlier fusion).
+    pub fn private_kiln<'g>(&self, g: &'g Graph, v: ValueId, op: &str) -> Option<&'g Node> {
+        let n = &g.nodes[self.producer[v]?];
+        let ours = n.op == op && n.domain == kiln_runtime::ops::KILN_DOMAIN && n.outputs.len() == 1;
+        (ours && self.readers[v] == 1).then_some(n)
+    }
+
     /// How many nodes (and graph outputs) read `v`.
     pub fn readers(&self, v: ValueId) -> usize {
         self.readers[v]

@@ -8,6 +8,7 @@
 //! query head h to kv head `h / (Hq / Hkv)`. Rows are processed one query at a time with
 //! scratch the size of one score row, in parallel over rows.
 
+pub mod fused;
 mod rotary;
 pub mod rotate_half;
 
@@ -34,7 +35,9 @@ pub fn build(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
 
 /// Prepares this family's kiln-domain kernel for `spec`, or `None` for another kiln op.
 pub fn build_kiln(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
-    (spec.op == rotate_half::ROTATE_HALF).then(|| Ok(Box::new(rotate_half::RotateHalf) as Box<dyn Kernel>))
+    (spec.op == rotate_half::ROTATE_HALF)
+        .then(|| Ok(Box::new(rotate_half::RotateHalf) as Box<dyn Kernel>))
+        .or_else(|| fused::build_kiln(spec))
 }
 
 struct Attention {

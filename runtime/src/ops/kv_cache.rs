@@ -16,6 +16,18 @@ use kiln_formats::Dim;
 /// Op type of the append in the `kiln` domain.
 pub const KV_APPEND: &str = "KvAppend";
 
+/// The attribute through which kiln op `op`, reading a KV state as its input `input`, takes the
+/// state's pitch (rows stored per matrix), for the ops that can read a state in place: the
+/// products' B operand and fused attention's k and v. The compiler sets it, the loader checks it.
+pub fn pitch_attr(op: &str, input: usize) -> Option<&'static str> {
+    match (op, input) {
+        ("MatMul" | "MatMulTransB", 1) => Some("b_pitch"),
+        (crate::ops::attention::fused::FUSED_ATTENTION, 1) => Some("k_pitch"),
+        (crate::ops::attention::fused::FUSED_ATTENTION, 2) => Some("v_pitch"),
+        _ => None,
+    }
+}
+
 /// Kernels of the `kiln` domain this family owns.
 pub fn build_kiln(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
     (spec.op == KV_APPEND).then(|| KvAppend::new(spec).map(|k| Box::new(k) as Box<dyn Kernel>))

@@ -2,7 +2,7 @@
 
 mod layernorm;
 pub mod scaled_softmax;
-mod softmax;
+pub(crate) mod softmax;
 
 use crate::error::KernelError;
 use crate::kernel::{Kernel, OpSpec};

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 /// Which of the three ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Mode {
+pub(crate) enum Mode {
     Soft,
     Log,
     Hard,

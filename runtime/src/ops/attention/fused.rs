@@ -1,0 +1,425 @@
+//! `kiln::FusedAttention(q, k, v[, mask])` = softmax(q·kᵀ·scale + mask)·v per head, with
+//! grouped-query heads: q is `[B, H, S, d]`, k `[B, G, T, d]`, v `[B, G, T, dv]` (`H` a multiple
+//! of `G`; query head `h` reads kv head `h / (H / G)`), the optional additive mask broadcasts to
+//! `[B, H, S, T]`, and the output is `[B, H, S, dv]`. `scale` multiplies the scores (divides them
+//! with `divide`), as `kiln::ScaledSoftmax` does.
+//!
+//! With `k_pitch` (`v_pitch`) non-zero, k (v) is a KV cache state read in place: each `[T, d]`
+//! matrix is stored in `k_pitch` rows of which the first `T` are filled.
+//!
+//! Exporters write this as five to nine steps per layer (the scores product, reshapes between
+//! grouped and per-head views, scale, mask, softmax, the product with v); at decode each is a
+//! dispatch over a few hundred numbers and a join of the threads. Here one parallel pass takes a
+//! block of one head's queries through both products and the softmax, the scores staying in a
+//! per-thread buffer. The scale, mask and softmax round as the separate kernels do; the products
+//! are the dense product's (`gemm`), so results match the unfused steps to rounding.
+
+use crate::error::KernelError;
+use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
+use crate::ops::broadcast::{broadcast_strides, fits_in};
+use crate::ops::matmul::gemm::{gemm, GAcc, Mat};
+use crate::ops::norm::softmax::{row, Mode};
+use crate::ops::num::num_like::AccFloat;
+use crate::ops::num::Float;
+use crate::view::{TensorMut, TensorRef};
+use kiln_formats::Dim;
+use rayon::prelude::*;
+
+/// The op's name in the kiln domain.
+pub const FUSED_ATTENTION: &str = "FusedAttention";
+
+/// Queries of one head a task takes through both products: enough rows for the blocked product,
+/// few enough that a 128-token prefill still splits into dozens of tasks.
+const QUERY_BLOCK: usize = 32;
+/// Multiply-adds below which a call stays on the calling thread.
+const PARALLEL_WORK: usize = 1 << 15;
+
+/// Prepares `kiln::FusedAttention`, or `None` for another kiln op.
+pub fn build_kiln(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
+    (spec.op == FUSED_ATTENTION).then(|| {
+        let pitch = |name: &str| -> Result<usize, KernelError> {
+            let p = spec.attrs.int(name, 0)?;
+            usize::try_from(p).map_err(|_| KernelError::attr(name, format!("{p} is negative")))
+        };
+        Ok(Box::new(FusedAttention {
+            scale: spec.attrs.float("scale", 1.0)?,
+            divide: spec.attrs.int("divide", 0)? != 0,
+            k_pitch: pitch("k_pitch")?,
+            v_pitch: pitch("v_pitch")?,
+        }) as Box<dyn Kernel>)
+    })
+}
+
+struct FusedAttention {
+    scale: f32,
+    divide: bool,
+    /// Stored rows per k matrix when k is a KV state read in place, else 0.
+    k_pitch: usize,
+    /// The same for v.
+    v_pitch: usize,
+}
+
+/// Two dims that must agree: an error naming `what` when both are known and differ.
+fn same(a: &Dim, b: &Dim, what: &str) -> Result<(), KernelError> {
+    match (a, b) {
+        (Dim::Known(x), Dim::Known(y)) if x != y => Err(KernelError::invalid(format!("{what} differ: {x} vs {y}"))),
+        _ => Ok(()),
+    }
+}
+
+impl Kernel for FusedAttention {
+    fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
+        let [q, k, v] = [0, 1, 2].map(|i| required(inputs, i));
+        let (q, k, v) = (q?, k?, v?);
+        for (i, t) in [&q, &k, &v].into_iter().enumerate() {
+            if t.dtype != q.dtype || !t.dtype.is_float() || t.shape.len() != 4 {
+                return Err(KernelError::input(
+                    i,
+                    format!("{} {:?} is not a 4-D float tensor of q's type", t.dtype, t.shape),
+                ));
+            }
+        }
+        same(&q.shape[0], &k.shape[0], "q and k batches")?;
+        same(&k.shape[0], &v.shape[0], "k and v batches")?;
+        same(&k.shape[1], &v.shape[1], "k and v heads")?;
+        same(&k.shape[2], &v.shape[2], "k and v lengths")?;
+        same(&q.shape[3], &k.shape[3], "q and k head sizes")?;
+        if let (Some(h), Some(g)) = (q.shape[1].known(), k.shape[1].known()) {
+            if g <= 0 || h % g != 0 {
+                return Err(KernelError::invalid(format!("{h} query heads cannot share {g} kv heads")));
+            }
+        }
+        let scores = [q.shape[0].clone(), q.shape[1].clone(), q.shape[2].clone(), k.shape[2].clone()];
+        if let Some(m) = inputs.get(3).copied().flatten() {
+            if m.dtype != q.dtype || !fits_in(m.shape, &scores) {
+                return Err(KernelError::input(
+                    3,
+                    format!("{} {:?} does not broadcast to the scores' {} {:?}", m.dtype, m.shape, q.dtype, scores),
+                ));
+            }
+        }
+        let out = vec![q.shape[0].clone(), q.shape[1].clone(), q.shape[2].clone(), v.shape[3].clone()];
+        Ok(vec![OutputInfo::new(q.dtype, out)])
+    }
+
+    fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
+        let [q, k, v] = [0, 1, 2].map(|i| required(inputs, i));
+        let (q, k, v) = (q?, k?, v?);
+        if [&q, &k, &v].iter().any(|t| t.dtype != q.dtype || t.shape.len() != 4) {
+            return Err(KernelError::invalid("q, k and v must be 4-D tensors of one type"));
+        }
+        let [b, h, s, d] = [q.shape[0], q.shape[1], q.shape[2], q.shape[3]];
+        let [g, t, dv] = [k.shape[1], k.shape[2], v.shape[3]];
+        if k.shape[0] != b || v.shape[0] != b || v.shape[1] != g || v.shape[2] != t || k.shape[3] != d {
+            return Err(KernelError::invalid(format!(
+                "q {:?}, k {:?} and v {:?} are not [B, H, S, d], [B, G, T, d], [B, G, T, dv]",
+                q.shape, k.shape, v.shape
+            )));
+        }
+        if g == 0 || h % g != 0 {
+            return Err(KernelError::invalid(format!("{h} query heads cannot share {g} kv heads")));
+        }
+        let k_stride = matrix_stride(&k, self.k_pitch, b * g, 1)?;
+        let v_stride = matrix_stride(&v, self.v_pitch, b * g, 2)?;
+        let mask = inputs.get(3).copied().flatten();
+        let mask_strides = match mask {
+            Some(m) if m.dtype != q.dtype => {
+                return Err(KernelError::input(3, format!("is {}, q is {}", m.dtype, q.dtype)))
+            }
+            Some(m) => broadcast_strides(m.shape, &[b, h, s, t])?,
+            None => vec![0; 4],
+        };
+        let out = outputs.get_mut(0).ok_or_else(|| KernelError::invalid("missing output"))?;
+        if out.dtype != q.dtype || out.numel() != b * h * s * dv || out.data.len() != out.numel() * q.dtype.size() {
+            return Err(KernelError::invalid("output does not match [B, H, S, dv]"));
+        }
+        let job = Job {
+            dims: Dims { h, s, d, t, dv, rep: h / g, k_stride, v_stride },
+            scale: self.scale,
+            divide: self.divide,
+            mask_strides: [mask_strides[0], mask_strides[1], mask_strides[2], mask_strides[3]],
+        };
+        crate::with_float!(q.dtype, T => job.run::<T>(q.typed()?, k.typed()?, v.typed()?,
+                mask.map(|m| m.typed()).transpose()?, out.typed()?),
+            _ => return Err(KernelError::unsupported(format!("FusedAttention on {}", q.dtype))));
+        Ok(())
+    }
+}
+
+/// Elements from one `[T, cols]` matrix of `x` (input `index`) to the next: `T·cols`, or the
+/// pitch's rows for a state, after checking that all `matrices` lie in `x`'s data.
+fn matrix_stride(x: &TensorRef, pitch: usize, matrices: usize, index: usize) -> Result<usize, KernelError> {
+    let (t, cols) = (x.shape[2], x.shape[3]);
+    if pitch != 0 && t > pitch {
+        return Err(KernelError::input(index, format!("{t} rows do not fit a pitch of {pitch}")));
+    }
+    let stride = if pitch == 0 { t } else { pitch } * cols;
+    let needed = matrices.saturating_sub(1) * stride + t * cols;
+    let held = x.data.len() / x.dtype.size().max(1);
+    if matrices > 0 && held < needed {
+        return Err(KernelError::input(index, format!("holds {held} elements, {matrices} matrices need {needed}")));
+    }
+    Ok(stride)
+}
+
+/// Sizes of one call (see the module doc), plus the kv heads' strides.
+#[derive(Clone, Copy)]
+struct Dims {
+    h: usize,
+    s: usize,
+    d: usize,
+    t: usize,
+    dv: usize,
+    /// Query heads per kv head.
+    rep: usize,
+    k_stride: usize,
+    v_stride: usize,
+}
+
+struct Job {
+    dims: Dims,
+    scale: f32,
+    divide: bool,
+    /// Mask strides over `[B, H, S, T]` (all 0 without a mask).
+    mask_strides: [usize; 4],
+}
+
+impl Job {
+    fn run<T: Float>(&self, q: &[T], k: &[T], v: &[T], mask: Option<&[T]>, y: &mut [T])
+    where
+        T::Acc: GAcc,
+    {
+        let Dims { s, t, d, dv, .. } = self.dims;
+        if y.is_empty() {
+            return;
+        }
+        let heads = y.len() / (s * dv);
+        let work = heads * s * t * (d + dv);
+        let block = |bh: usize, blk: usize, yb: &mut [T], scratch: &mut Vec<T>| {
+            self.block(q, k, v, mask, bh, blk * QUERY_BLOCK, yb, scratch)
+        };
+        if work < PARALLEL_WORK {
+            let mut scratch = Vec::new();
+            for (bh, yh) in y.chunks_mut(s * dv).enumerate() {
+                for (blk, yb) in yh.chunks_mut(QUERY_BLOCK * dv).enumerate() {
+                    block(bh, blk, yb, &mut scratch);
+                }
+            }
+            return;
+        }
+        y.par_chunks_mut(s * dv).enumerate().for_each(|(bh, yh)| {
+            yh.par_chunks_mut(QUERY_BLOCK * dv)
+                .enumerate()
+                .for_each_init(Vec::new, |scratch, (blk, yb)| block(bh, blk, yb, scratch));
+        });
+    }
+
+    /// Queries `s0..` of head `bh` (batch · H + head), as many as `y` has rows.
+    #[allow(clippy::too_many_arguments)]
+    fn block<T: Float>(
+        &self,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        mask: Option<&[T]>,
+        bh: usize,
+        s0: usize,
+        y: &mut [T],
+        scratch: &mut Vec<T>,
+    ) where
+        T::Acc: GAcc,
+    {
+        let Dims { h, s, d, t, dv, rep, k_stride, v_stride } = self.dims;
+        let rows = y.len() / dv;
+        if t == 0 {
+            // No keys: the product over them is empty, as the unfused steps give.
+            y.fill(T::from_acc(T::Acc::ZERO));
+            return;
+        }
+        let (batch, head) = (bh / h, bh % h);
+        let kv = batch * (h / rep) + head / rep;
+        scratch.resize(2 * rows * t, T::from_acc(T::Acc::ZERO));
+        let (scores, probs) = scratch.split_at_mut(rows * t);
+        let qm = Mat { data: &q[(bh * s + s0) * d..], rs: d, cs: 1 };
+        let km = Mat { data: &k[kv * k_stride..], rs: 1, cs: d };
+        gemm(rows, t, d, 1.0, qm, km, scores, false, false);
+        let c = T::from_acc(<T::Acc as AccFloat>::from_f64(self.scale as f64)).to_acc();
+        let [mb, mh, ms, mt] = self.mask_strides;
+        for (r, (sr, pr)) in scores.chunks_exact_mut(t).zip(probs.chunks_exact_mut(t)).enumerate() {
+            let m0 = batch * mb + head * mh + (s0 + r) * ms;
+            for (j, (p, &x)) in pr.iter_mut().zip(sr.iter()).enumerate() {
+                let x = x.to_acc();
+                let mut e = T::from_acc(if self.divide { x / c } else { x * c });
+                if let Some(m) = mask {
+                    e = T::from_acc(e.to_acc() + m[m0 + j * mt].to_acc());
+                }
+                *p = e;
+            }
+            row(pr, sr, Mode::Soft);
+        }
+        let pm = Mat { data: &*scores, rs: t, cs: 1 };
+        let vm = Mat { data: &v[kv * v_stride..], rs: dv, cs: 1 };
+        gemm(rows, dv, t, 1.0, pm, vm, y, false, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_formats::program::Attribute;
+    use kiln_formats::DType;
+
+    fn values(n: usize, seed: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|i| ((((i + seed) * 7919) % 211) as f32 / 105.0 - 1.0) * scale).collect()
+    }
+
+    /// softmax(q·kᵀ·scale + mask)·v in f64, over dense k and v.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        [b, h, s, d, g, t, dv]: [usize; 7],
+        scale: f64,
+        mask: Option<(&[f32], [usize; 4])>,
+    ) -> Vec<f64> {
+        let mut y = vec![0f64; b * h * s * dv];
+        for bi in 0..b {
+            for hi in 0..h {
+                let kv = bi * g + hi / (h / g);
+                for si in 0..s {
+                    let qr = &q[((bi * h + hi) * s + si) * d..][..d];
+                    let sc: Vec<f64> = (0..t)
+                        .map(|j| {
+                            let kr = &k[(kv * t + j) * d..][..d];
+                            let dot: f64 = qr.iter().zip(kr).map(|(&a, &c)| a as f64 * c as f64).sum();
+                            let m =
+                                mask.map_or(0.0, |(m, st)| m[bi * st[0] + hi * st[1] + si * st[2] + j * st[3]] as f64);
+                            dot * scale + m
+                        })
+                        .collect();
+                    let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = sc.iter().map(|x| (x - mx).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for c in 0..dv {
+                        y[((bi * h + hi) * s + si) * dv + c] =
+                            (0..t).map(|j| e[j] / z * v[(kv * t + j) * dv + c] as f64).sum::<f64>();
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn kernel(attrs: Vec<Attribute>) -> Box<dyn Kernel> {
+        let spec = OpSpec {
+            op: FUSED_ATTENTION,
+            domain: crate::ops::KILN_DOMAIN,
+            opset: 1,
+            attrs: crate::kernel::Attrs(&attrs),
+        };
+        build_kiln(&spec).unwrap().unwrap()
+    }
+
+    fn tensor<'a>(shape: &'a [usize], data: &'a [f32]) -> TensorRef<'a> {
+        TensorRef { dtype: DType::F32, shape, data: bytemuck::cast_slice(data) }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        k: &dyn Kernel,
+        q: (&[f32], [usize; 4]),
+        kt: (&[f32], [usize; 4]),
+        vt: (&[f32], [usize; 4]),
+        mask: Option<(&[f32], &[usize])>,
+        out_shape: [usize; 4],
+    ) -> Result<Vec<f32>, KernelError> {
+        let mut out = vec![0f32; out_shape.iter().product()];
+        let mut om = TensorMut { dtype: DType::F32, shape: &out_shape, data: bytemuck::cast_slice_mut(&mut out) };
+        let inputs = [
+            Some(tensor(&q.1, q.0)),
+            Some(tensor(&kt.1, kt.0)),
+            Some(tensor(&vt.1, vt.0)),
+            mask.map(|(m, s)| tensor(s, m)),
+        ];
+        k.run(&inputs, std::slice::from_mut(&mut om))?;
+        Ok(out)
+    }
+
+    fn close(got: &[f32], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+            assert!((a as f64 - b).abs() <= 1e-5 + 1e-5 * b.abs(), "{what}: element {i}: {a} vs {b}");
+        }
+    }
+
+    /// Decode (one query), a ragged prefill block count, grouped and plain heads, with and without
+    /// a causal mask: each against the f64 reference.
+    #[test]
+    fn matches_the_reference_on_decode_and_prefill_shapes() {
+        for (b, h, g, s, t, d, dv) in
+            [(1, 9, 3, 1, 37, 64, 64), (1, 4, 4, 70, 70, 16, 8), (2, 6, 2, 33, 40, 8, 12), (1, 2, 1, 5, 0, 4, 4)]
+        {
+            let q = values(b * h * s * d, 1, 1.0);
+            let k = values(b * g * t * d, 2, 1.0);
+            let v = values(b * g * t * dv, 3, 2.0);
+            // A causal mask over the last `s` of `t` positions, shared by batches and heads.
+            let causal: Vec<f32> =
+                (0..s * t).map(|i| if i % t.max(1) > t - s + i / t.max(1) { f32::NEG_INFINITY } else { 0.0 }).collect();
+            let scale = 1.0 / (d as f32).sqrt();
+            let dims = [b, h, s, d, g, t, dv];
+            let k_attrs = vec![Attribute::float("scale", scale)];
+            let args = ((&q[..], [b, h, s, d]), (&k[..], [b, g, t, d]), (&v[..], [b, g, t, dv]));
+            let got = run(&*kernel(k_attrs.clone()), args.0, args.1, args.2, None, [b, h, s, dv]).unwrap();
+            let c = scale as f64;
+            close(&got, &reference(&q, &k, &v, dims, c, None), &format!("{dims:?} unmasked"));
+            if t >= s {
+                let got = run(&*kernel(k_attrs), args.0, args.1, args.2, Some((&causal, &[1, 1, s, t])), [b, h, s, dv])
+                    .unwrap();
+                let want = reference(&q, &k, &v, dims, c, Some((&causal, [0, 0, t, 1])));
+                close(&got, &want, &format!("{dims:?} causal"));
+            }
+        }
+    }
+
+    /// `divide` divides by the scale; pitched k and v read only their filled rows.
+    #[test]
+    fn divides_and_reads_pitched_states() {
+        let (h, g, s, t, d, pitch) = (4, 2, 3, 5, 8, 9);
+        let q = values(h * s * d, 4, 1.0);
+        let dense_k = values(g * t * d, 5, 1.0);
+        let dense_v = values(g * t * d, 6, 1.0);
+        // The states: each kv head's t rows, then pitch - t rows of garbage.
+        let pitched = |dense: &[f32]| -> Vec<f32> {
+            dense
+                .chunks(t * d)
+                .flat_map(|m| m.iter().copied().chain(std::iter::repeat_n(f32::NAN, (pitch - t) * d)))
+                .collect()
+        };
+        let (pk, pv) = (pitched(&dense_k), pitched(&dense_v));
+        let attrs = vec![
+            Attribute::float("scale", 2.0),
+            Attribute::int("divide", 1),
+            Attribute::int("k_pitch", pitch as i64),
+            Attribute::int("v_pitch", pitch as i64),
+        ];
+        let got =
+            run(&*kernel(attrs), (&q, [1, h, s, d]), (&pk, [1, g, t, d]), (&pv, [1, g, t, d]), None, [1, h, s, d])
+                .unwrap();
+        close(&got, &reference(&q, &dense_k, &dense_v, [1, h, s, d, g, t, d], 0.5, None), "pitched");
+    }
+
+    #[test]
+    fn mismatched_shapes_and_short_states_are_errors() {
+        let q = values(2 * 4, 0, 1.0);
+        let kv = values(3 * 4, 0, 1.0);
+        let plain = kernel(vec![]);
+        let err = run(&*plain, (&q, [1, 3, 1, 4]), (&kv, [1, 2, 1, 4]), (&kv, [1, 2, 1, 4]), None, [1, 3, 1, 4]);
+        assert!(err.unwrap_err().to_string().contains("cannot share"));
+        let pitched = kernel(vec![Attribute::int("k_pitch", 4)]);
+        let err = run(&*pitched, (&q, [1, 2, 1, 4]), (&kv, [1, 2, 1, 4]), (&kv[..8], [1, 2, 1, 4]), None, [1, 2, 1, 4]);
+        assert!(err.unwrap_err().to_string().contains("matrices need"), "two pitched matrices need 20 elements");
+        let err = run(&*plain, (&q, [1, 2, 1, 4]), (&kv, [1, 1, 3, 4]), (&kv, [1, 1, 2, 6]), None, [1, 2, 1, 6]);
+        assert!(err.is_err(), "k and v lengths differ");
+    }
+}
