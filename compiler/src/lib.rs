@@ -40,9 +40,10 @@ pub struct CompileOptions {
     pub kv_cache: Option<(Vec<kiln_formats::generation::KvPair>, u64)>,
     /// How products' weights are stored (`--weights`).
     pub weights: passes::quantize::WeightFormat,
-    /// CPU plans store f32 weights in the micro-kernel's panels (`kiln::MatMulPacked`). Off when
-    /// a bundle also holds a GPU plan, which reads them transposed: the targets then share one
-    /// copy of each weight.
+    /// CPU plans store weights in layouts of their own: f32 weights in the micro-kernel's panels
+    /// (`kiln::MatMulPacked`), and the weights of products of one input side by side as one.
+    /// Off when a bundle also holds a GPU plan, which reads the weights as the model has them
+    /// (transposed): the targets then share one copy of each weight.
     pub pack_weights: bool,
     /// Most arena bytes one plan may ask the runtime to allocate (`--max-memory`); a larger plan
     /// is refused with both numbers. `None`: no limit.
@@ -102,7 +103,7 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     passes::optimize(&mut g)?;
     let on_cpu = opts.target.name == "cpu";
     if on_cpu {
-        passes::fuse_for_cpu(&mut g);
+        passes::fuse_for_cpu(&mut g, opts.pack_weights);
     }
     let kv_cache =
         opts.kv_cache.as_ref().map(|(pairs, capacity)| passes::kv_cache::keep_in_place(&mut g, pairs, *capacity));

@@ -8,6 +8,7 @@ pub mod identity_cast;
 pub mod infer;
 pub mod kv_cache;
 pub mod last_position;
+pub mod merge_products;
 pub mod pattern;
 pub mod quantize;
 pub mod reshape_chain;
@@ -41,11 +42,16 @@ pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
     Ok(())
 }
 
-/// Fusions whose kernels only the CPU backend has: rotary embeddings, SiLU (gated or not),
+/// Rewrites for the CPU backend: with `merge_weights`, products of one input by several weights
+/// as one product and a split (new weights, which a GPU plan of the same bundle would not share);
+/// and fusions whose kernels only the CPU backend has: rotary embeddings, SiLU (gated or not),
 /// attention's scale-mask-softmax, and then attention as a whole (scores, softmax and the product
 /// with v), as one step each. Run after [`optimize`] for CPU targets; a GPU program keeps the
 /// separate ops, which all have GPU kernels.
-pub fn fuse_for_cpu(g: &mut Graph) {
+pub fn fuse_for_cpu(g: &mut Graph, merge_weights: bool) {
+    if merge_weights {
+        merge_products::merge(g);
+    }
     rotate_half::fuse(g);
     silu::fuse(g);
     scaled_softmax::fuse(g);

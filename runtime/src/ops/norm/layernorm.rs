@@ -149,8 +149,18 @@ impl<'a> Param<'a> {
         }
         let st = broadcast_strides(t.shape, xs)?;
         let outer: Vec<(usize, usize)> = xs[..axis].iter().copied().zip(st[..axis].iter().copied()).collect();
-        let n: usize = xs[axis..].iter().product();
-        let mut cols = Vec::with_capacity(n);
+        // Usually the parameter is one row laid out as x's normalised axes: its column offsets
+        // are then 0..n, known without listing them (decode normalises one row per step).
+        let mut dense = 1;
+        let mut identity = true;
+        for (&d, &s) in xs[axis..].iter().zip(&st[axis..]).rev() {
+            identity &= d == 1 || s == dense;
+            dense *= d;
+        }
+        if identity {
+            return Ok(Param { t, outer, cols: None });
+        }
+        let mut cols = Vec::with_capacity(dense);
         crate::ops::broadcast::for_each_offsets(&xs[axis..], [&st[axis..]], |_, [o]| cols.push(o));
         let identity = cols.iter().enumerate().all(|(i, &o)| i == o);
         Ok(Param { t, outer, cols: (!identity).then_some(cols) })
