@@ -3,6 +3,7 @@
 
 pub(crate) mod gemm;
 pub mod half16;
+mod int_gemm;
 mod lanes;
 pub mod packed;
 pub mod q4;

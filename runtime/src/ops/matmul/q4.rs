@@ -5,6 +5,7 @@
 //! `32b + j` in its low half and `32b + 16 + j` in its high half, so a block unpacks with two
 //! masks. A row is `k / 2 + k / 4` bytes, under a fifth of f32's.
 
+use super::int_gemm::{self, IntWeights, WTile};
 use super::lanes::{self, LaneDot, Lanes};
 use super::quantized::BlockFormat;
 pub use super::quantized::BLOCK;
@@ -65,6 +66,26 @@ impl BlockFormat for Q4 {
 
     fn dot_rows(a: &QuantizedA, k: usize, rows: &[u8], out: &mut [f32]) {
         lanes::dot_rows::<Self>(a, k, rows, out)
+    }
+
+    fn int_product(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) -> bool {
+        int_gemm::product::<Self>(a, w, k, n, Self::row_bytes(k), y)
+    }
+}
+
+impl IntWeights for Q4 {
+    const MIN: bool = true;
+
+    fn fill(row: &[u8], blocks: usize, tile: &mut WTile, c: usize) {
+        let (scales, mins, quants) = <Q4 as LaneDot>::row(row, blocks);
+        for (b, ((q, s), m)) in quants.iter().zip(scales).zip(mins).enumerate() {
+            let mut levels = [0u8; BLOCK];
+            let (low, high) = levels.split_at_mut(BLOCK / 2);
+            for ((l, h), &v) in low.iter_mut().zip(high).zip(q) {
+                (*l, *h) = (v & 15, v >> 4);
+            }
+            tile.set_block(c, b, &levels, f32::from_le_bytes(*s), f32::from_le_bytes(*m));
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! `k / BLOCK` little-endian f32 scales followed by its `k` int8 values, so a row is one
 //! contiguous read of `k + k / 8` bytes, a quarter of f32's.
 
+use super::int_gemm::{self, IntWeights, WTile};
 use super::lanes::{self, LaneDot, Lanes};
 use super::quantized::BlockFormat;
 pub use super::quantized::BLOCK;
@@ -51,6 +52,21 @@ impl BlockFormat for Q8 {
 
     fn dot_rows(a: &QuantizedA, k: usize, rows: &[u8], out: &mut [f32]) {
         lanes::dot_rows::<Self>(a, k, rows, out)
+    }
+
+    fn int_product(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) -> bool {
+        int_gemm::product::<Self>(a, w, k, n, Self::row_bytes(k), y)
+    }
+}
+
+impl IntWeights for Q8 {
+    const MIN: bool = false;
+
+    fn fill(row: &[u8], blocks: usize, tile: &mut WTile, c: usize) {
+        let (scales, quants) = <Q8 as LaneDot>::row(row, blocks);
+        for (b, (q, s)) in quants.iter().zip(scales).enumerate() {
+            tile.set_block(c, b, q, f32::from_le_bytes(*s), 0.0);
+        }
     }
 }
 

@@ -43,6 +43,11 @@ pub trait BlockFormat: Send + Sync + 'static {
     /// (`row_bytes(k)` bytes each): `out[r]` is the dot product with row `r`, the same bits
     /// whichever SIMD the CPU has and however many rows a call takes.
     fn dot_rows(a: &Self::Prepared, k: usize, rows: &[u8], out: &mut [f32]);
+    /// `y = A · Wᵀ` for many rows of A (`m × k`) and `n` stored rows, in integer arithmetic
+    /// when the format and the CPU have such a product; `false` (and `y` untouched) otherwise.
+    fn int_product(_a: &[f32], _w: &[u8], _k: usize, _n: usize, _y: &mut [f32]) -> bool {
+        false
+    }
 }
 
 /// Prepares `F`'s product when `spec` is its op.
@@ -111,7 +116,7 @@ impl<F: BlockFormat> Kernel for MatMulQuantized<F> {
         }
         if m < PANEL_ROWS {
             dot_rows::<F>(a, w.data, k, n, y);
-        } else {
+        } else if !F::int_product(a, w.data, k, n, y) {
             panels::<F>(a, w.data, k, n, y);
         }
         Ok(())
@@ -275,6 +280,49 @@ mod tests {
         check::<Q4>();
         check::<F16>();
         check::<BF16>();
+    }
+
+    /// `cargo test -p kiln-runtime --release prefill_product_speed -- --ignored --nocapture`:
+    /// SmolLM2's prefill shapes (128 rows of A), the f32 panels against the integer product.
+    #[test]
+    #[ignore]
+    fn prefill_product_speed() {
+        fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+            f();
+            let t = std::time::Instant::now();
+            (0..reps).for_each(|_| f());
+            t.elapsed().as_secs_f64() / reps as f64
+        }
+        fn shapes<F: BlockFormat>() {
+            for (k, n) in [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152)] {
+                let m = 128;
+                let (_, q) = test_weights::<F>(n, k);
+                let a: Vec<f32> = (0..m * k).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05).collect();
+                let mut y = vec![0f32; m * n];
+                let reps = (2_000_000_000 / (m * n * k)).max(2);
+                let panel = if std::env::var_os("KILN_INT_ONLY").is_some() {
+                    f64::NAN
+                } else {
+                    time(reps, || panels::<F>(&a, &q, k, n, &mut y))
+                };
+                let mut int = f64::NAN;
+                if F::int_product(&a, &q, k, n, &mut y) {
+                    int = time(reps, || assert!(F::int_product(&a, &q, k, n, &mut y)));
+                }
+                let gflops = |t: f64| 2.0 * (m * n * k) as f64 / t / 1e9;
+                println!(
+                    "{} k={k} n={n}: panels {:.3} ms ({:.0} GFLOP/s), integer {:.3} ms ({:.0} GFLOP/s), {:.2}x",
+                    F::NAME,
+                    panel * 1e3,
+                    gflops(panel),
+                    int * 1e3,
+                    gflops(int),
+                    panel / int
+                );
+            }
+        }
+        shapes::<Q8>();
+        shapes::<Q4>();
     }
 
     #[test]

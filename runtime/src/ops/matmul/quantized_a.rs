@@ -37,7 +37,7 @@ pub struct QuantizedA(pub(crate) Vec<Block>);
 const ROUNDER: f32 = 12_582_912.0;
 
 #[inline(always)]
-fn round(v: f32) -> f32 {
+pub(super) fn round(v: f32) -> f32 {
     (v + ROUNDER) - ROUNDER
 }
 
