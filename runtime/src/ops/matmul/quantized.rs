@@ -1,8 +1,9 @@
 //! Products over weights converted at compile time (`kiln compile --weights q8|q4|f16|bf16`):
 //! `A · Wᵀ` with W's `n` rows of `k` weights stored in blocks of [`BLOCK`], each row one
 //! contiguous run of bytes in the format's layout ([`BlockFormat`]). The kernel reads that form
-//! directly: decode (a few rows of A) takes dot products block by block; longer inputs dequantize
-//! a panel of W's rows at a time and hand it to the dense product.
+//! directly: decode (a few rows of A) takes dot products block by block; longer inputs take the
+//! format's integer product where it has one and the CPU runs it (q8 and q4 with AVX-512 VNNI,
+//! `int_gemm`), else dequantize a panel of W's rows at a time and hand it to the dense product.
 
 use super::gemm::{gemm_from, pack_b, BSource, Mat};
 use crate::error::KernelError;
@@ -283,7 +284,8 @@ mod tests {
     }
 
     /// `cargo test -p kiln-runtime --release prefill_product_speed -- --ignored --nocapture`:
-    /// SmolLM2's prefill shapes (128 rows of A), the f32 panels against the integer product.
+    /// SmolLM2's prefill shapes (128 rows of A), the f32 panels against the integer product
+    /// (with `KILN_INT_ONLY` set, the integer product alone, for profiling it).
     #[test]
     #[ignore]
     fn prefill_product_speed() {
