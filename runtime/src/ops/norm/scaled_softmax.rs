@@ -10,6 +10,7 @@ use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
 use crate::ops::broadcast::{broadcast_strides, for_each_offsets};
 use crate::ops::num::Float;
 use crate::view::{TensorMut, TensorRef};
+use rayon::prelude::*;
 
 /// The op's name in the kiln domain.
 pub const SCALED_SOFTMAX: &str = "ScaledSoftmax";
@@ -77,23 +78,62 @@ struct Job<'a> {
     step: usize,
 }
 
+/// Rows are handed to threads in chunks of at least this many elements: a decode step's few
+/// short rows cost less than waking another thread.
+const PAR_MIN_CHUNK: usize = 1 << 13;
+
 impl Job<'_> {
     fn run<T: Float>(&self, x: &[T], mask: Option<&[T]>, y: &mut [T]) {
-        if self.n == 0 {
+        let n = self.n;
+        if n == 0 {
             return;
         }
         let c = T::from_acc(<T::Acc as crate::ops::num::num_like::AccFloat>::from_f64(self.scale as f64)).to_acc();
-        let mut scratch = vec![T::from_acc(c); self.n];
-        for (r, (xr, yr)) in x.chunks_exact(self.n).zip(y.chunks_exact_mut(self.n)).enumerate() {
-            for (j, (s, &v)) in scratch.iter_mut().zip(xr).enumerate() {
-                let v = v.to_acc();
-                let mut t = T::from_acc(if self.divide { v / c } else { v * c });
-                if let Some(m) = mask {
-                    t = T::from_acc(t.to_acc() + m[self.starts[r] + j * self.step].to_acc());
-                }
-                *s = t;
+        let rows = x.len() / n;
+        let threads = rayon::current_num_threads();
+        // About four chunks per thread, so rows still balance when a thread is busy elsewhere.
+        let per = PAR_MIN_CHUNK.div_ceil(n).max(rows.div_ceil(threads * 4));
+        let chunk = |(i, (xc, yc)): (usize, (&[T], &mut [T]))| {
+            let mut scratch = vec![T::from_acc(c); n];
+            for (r, (xr, yr)) in xc.chunks_exact(n).zip(yc.chunks_exact_mut(n)).enumerate() {
+                self.scale_and_mask(c, xr, mask.map(|m| (m, self.starts[i * per + r])), &mut scratch);
+                row(&scratch, yr, Mode::Soft);
             }
-            row(&scratch, yr, Mode::Soft);
+        };
+        if threads > 1 && rows > per {
+            x.par_chunks(per * n).zip(y.par_chunks_mut(per * n)).enumerate().for_each(chunk);
+        } else {
+            chunk((0, (x, y)));
+        }
+    }
+
+    /// `s = x·c + mask` (or `x / c + mask`), each step rounded to T as the separate Mul (Div)
+    /// and Add kernels round it; `mask` is the mask and where this row's mask values start.
+    #[inline(always)]
+    fn scale_and_mask<T: Float>(&self, c: T::Acc, x: &[T], mask: Option<(&[T], usize)>, s: &mut [T]) {
+        // Branching once per row rather than per element keeps the division out of the Mul loop.
+        if self.divide {
+            fill(x, mask, self.step, s, |v| v / c)
+        } else {
+            fill(x, mask, self.step, s, |v| v * c)
+        }
+    }
+}
+
+/// `s = scale(x) + mask`, mask values `step` apart from `mask.1` on (0: one value for the row).
+#[inline(always)]
+fn fill<T: Float>(x: &[T], mask: Option<(&[T], usize)>, step: usize, s: &mut [T], scale: impl Fn(T::Acc) -> T::Acc) {
+    let scaled = |v: T| T::from_acc(scale(v.to_acc()));
+    let add = |t: T, m: T| T::from_acc(t.to_acc() + m.to_acc());
+    match mask {
+        None => s.iter_mut().zip(x).for_each(|(d, &v)| *d = scaled(v)),
+        // The contiguous and broadcast cases spelled out, so those loops vectorize.
+        Some((m, at)) if step == 1 => {
+            s.iter_mut().zip(x).zip(&m[at..]).for_each(|((d, &v), &mv)| *d = add(scaled(v), mv))
+        }
+        Some((m, at)) if step == 0 => s.iter_mut().zip(x).for_each(|(d, &v)| *d = add(scaled(v), m[at])),
+        Some((m, at)) => {
+            s.iter_mut().zip(x).zip(m[at..].iter().step_by(step)).for_each(|((d, &v), &mv)| *d = add(scaled(v), mv))
         }
     }
 }
@@ -140,6 +180,29 @@ mod tests {
                 assert_eq!(run(&k, &x, &xs, Some((m, ms))), reference(&x, &xs, 0.125, divide, Some((m, ms))), "{ms:?}");
             }
         }
+    }
+
+    #[test]
+    fn rows_split_across_threads_keep_their_mask_rows_and_bits() {
+        // 1200 rows of 40: several chunks, the last one short.
+        let xs = [2, 3, 200, 40];
+        let x: Vec<f32> = (0..48_000).map(|i| ((i * 37 % 1009) as f32 - 500.0) / 61.0).collect();
+        let causal: Vec<f32> = (0..8000).map(|i| if i % 40 > i / 40 % 40 { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let column: Vec<f32> = (0..200).map(|i| (i % 5) as f32 - 2.0).collect();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        pool.install(|| {
+            for divide in [false, true] {
+                let k = ScaledSoftmax { scale: 0.17, divide };
+                assert_eq!(run(&k, &x, &xs, None), reference(&x, &xs, 0.17, divide, None));
+                for (m, ms) in [(&causal[..], &[1usize, 1, 200, 40][..]), (&column[..], &[200, 1])] {
+                    assert_eq!(
+                        run(&k, &x, &xs, Some((m, ms))),
+                        reference(&x, &xs, 0.17, divide, Some((m, ms))),
+                        "{ms:?}"
+                    );
+                }
+            }
+        });
     }
 
     #[test]

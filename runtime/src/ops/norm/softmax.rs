@@ -5,9 +5,12 @@
 use super::PAR_MIN;
 use crate::error::KernelError;
 use crate::kernel::{normalize_axis, required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
+#[cfg(target_arch = "x86_64")]
+use crate::ops::matmul::gemm::has_avx2;
 use crate::ops::num::num_like::AccFloat;
 use crate::ops::num::Float;
 use crate::ops::reduce::split_axis;
+use crate::ops::unary::expf::exp;
 use crate::view::{TensorMut, TensorRef};
 use rayon::prelude::*;
 
@@ -98,8 +101,14 @@ fn softmax<T: Float>(x: &[T], y: &mut [T], (outer, n, inner): (usize, usize, usi
     }
 }
 
-/// One contiguous row.
+/// One contiguous row. f32 rows take [`row_f32`]; other types (and Hardmax, which needs the
+/// arg max) the generic loop.
 pub(crate) fn row<T: Float>(x: &[T], y: &mut [T], mode: Mode) {
+    if mode != Mode::Hard {
+        if let Some((xf, yf)) = as_f32(x, y) {
+            return row_f32(xf, yf, mode);
+        }
+    }
     let mut m = <T::Acc as AccFloat>::neg_infinity();
     let mut arg = 0;
     for (i, v) in x.iter().enumerate() {
@@ -138,6 +147,104 @@ pub(crate) fn row<T: Float>(x: &[T], y: &mut [T], mode: Mode) {
             }
         }
     }
+}
+
+/// `x` and `y` as f32 slices when `T` is f32.
+fn as_f32<'a, T: Float>(x: &'a [T], y: &'a mut [T]) -> Option<(&'a [f32], &'a mut [f32])> {
+    // The type check matters: f16 pairs would cast to f32 just as readily.
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| (bytemuck::cast_slice(x), bytemuck::cast_slice_mut(y)))
+}
+
+/// Independent accumulators for the f32 max and sum: enough for one AVX2 register, and a fixed
+/// count (not the CPU's vector width) so the sum's rounding is the same on every machine.
+const LANES: usize = 8;
+
+/// Softmax or LogSoftmax of an f32 row: the max and the sum in [`LANES`] lanes, exps with the
+/// branch-free [`exp`] (libm's `expf` is a scalar call, and dominated attention's softmax).
+/// As in the generic loop, a NaN anywhere (or an all -inf row, or +inf) makes the whole row NaN.
+fn row_f32(x: &[f32], y: &mut [f32], mode: Mode) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { row_f32_avx2(x, y, mode) };
+    }
+    row_f32_body(x, y, mode)
+}
+
+/// [`row_f32_body`] compiled for AVX2: the same operations in the same order (no FMA, which
+/// Rust never contracts to anyway), so the bits do not depend on the CPU.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_f32_avx2(x: &[f32], y: &mut [f32], mode: Mode) {
+    row_f32_body(x, y, mode)
+}
+
+/// The body of [`row_f32`], inlined into the AVX2 and the baseline build.
+#[inline(always)]
+fn row_f32_body(x: &[f32], y: &mut [f32], mode: Mode) {
+    let m = max_lanes(x);
+    // Written to y first, in a loop of its own, because that is the loop LLVM vectorizes.
+    for (d, &v) in y.iter_mut().zip(x) {
+        let t = v - m;
+        // exp is 0 below -104 anyway, but computing it there multiplies down into the subnormal
+        // range, which the CPU handles in microcode at many times the cost: masked (-inf) scores
+        // made that the common case and doubled attention's softmax time. So those lanes take
+        // exp(0) and are then set to 0.
+        let far = t < UNDERFLOW;
+        let e = exp(if far { 0.0 } else { t });
+        *d = if far { 0.0 } else { e };
+    }
+    let s = sum_lanes(y);
+    if mode == Mode::Log {
+        let ls = s.ln();
+        for (d, &v) in y.iter_mut().zip(x) {
+            *d = v - m - ls;
+        }
+    } else {
+        let inv = 1.0 / s;
+        for d in y.iter_mut() {
+            *d *= inv;
+        }
+    }
+}
+
+/// Below this, [`exp`] returns 0 (its own clamp).
+const UNDERFLOW: f32 = -104.0;
+
+/// The largest non-NaN value (-inf if none), like the generic loop's `v > m` scan: NaNs are
+/// skipped here and surface through `exp(NaN - m)` instead.
+#[inline(always)]
+fn max_lanes(x: &[f32]) -> f32 {
+    let pick = |m: f32, v: f32| if v > m { v } else { m };
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in m.iter_mut().zip(c) {
+            *a = pick(*a, v);
+        }
+    }
+    for (a, &v) in m.iter_mut().zip(chunks.remainder()) {
+        *a = pick(*a, v);
+    }
+    m.into_iter().fold(f32::NEG_INFINITY, pick)
+}
+
+/// Σ x with element i added into lane i mod [`LANES`] and the lanes combined pairwise.
+#[inline(always)]
+fn sum_lanes(x: &[f32]) -> f32 {
+    let mut s = [0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in s.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    for (a, &v) in s.iter_mut().zip(chunks.remainder()) {
+        *a += v;
+    }
+    let h: [f32; 4] = std::array::from_fn(|i| s[i] + s[i + 4]);
+    (h[0] + h[2]) + (h[1] + h[3])
 }
 
 /// Columns that keep their running max and sum together.
@@ -247,6 +354,109 @@ mod tests {
         let h: Vec<half::f16> = [1f32, 2., 3.].iter().map(|&v| half::f16::from_f32(v)).collect();
         let y = run1("Softmax", 13, &[], vec![Some(Tensor::from_vec(&[3], h))]);
         assert_close(&f32s(&y), &sm(&[1., 2., 3.]), 1e-3);
+    }
+
+    /// Softmax and LogSoftmax of `x` in f64.
+    fn reference(x: &[f32]) -> (Vec<f64>, Vec<f64>) {
+        let m = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let s: f64 = x.iter().map(|&v| (v as f64 - m).exp()).sum();
+        (x.iter().map(|&v| (v as f64 - m).exp() / s).collect(), x.iter().map(|&v| v as f64 - m - s.ln()).collect())
+    }
+
+    #[test]
+    fn f32_rows_match_f64() {
+        use super::{row, Mode};
+        for n in [1usize, 7, 8, 9, 64, 129, 1000] {
+            let mut cases: Vec<Vec<f32>> = Vec::new();
+            cases.push((0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect());
+            // Causal-mask rows: the first k entries kept, the rest -inf (k = n: no mask).
+            for k in [1, n.div_ceil(2), n] {
+                cases.push(
+                    (0..n).map(|i| if i < k { (i as f32 * 0.71).sin() * 8.0 } else { f32::NEG_INFINITY }).collect(),
+                );
+            }
+            // One entry left, and entries so far below the max that their exps underflow.
+            let mut one = vec![f32::NEG_INFINITY; n];
+            one[n / 2] = -3.5;
+            cases.push(one);
+            cases.push((0..n).map(|i| if i % 3 == 0 { -1e30 } else { 50.0 - i as f32 }).collect());
+            for x in &cases {
+                let (want, want_log) = reference(x);
+                let mut y = vec![0f32; n];
+                row(x, &mut y, Mode::Soft);
+                for (i, (&g, &w)) in y.iter().zip(&want).enumerate() {
+                    // exp is within 2 ulp and the sum and the scaling add a few roundings more;
+                    // subnormal outputs have ulps of a fixed size, hence the floor.
+                    let tol = 8.0 * f32::EPSILON as f64 * w.max(f32::MIN_POSITIVE as f64);
+                    assert!((g as f64 - w).abs() <= tol, "n {n} [{i}]: {g} vs {w}, {x:?}");
+                }
+                let total: f64 = y.iter().map(|&v| v as f64).sum();
+                assert!((total - 1.0).abs() < 1e-5, "n {n}: sums to {total}");
+                row(x, &mut y, Mode::Log);
+                for (i, (&g, &w)) in y.iter().zip(&want_log).enumerate() {
+                    if w == f64::NEG_INFINITY {
+                        assert_eq!(g, f32::NEG_INFINITY, "n {n} [{i}]");
+                    } else {
+                        assert!(
+                            (g as f64 - w).abs() <= 4.0 * f32::EPSILON as f64 * w.abs().max(1.0),
+                            "n {n} [{i}]: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_rows_that_cannot_normalise_are_nan_as_in_the_generic_loop() {
+        use super::{row, Mode};
+        use half::f16;
+        for n in [1usize, 7, 9, 64] {
+            let base: Vec<f32> = (0..n).map(|i| i as f32 * 0.25).collect();
+            let mut nan = base.clone();
+            nan[n - 1] = f32::NAN;
+            let mut inf = base.clone();
+            inf[n / 2] = f32::INFINITY;
+            for x in [nan, inf, vec![f32::NEG_INFINITY; n]] {
+                for mode in [Mode::Soft, Mode::Log] {
+                    let mut y = vec![0f32; n];
+                    row(&x, &mut y, mode);
+                    assert!(y.iter().all(|v| v.is_nan()), "{mode:?} {x:?}: {y:?}");
+                    // f16 goes through the generic loop: the same outcome.
+                    let h: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+                    let mut hy = vec![f16::ZERO; n];
+                    row(&h, &mut hy, mode);
+                    assert!(hy.iter().all(|v| v.is_nan()), "{mode:?} f16 {x:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exp_is_zero_where_rows_skip_it() {
+        use super::{exp, UNDERFLOW};
+        // exp clamps its argument at UNDERFLOW, so everything below gives exp(UNDERFLOW).
+        for t in [UNDERFLOW, -104.0001, -1e30, f32::NEG_INFINITY] {
+            assert_eq!(exp(t).to_bits(), 0, "{t}");
+        }
+    }
+
+    #[test]
+    fn f32_rows_are_the_same_bits_with_and_without_avx2() {
+        use super::{row_f32, row_f32_body, Mode};
+        for n in [1usize, 7, 8, 9, 64, 129, 1000] {
+            let x: Vec<f32> =
+                (0..n).map(|i| if i % 11 == 5 { f32::NEG_INFINITY } else { (i as f32 * 1.37).sin() * 30.0 }).collect();
+            for mode in [Mode::Soft, Mode::Log] {
+                let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+                row_f32(&x, &mut a, mode);
+                row_f32_body(&x, &mut b, mode);
+                assert_eq!(
+                    a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    b.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                );
+            }
+        }
     }
 
     #[test]
