@@ -15,6 +15,8 @@ THREADS="${THREADS:-2}"
 PROMPT_LEN="${PROMPT_LEN:-128}"
 GEN="${GEN:-64}"
 REPEATS="${REPEATS:-3}"
+# A short prompt, for the time from opening the model to the first token of an interactive turn.
+SHORT_LEN="${SHORT_LEN:-8}"
 
 model="$(bash "$ROOT/scripts/fetch-smollm2.sh")"
 python="$CACHE/py-gen/bin/python"
@@ -31,26 +33,31 @@ done
 
 ort="$("$python" "$ROOT/bench/ort_bench.py" --model "$model/model.onnx" --prompt-len "$PROMPT_LEN" \
     --gen "$GEN" --threads "$THREADS" --repeats "$REPEATS")"
+ort_short="$("$python" "$ROOT/bench/ort_bench.py" --model "$model/model.onnx" --prompt-len "$SHORT_LEN" \
+    --gen 2 --threads "$THREADS" --repeats 1)"
 results=()
 for weights in $FORMATS; do
     bundle="$CACHE/bench/smollm2-$weights.kiln"
     full="$("$kiln" --quiet bench "$bundle" --prompt-len "$PROMPT_LEN" --gen "$GEN" --repeats "$REPEATS" \
         --threads "$THREADS" --json 2>/dev/null)"
-    # Load alone without hashing the weights: onnxruntime does not checksum its input either.
-    bare="$("$kiln" --quiet bench "$bundle" --prompt-len 1 --gen 2 --repeats 1 --threads "$THREADS" \
+    # Load, and the first token of a short prompt, without hashing the weights: onnxruntime does
+    # not checksum its input either.
+    bare="$("$kiln" --quiet bench "$bundle" --prompt-len "$SHORT_LEN" --gen 2 --repeats 1 --threads "$THREADS" \
         --no-verify-checksums --json 2>/dev/null)"
     results+=("$weights" "$full" "$bare")
 done
 
-"$python" - "$ort" "$THREADS" "$PROMPT_LEN" "$GEN" "${results[@]}" <<'PY'
+"$python" - "$ort" "$ort_short" "$THREADS" "$PROMPT_LEN" "$GEN" "$SHORT_LEN" "${results[@]}" <<'PY'
 import json, platform, sys
-ort = json.loads(sys.argv[1])
-threads, prompt_len, gen = sys.argv[2:5]
-rest = sys.argv[5:]
+ort, ort_short = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+threads, prompt_len, gen, short_len = sys.argv[3:7]
+rest = sys.argv[7:]
 runs = [(rest[i], json.loads(rest[i + 1]), json.loads(rest[i + 2])) for i in range(0, len(rest), 3)]
 for _, full, bare in runs:
     full["load_unverified_s"] = bare["load_s"]
+    full["first_token_short_s"] = bare["first_token_s"]
 ort["load_unverified_s"] = ort["load_s"]
+ort["first_token_short_s"] = ort_short["first_token_s"]
 print(f"SmolLM2-135M-Instruct, {threads} threads, prompt {prompt_len} tokens, {gen} generated; "
       f"{platform.machine()} {platform.processor() or ''}".strip())
 print()
@@ -61,6 +68,7 @@ print("|---" * (2 + 2 * len(names)) + "|")
 rows = [("load (s, lower is better)", "load_s"),
         ("load without checksums (s, lower is better)", "load_unverified_s"),
         ("open to first token (s, lower is better)", "first_token_s"),
+        (f"open to first token, {short_len}-token prompt, no checksums (s, lower is better)", "first_token_short_s"),
         ("prefill tokens/s", "prefill_tokens_per_s"),
         ("decode tokens/s", "decode_tokens_per_s"), ("peak RSS (MiB, lower is better)", "peak_rss_bytes")]
 for label, key in rows:
@@ -71,4 +79,8 @@ for label, key in rows:
     ratios = ["n/a" if v is None or not o else f"{v / o:.2f}" for v in vals]
     print(f"| {label} | " + " | ".join(cells) + f" | {'n/a' if o is None else f'{o * scale:.3g}'} | "
           + " | ".join(ratios) + " |")
+print()
+print("open to first token / onnxruntime session creation: "
+      + ", ".join(f"{w} {full[k]:.3f} / {ort['load_s']:.3f} = 1/{ort['load_s'] / full[k]:.0f} ({k})"
+                  for w, full, _ in runs for k in ("first_token_s", "first_token_short_s")))
 PY
