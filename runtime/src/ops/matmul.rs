@@ -66,7 +66,7 @@ fn check_dtype(dt: DType, index: usize) -> Result<(), KernelError> {
 }
 
 /// Two dims that must agree: an error when both are known and differ.
-fn same(a: &Dim, b: &Dim, what: &str) -> Result<(), KernelError> {
+pub(crate) fn same(a: &Dim, b: &Dim, what: &str) -> Result<(), KernelError> {
     match (a, b) {
         (Dim::Known(x), Dim::Known(y)) if x != y => Err(KernelError::invalid(format!("{what} differ: {x} vs {y}"))),
         _ => Ok(()),

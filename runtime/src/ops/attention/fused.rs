@@ -18,11 +18,11 @@ use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
 use crate::ops::broadcast::{broadcast_strides, fits_in};
 use crate::ops::matmul::gemm::{gemm, GAcc, Mat};
+use crate::ops::matmul::same;
 use crate::ops::norm::softmax::{row, Mode};
 use crate::ops::num::num_like::AccFloat;
 use crate::ops::num::Float;
 use crate::view::{TensorMut, TensorRef};
-use kiln_formats::Dim;
 use rayon::prelude::*;
 
 /// The op's name in the kiln domain.
@@ -57,14 +57,6 @@ struct FusedAttention {
     k_pitch: usize,
     /// The same for v.
     v_pitch: usize,
-}
-
-/// Two dims that must agree: an error naming `what` when both are known and differ.
-fn same(a: &Dim, b: &Dim, what: &str) -> Result<(), KernelError> {
-    match (a, b) {
-        (Dim::Known(x), Dim::Known(y)) if x != y => Err(KernelError::invalid(format!("{what} differ: {x} vs {y}"))),
-        _ => Ok(()),
-    }
 }
 
 impl Kernel for FusedAttention {

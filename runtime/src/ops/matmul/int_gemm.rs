@@ -24,7 +24,7 @@
 use super::quantized::BLOCK;
 #[cfg(doc)]
 use super::quantized_a::QuantizedA;
-use super::quantized_a::{round, X_MAX};
+use super::quantized_a::{block_scale, round, X_MAX};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -58,21 +58,11 @@ const EMPTY: Slab =
 impl Slab {
     /// Quantizes row `r`'s block (the same `x` and scale as [`QuantizedA`]'s).
     fn set_row(&mut self, r: usize, block: &[f32; BLOCK]) {
-        let (mut max8, mut poison8) = ([0f32; 8], [0f32; 8]);
-        for c in block.as_chunks::<8>().0 {
-            for l in 0..8 {
-                max8[l] = max8[l].max(c[l].abs());
-                // NaN exactly when the block holds a NaN or an infinity.
-                poison8[l] += c[l] * 0.0;
-            }
-        }
-        let max = max8.iter().fold(0f32, |m, &v| m.max(v));
-        if poison8.iter().sum::<f32>().is_nan() {
+        let Some((scale, inv)) = block_scale(block) else {
             self.clear_row(r);
             self.scale[r] = f32::NAN;
             return;
-        }
-        let (scale, inv) = if max > 0.0 { (max / X_MAX as f32, X_MAX as f32 / max) } else { (0.0, 0.0) };
+        };
         // Whole arrays per step, so that each step vectorizes.
         let xs: [i32; BLOCK] = std::array::from_fn(|j| {
             let x = round(block[j] * inv).clamp(-X_MAX as f32, X_MAX as f32);
