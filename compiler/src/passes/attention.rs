@@ -41,7 +41,6 @@ pub fn fuse(g: &mut Graph) -> usize {
     let mut found: Vec<Match> = (0..g.nodes.len()).filter_map(|i| matched(g, &index, i)).collect();
     found.sort_by_key(|m| m.end);
     let count = found.len();
-    let opset = g.opsets.get("").copied().unwrap_or(17).max(14);
     let mut found = found.into_iter().peekable();
     let mut nodes = Vec::with_capacity(g.nodes.len() + count);
     for (i, node) in std::mem::take(&mut g.nodes).into_iter().enumerate() {
@@ -77,15 +76,7 @@ pub fn fuse(g: &mut Graph) -> usize {
             // merges into the reshape that usually follows.
             let groups = g.values[m.k].shape.as_ref().expect("matched")[1].known().expect("matched");
             let target = pattern::shape_const(g, format!("{name}/groups_shape"), &[0, groups, -1, 0]);
-            nodes.push(Node {
-                name: format!("{name}/groups"),
-                op: "Reshape".into(),
-                domain: String::new(),
-                opset,
-                attrs: Vec::new(),
-                inputs: vec![Some(out), Some(target)],
-                outputs: vec![y],
-            });
+            nodes.push(pattern::reshape(g, format!("{name}/groups"), out, target, y));
         }
     }
     g.nodes = nodes;
@@ -210,7 +201,6 @@ impl Geometry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_formats::SharedBytes;
 
     struct Builder(Graph);
 
@@ -226,14 +216,7 @@ mod tests {
         }
 
         fn shape(&mut self, name: &str, dims: &[i64]) -> ValueId {
-            let bytes: Vec<u8> = dims.iter().flat_map(|d| d.to_le_bytes()).collect();
-            self.0.add_value(Value {
-                name: name.into(),
-                dtype: Some(DType::I64),
-                shape: Some(vec![Dim::Known(dims.len() as i64)]),
-                constant: Some(SharedBytes::copy_from(&bytes)),
-                sym_value: None,
-            })
+            pattern::shape_const(&mut self.0, name.into(), dims)
         }
 
         fn node(&mut self, op: &str, domain: &str, inputs: &[ValueId], out: ValueId, attrs: Vec<Attribute>) {

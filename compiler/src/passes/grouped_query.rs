@@ -6,8 +6,9 @@
 //! each KV head is read once, for all the rows of its group, and nothing is copied (the reshapes
 //! are views). The KV operand is then the cache itself, which the in-place KV cache needs.
 
+use super::pattern;
 use crate::ir::{Graph, Node, Value, ValueId};
-use kiln_formats::{DType, Dim, SharedBytes};
+use kiln_formats::{DType, Dim};
 
 /// Rewrites every product whose second operand is a repeated KV tensor; returns how many.
 /// Run after shape inference (it reads inferred shapes), before dead code elimination.
@@ -23,7 +24,6 @@ pub fn fold(g: &mut Graph) -> usize {
     if rewrites.is_empty() {
         return 0;
     }
-    let opset = g.opsets.get("").copied().unwrap_or(17).max(14);
     let mut nodes = Vec::with_capacity(g.nodes.len() + 2 * rewrites.len());
     let mut next = rewrites.into_iter().peekable();
     let mut done = 0;
@@ -49,9 +49,9 @@ pub fn fold(g: &mut Graph) -> usize {
         let y_grouped = add(g, &node.name, "y", grouped(&y_shape), g.values[y].dtype);
         let to_groups = shape_const(g, &node.name, "groups", group, r.kv_heads);
         let to_heads = shape_const(g, &node.name, "heads", group, r.kv_heads * r.rep);
-        nodes.push(reshape(&node.name, "split", opset, a, to_groups, a_grouped));
+        nodes.push(pattern::reshape(g, format!("{}/grouped_split", node.name), a, to_groups, a_grouped));
         nodes.push(Node { inputs: vec![Some(a_grouped), Some(r.kv)], outputs: vec![y_grouped], ..node.clone() });
-        nodes.push(reshape(&node.name, "merge", opset, y_grouped, to_heads, y));
+        nodes.push(pattern::reshape(g, format!("{}/grouped_merge", node.name), y_grouped, to_heads, y));
         done += 1;
     }
     g.nodes = nodes;
@@ -127,26 +127,7 @@ fn add(g: &mut Graph, node: &str, what: &str, shape: Vec<Dim>, dtype: Option<DTy
 fn shape_const(g: &mut Graph, node: &str, what: &str, group: usize, heads: i64) -> ValueId {
     let mut dims = vec![0i64; group];
     dims.extend([heads, -1, 0]);
-    let bytes: Vec<u8> = dims.iter().flat_map(|d| d.to_le_bytes()).collect();
-    g.add_value(Value {
-        name: format!("{node}/grouped_{what}_shape"),
-        dtype: Some(DType::I64),
-        shape: Some(vec![Dim::Known(dims.len() as i64)]),
-        constant: Some(SharedBytes::copy_from(&bytes)),
-        sym_value: None,
-    })
-}
-
-fn reshape(node: &str, what: &str, opset: i64, x: ValueId, shape: ValueId, out: ValueId) -> Node {
-    Node {
-        name: format!("{node}/grouped_{what}"),
-        op: "Reshape".into(),
-        domain: String::new(),
-        opset,
-        attrs: Vec::new(),
-        inputs: vec![Some(x), Some(shape)],
-        outputs: vec![out],
-    }
+    pattern::shape_const(g, format!("{node}/grouped_{what}_shape"), &dims)
 }
 
 #[cfg(test)]

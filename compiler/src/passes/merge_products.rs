@@ -104,14 +104,8 @@ pub fn merge(g: &mut Graph) -> usize {
             constant: None,
             sym_value: None,
         });
-        let sizes: Vec<u8> = products.iter().flat_map(|p| (p.cols as i64).to_le_bytes()).collect();
-        let sizes = g.add_value(Value {
-            name: format!("{name}/split_sizes"),
-            dtype: Some(DType::I64),
-            shape: Some(vec![Dim::Known(products.len() as i64)]),
-            constant: Some(SharedBytes::copy_from(&sizes)),
-            sym_value: None,
-        });
+        let sizes: Vec<i64> = products.iter().map(|p| p.cols as i64).collect();
+        let sizes = pattern::shape_const(g, format!("{name}/split_sizes"), &sizes);
         let outputs = products.iter().map(|p| g.nodes[p.node].outputs[0]).collect();
         splits.insert(
             first,

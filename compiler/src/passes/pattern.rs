@@ -151,7 +151,7 @@ pub fn broadcasts_to(p: &[Dim], x: &[Dim]) -> bool {
     p.len() <= x.len() && p.iter().rev().zip(x.iter().rev()).all(|(a, b)| *a == Dim::Known(1) || a == b)
 }
 
-/// A new constant 1-D int64 value holding `dims` (a Reshape's target shape).
+/// A new constant 1-D int64 value holding `dims` (a Reshape's target shape, a Split's sizes).
 pub fn shape_const(g: &mut Graph, name: String, dims: &[i64]) -> ValueId {
     let bytes: Vec<u8> = dims.iter().flat_map(|d| d.to_le_bytes()).collect();
     g.add_value(Value {
@@ -161,4 +161,23 @@ pub fn shape_const(g: &mut Graph, name: String, dims: &[i64]) -> ValueId {
         constant: Some(SharedBytes::copy_from(&bytes)),
         sym_value: None,
     })
+}
+
+/// The opset of a `Reshape` a pass adds: the model's default-domain opset, but at least 14, the
+/// version whose semantics (0 keeps the input's dim, -1 is inferred) the passes' targets assume.
+pub fn reshape_opset(g: &Graph) -> i64 {
+    g.opsets.get("").copied().unwrap_or(17).max(14)
+}
+
+/// A new `Reshape` node named `name` making `out` of `x`, to the shape constant `shape`.
+pub fn reshape(g: &Graph, name: String, x: ValueId, shape: ValueId, out: ValueId) -> Node {
+    Node {
+        name,
+        op: "Reshape".into(),
+        domain: String::new(),
+        opset: reshape_opset(g),
+        attrs: Vec::new(),
+        inputs: vec![Some(x), Some(shape)],
+        outputs: vec![out],
+    }
 }

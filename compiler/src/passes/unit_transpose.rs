@@ -20,7 +20,7 @@ pub fn to_reshape(g: &mut Graph) -> usize {
         let Some(target) = reshape_target(g, x, n.outputs[0], pattern::ints_attr(n, "perm")) else { continue };
         let name = format!("{}/unit_axes_shape", n.name);
         let shape = pattern::shape_const(g, name, &target);
-        let opset = g.opsets.get("").copied().unwrap_or(17).max(14);
+        let opset = pattern::reshape_opset(g);
         let n = &mut g.nodes[i];
         n.op = "Reshape".into();
         n.opset = opset;
