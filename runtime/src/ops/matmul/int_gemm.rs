@@ -507,18 +507,7 @@ mod tests {
     #[test]
     fn every_q8_byte_value_multiplies_exactly() {
         let (m, k, n) = (19, 64, 9);
-        let rb = Q8::row_bytes(k);
-        let mut q = vec![0u8; n * rb];
-        for (r, row) in q.chunks_exact_mut(rb).enumerate() {
-            let (scales, quants) = row.split_at_mut(k / BLOCK * 4);
-            for (b, s) in scales.chunks_exact_mut(4).enumerate() {
-                s.copy_from_slice(&(0.01 * (1 + r + b) as f32).to_le_bytes());
-            }
-            for (j, v) in quants.iter_mut().enumerate() {
-                *v = (r * 64 + j * 7) as u8;
-            }
-        }
-        assert!(q.contains(&0x80));
+        let q = crate::ops::matmul::q8::rows_of_every_byte(n, k);
         let a = activations(m, k);
         let Some(got) = int_product::<Q8>(&a, &q, k, n) else { return };
         let wd = dequantized::<Q8>(&q, n, k);

@@ -101,6 +101,26 @@ impl LaneDot for Q8 {
     }
 }
 
+/// `n` stored rows of `k` weights whose bytes take every value, -128 (which `quantize_row` never
+/// writes) included, with distinct scales: what a hostile bundle could hold, for tests that every
+/// path multiplies them exactly.
+#[cfg(test)]
+pub(crate) fn rows_of_every_byte(n: usize, k: usize) -> Vec<u8> {
+    let rb = Q8::row_bytes(k);
+    let mut rows = vec![0u8; n * rb];
+    for (r, row) in rows.chunks_exact_mut(rb).enumerate() {
+        let (scales, quants) = row.split_at_mut(k / BLOCK * 4);
+        for (b, s) in scales.chunks_exact_mut(4).enumerate() {
+            s.copy_from_slice(&(0.01 * (1 + r + b) as f32).to_le_bytes());
+        }
+        for (j, q) in quants.iter_mut().enumerate() {
+            *q = (r * 64 + j * 7) as u8;
+        }
+    }
+    assert!(rows.contains(&0x80));
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,19 +135,8 @@ mod tests {
     /// still multiplies exactly on every path.
     #[test]
     fn every_byte_value_multiplies_exactly_on_every_path() {
-        let (k, n) = (64, 9);
-        let rb = Q8::row_bytes(k);
-        let mut rows = vec![0u8; n * rb];
-        for (r, row) in rows.chunks_exact_mut(rb).enumerate() {
-            let (scales, quants) = row.split_at_mut(k / BLOCK * 4);
-            for (b, s) in scales.chunks_exact_mut(4).enumerate() {
-                s.copy_from_slice(&(0.01 * (1 + r + b) as f32).to_le_bytes());
-            }
-            for (j, q) in quants.iter_mut().enumerate() {
-                *q = (r * 64 + j * 7) as u8;
-            }
-        }
-        assert!(rows.contains(&0x80));
+        let k = 64;
+        let rows = rows_of_every_byte(9, k);
         let a: Vec<f32> = (0..k).map(|i| if i % 5 == 0 { -1.5 } else { 0.37 * (i % 7) as f32 }).collect();
         crate::ops::matmul::lanes::check_dot_rows_on::<Q8>(&a, &rows);
     }
