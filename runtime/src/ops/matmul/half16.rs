@@ -122,7 +122,7 @@ impl<H: Half16> LaneDot for Half<H> {
 
     #[inline(always)]
     fn a_block<V: Lanes>(a: &Vec<f32>, b: usize) -> [V; GROUPS] {
-        lanes::load_block(&a.as_chunks::<BLOCK>().0[b])
+        lanes::load_blocks(a.as_chunks::<BLOCK>().0, b)
     }
 
     #[cfg(test)]
@@ -137,7 +137,7 @@ impl<H: Half16> LaneDot for Half<H> {
 
     #[inline(always)]
     fn block<V: Lanes>(a: &[V; GROUPS], row: &Self::Row<'_>, b: usize) -> V {
-        lanes::half_block(a, &row[b], if H::BRAIN { V::bf16s } else { V::f16s })
+        lanes::half_block(a, lanes::blocks::<V, _>(row, b), H::BRAIN)
     }
 }
 

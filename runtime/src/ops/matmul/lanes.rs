@@ -1,20 +1,22 @@
-//! The arithmetic of every weight format's dot product, over eight f32 lanes. A format writes its
-//! dot once, generically over [`Lanes`] ([`LaneDot`]); it runs as plain Rust or in AVX2
-//! intrinsics with the same operations in the same order (lane `l` of a vector is lane `l` of
-//! the portable sums; multiplies and adds separate, never fused), so both give the same bits.
+//! The arithmetic of every weight format's dot product, over eight f32 lanes per block. A format
+//! writes its dot once, generically over [`Lanes`] ([`LaneDot`]); it runs as plain Rust, in AVX2
+//! intrinsics a block at a time, or in AVX-512 two blocks at a time, with the same operations on
+//! each lane in the same order (lane `l` of a block is lane `l` of the portable sums; multiplies
+//! and adds separate, never fused), so all give the same bits.
 //!
 //! q8 and q4 multiply in integers: A is quantized once per product to 15 bits per block
 //! ([`QuantizedA`]), each block's dot is exact integer arithmetic (`vpdpbusd` where the CPU has
 //! VNNI, `vpmaddubsw` otherwise), and only its lanes' sums are scaled in f32. Converting every
-//! weight to f32 instead bounded q8 at 27 GB/s on one core with the weights in cache (37 now) and
-//! q4 at 14 (18 now): `dot_rows_speed` below measures each path.
+//! weight to f32 instead bounded q8 at 27 GB/s on one core with the weights in cache (42 now) and
+//! q4 at 14 (21 now): `dot_rows_speed` below measures each path.
 //!
 //! [`dot_rows`] is the decode driver: [`ROWS`] rows of W against one row of A per pass. Each
-//! row's running sums stay one chain of adds, as with one row at a time (so every output keeps
-//! its bits), but A's block is loaded once for all the rows, and the rows' chains are
-//! independent.
+//! row's running sums stay two chains of adds (even and odd blocks), as with one row at a time
+//! (so every output keeps its bits), but A's blocks are loaded once for all the rows, and the
+//! rows' chains are independent.
 
 use super::quantized::{BlockFormat, BLOCK};
+use super::quantized_a::Block as ABlock;
 #[cfg(doc)]
 use super::quantized_a::QuantizedA;
 
@@ -29,67 +31,101 @@ const ROWS: usize = 4;
 /// Vectors of eight lanes in a block of A.
 pub(crate) const GROUPS: usize = BLOCK / 8;
 
-/// Eight f32 lanes and the operations a format's dot is made of.
+/// Eight f32 lanes per block, over [`Lanes::BLOCKS`] consecutive blocks, and the operations a
+/// format's dot is made of. Block `i` of a value is its lanes `8i..8i + 8`; methods that read
+/// something per block take it as `[block 0's, block 1's]` (from [`blocks`]), of which a
+/// one-block value reads the first. (No closures: one the inliner declines would hold the
+/// intrinsics outside the target features that let them inline, 40 times slower measured.)
 pub(crate) trait Lanes: Copy {
+    /// Blocks one value covers: 1, or 2 in a 512-bit register.
+    const BLOCKS: usize;
+    /// The same lanes over one block, for a row's last block when `BLOCKS` does not divide its
+    /// blocks.
+    type One: Lanes;
+    /// `self` with `one` added to its first block's lanes (the others untouched).
+    fn add_first(self, one: Self::One) -> Self;
     fn zero() -> Self;
-    fn splat(x: f32) -> Self;
-    fn load(a: &[f32; 8]) -> Self;
+    /// Every lane of block `i` set to `v[i]`.
+    fn per_block(v: [f32; 2]) -> Self;
+    /// Block `i`'s lanes read from `v[i]`.
+    fn load(v: [&[f32; 8]; 2]) -> Self;
     fn add(self, other: Self) -> Self;
     fn mul(self, other: Self) -> Self;
-    /// Eight little-endian f16 weights.
-    fn f16s(q: &[u8; 16]) -> Self;
-    /// Eight little-endian bf16 weights.
-    fn bf16s(q: &[u8; 16]) -> Self;
-    fn to_array(self) -> [f32; 8];
-    /// A block of A quantized to 15 bits ([`QuantizedA`]'s two byte halves), as the integer dots
-    /// read it.
+    /// Block `i`'s lanes: eight little-endian f16 weights from `q[i]`.
+    fn f16s(q: [&[u8; 16]; 2]) -> Self;
+    /// Block `i`'s lanes: eight little-endian bf16 weights from `q[i]`.
+    fn bf16s(q: [&[u8; 16]; 2]) -> Self;
+    /// A row's running sums folded to eight: lane `l` is `Σ` of lane `l` of both accumulators
+    /// (even blocks' and odd blocks', see [`pass`]).
+    fn fold(acc: [Self; 2]) -> [f32; 8];
+    /// Blocks of A quantized to 15 bits ([`QuantizedA`]'s two byte halves), as the integer dots
+    /// read them.
     type Int: Copy;
-    fn load_int(hi: &[i8; BLOCK], lo: &[i8; BLOCK]) -> Self::Int;
-    /// `Σ w·x` over a block of int8 weights: lane `l` the exact sum over elements `4l..4l + 4`.
-    fn i8_dot(x: &Self::Int, w: &[u8; BLOCK]) -> Self;
-    /// `Σ q·x` over a block of 4-bit levels (byte `j` holds element `j` in its low half and
+    fn load_int(a: [&ABlock; 2]) -> Self::Int;
+    /// `Σ w·x` over blocks of int8 weights (block `i` from `w[i]`): lane `l` of a block the
+    /// exact sum over its elements `4l..4l + 4`.
+    fn i8_dot(x: &Self::Int, w: [&[u8; BLOCK]; 2]) -> Self;
+    /// `Σ q·x` over blocks of 4-bit levels (byte `j` holds element `j` in its low half and
     /// `j + 16` in its high half), lanes as [`Lanes::i8_dot`]'s.
-    fn u4_dot(x: &Self::Int, w: &[u8; BLOCK / 2]) -> Self;
+    fn u4_dot(x: &Self::Int, w: [&[u8; BLOCK / 2]; 2]) -> Self;
 }
 
-/// A weight format's dot product, block by block, over any [`Lanes`]. Per row, a pass adds each
-/// block's eight partial sums into the row's eight running sums, in block order.
+/// Items `b` and `b + 1` of `s` when `V` covers two blocks, else item `b` twice: what [`Lanes`]'
+/// per-block arguments take.
+#[inline(always)]
+pub(crate) fn blocks<V: Lanes, T>(s: &[T], b: usize) -> [&T; 2] {
+    [&s[b], &s[b + V::BLOCKS - 1]]
+}
+
+/// The little-endian f32s of [`blocks`].
+#[inline(always)]
+pub(crate) fn le_f32s<V: Lanes>(s: &[[u8; 4]], b: usize) -> [f32; 2] {
+    let [x, y] = blocks::<V, _>(s, b);
+    [f32::from_le_bytes(*x), f32::from_le_bytes(*y)]
+}
+
+/// A weight format's dot product, over any [`Lanes`]: per row, a pass adds `V::BLOCKS` blocks'
+/// partial sums at a time into the row's running sums.
 pub(crate) trait LaneDot: BlockFormat {
-    /// What a block of A gives every row's block: its lanes (and whatever else of A the format
-    /// needs), computed once per block for all the rows of a pass.
+    /// What blocks of A give every row's blocks: their lanes (and whatever else of A the format
+    /// needs), computed once for all the rows of a pass.
     type A<V: Lanes>: Copy;
     /// A stored row split into its parts, once per pass.
     type Row<'a>;
-    /// Block `b` of a prepared row of A ([`BlockFormat::prepare`]).
+    /// Blocks `b..b + V::BLOCKS` of a prepared row of A ([`BlockFormat::prepare`]).
     fn a_block<V: Lanes>(a: &Self::Prepared, b: usize) -> Self::A<V>;
     /// The values of A the dot multiplies (tests' references).
     #[cfg(test)]
     fn a_as_read(a: &Self::Prepared) -> Vec<f32>;
     fn row(bytes: &[u8], blocks: usize) -> Self::Row<'_>;
-    /// Block `b` of `row` times A's block: eight partial sums.
+    /// Blocks `b..b + V::BLOCKS` of `row` times A's: their lanes' partial sums.
     fn block<V: Lanes>(a: &Self::A<V>, row: &Self::Row<'_>, b: usize) -> V;
 }
 
-/// A block of A as [`GROUPS`] vectors (element `8t + l` in lane `l` of vector `t`).
+/// Blocks `b..b + V::BLOCKS` of A as [`GROUPS`] vectors (element `8t + l` of block `i` in lane
+/// `l` of block `i` of vector `t`).
 #[inline(always)]
-pub(crate) fn load_block<V: Lanes>(a: &[f32; BLOCK]) -> [V; GROUPS] {
-    let (groups, _) = a.as_chunks::<8>();
-    std::array::from_fn(|t| V::load(&groups[t]))
+pub(crate) fn load_blocks<V: Lanes>(a: &[[f32; BLOCK]], b: usize) -> [V; GROUPS] {
+    let [x, y] = blocks::<V, _>(a, b);
+    let (x, y) = (x.as_chunks::<8>().0, y.as_chunks::<8>().0);
+    let mut out = [V::zero(); GROUPS];
+    for (t, v) in out.iter_mut().enumerate() {
+        *v = V::load([&x[t], &y[t]]);
+    }
+    out
 }
 
-/// `Σ a·w` of a block in eight lanes: lane `l` adds `a[8t + l] · w[8t + l]` for `t` in order,
-/// from zero.
+/// Blocks of [`BLOCK`] little-endian 16-bit floats (block `i` from `w[i]`, bf16 when `brain`,
+/// else f16) times A's blocks: lane `l` adds `a[8t + l] · w[8t + l]` for `t` in order, from zero.
 #[inline(always)]
-pub(crate) fn dot_block<V: Lanes>(a: &[V; GROUPS], w: [V; GROUPS]) -> V {
-    a.iter().zip(w).fold(V::zero(), |sum, (&x, w)| sum.add(x.mul(w)))
-}
-
-/// A block of [`BLOCK`] little-endian 16-bit floats times A's block, `widen` reading eight of
-/// them into lanes.
-#[inline(always)]
-pub(crate) fn half_block<V: Lanes>(a: &[V; GROUPS], w: &[u8; 2 * BLOCK], widen: impl Fn(&[u8; 16]) -> V) -> V {
-    let (w, _) = w.as_chunks::<16>();
-    dot_block(a, std::array::from_fn(|t| widen(&w[t])))
+pub(crate) fn half_block<V: Lanes>(a: &[V; GROUPS], w: [&[u8; 2 * BLOCK]; 2], brain: bool) -> V {
+    let (x, y) = (w[0].as_chunks::<16>().0, w[1].as_chunks::<16>().0);
+    let mut sum = V::zero();
+    for (t, &a) in a.iter().enumerate() {
+        let w = if brain { V::bf16s([&x[t], &y[t]]) } else { V::f16s([&x[t], &y[t]]) };
+        sum = sum.add(a.mul(w));
+    }
+    sum
 }
 
 /// `out[r]` = A (prepared, `k` long) · stored row `r` of `rows` (`out.len()` rows of
@@ -111,10 +147,14 @@ type DotPath<F> = unsafe fn(&<F as BlockFormat>::Prepared, usize, &[u8], &mut [f
 /// The SIMD bodies of [`dot_rows`], best first, each with whether this CPU has every target
 /// feature it is compiled for (so calling one marked `true` is sound) and a name for tests.
 #[cfg(target_arch = "x86_64")]
-fn simd_paths<F: LaneDot>() -> [(&'static str, bool, DotPath<F>); 3] {
+fn simd_paths<F: LaneDot>() -> [(&'static str, bool, DotPath<F>); 4] {
     let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c");
     let avx512_vnni = std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl");
+    let avx512 = std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512dq");
     [
+        ("AVX-512 VNNI, 512-bit", avx2 && avx512_vnni && avx512, dot_rows_avx512::<F>),
         ("AVX-VNNI", avx2 && std::is_x86_feature_detected!("avxvnni"), dot_rows_avx_vnni::<F>),
         ("AVX-512 VNNI", avx2 && avx512_vnni, dot_rows_avx512_vnni::<F>),
         ("AVX2", avx2, dot_rows_avx2::<F>),
@@ -125,21 +165,28 @@ fn simd_paths<F: LaneDot>() -> [(&'static str, bool, DotPath<F>); 3] {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn dot_rows_avx2<F: LaneDot>(a: &F::Prepared, k: usize, rows: &[u8], out: &mut [f32]) {
-    dot_rows_in::<avx2::Avx2<{ avx2::MADD }>, F, ROWS>(a, k, rows, out)
+    dot_rows_in::<x86::Avx2<{ x86::MADD }>, F, ROWS>(a, k, rows, out)
 }
 
 /// [`dot_rows`] with integer dots by AVX-VNNI's `vpdpbusd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c,avxvnni")]
 unsafe fn dot_rows_avx_vnni<F: LaneDot>(a: &F::Prepared, k: usize, rows: &[u8], out: &mut [f32]) {
-    dot_rows_in::<avx2::Avx2<{ avx2::AVX_VNNI }>, F, ROWS>(a, k, rows, out)
+    dot_rows_in::<x86::Avx2<{ x86::AVX_VNNI }>, F, ROWS>(a, k, rows, out)
 }
 
 /// [`dot_rows`] with integer dots by AVX-512 VNNI's `vpdpbusd` on 256-bit registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c,avx512vnni,avx512vl")]
 unsafe fn dot_rows_avx512_vnni<F: LaneDot>(a: &F::Prepared, k: usize, rows: &[u8], out: &mut [f32]) {
-    dot_rows_in::<avx2::Avx2<{ avx2::AVX512_VNNI }>, F, ROWS>(a, k, rows, out)
+    dot_rows_in::<x86::Avx2<{ x86::AVX512_VNNI }>, F, ROWS>(a, k, rows, out)
+}
+
+/// [`dot_rows`] two blocks at a time in 512-bit registers, integer dots by `vpdpbusd`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+unsafe fn dot_rows_avx512<F: LaneDot>(a: &F::Prepared, k: usize, rows: &[u8], out: &mut [f32]) {
+    dot_rows_in::<x86::Avx512, F, ROWS>(a, k, rows, out)
 }
 
 /// [`dot_rows`] over lanes `V`, `R` neighbouring rows per pass, the last `out.len() % R` rows one
@@ -163,31 +210,60 @@ fn dot_rows_in<V: Lanes, F: LaneDot, const R: usize>(a: &F::Prepared, k: usize, 
 /// Passes ahead whose rows a pass prefetches: 2 and 4 measured alike, 1 falls short.
 const AHEAD: usize = 2;
 
-/// A times `R` stored rows: one pass over A's blocks, each row's running sums their own chain.
-/// With `ahead > 0`, each block also prefetches the same share of the row `ahead` bytes on (the
-/// address may lie past `rows`: a prefetch never faults).
+/// A times `R` stored rows: one pass over A's blocks. Each row keeps two running sums, one over
+/// its even blocks and one over its odd blocks, each a chain of adds in block order, added
+/// together at the end: that is the order a 512-bit register holding two blocks adds in, so
+/// every [`Lanes`] gives the same bits. A's blocks are loaded once for all the rows, and the
+/// rows' chains are independent. With `ahead > 0`, each block also prefetches the same share of
+/// the row `ahead` bytes on (the address may lie past `rows`: a prefetch never faults).
 #[inline(always)]
 fn pass<V: Lanes, F: LaneDot, const R: usize>(a: &F::Prepared, k: usize, rows: [&[u8]; R], ahead: usize) -> [f32; R] {
     let blocks = k / BLOCK;
     let views: [F::Row<'_>; R] = std::array::from_fn(|r| F::row(rows[r], blocks));
     let step = rows[0].len() / blocks.max(1);
-    let mut totals = [V::zero(); R];
-    for b in 0..blocks {
-        if ahead > 0 {
-            for row in &rows {
-                prefetch(row.as_ptr().wrapping_add(ahead + b * step));
+    let mut totals = [[V::zero(); 2]; R];
+    for b in (0..blocks & !1).step_by(2) {
+        prefetch_rows(&rows, ahead, b * step, step, 2);
+        if V::BLOCKS == 2 {
+            let ab = F::a_block::<V>(a, b);
+            for (total, row) in totals.iter_mut().zip(&views) {
+                total[0] = total[0].add(F::block(&ab, row, b));
+            }
+        } else {
+            for (slot, b) in [(0, b), (1, b + 1)] {
+                let ab = F::a_block::<V>(a, b);
+                for (total, row) in totals.iter_mut().zip(&views) {
+                    total[slot] = total[slot].add(F::block(&ab, row, b));
+                }
             }
         }
-        let ab = F::a_block::<V>(a, b);
+    }
+    if blocks % 2 == 1 {
+        let b = blocks - 1;
+        prefetch_rows(&rows, ahead, b * step, step, 1);
+        let ab = F::a_block::<V::One>(a, b);
         for (total, row) in totals.iter_mut().zip(&views) {
-            *total = total.add(F::block(&ab, row, b));
+            total[0] = total[0].add_first(F::block(&ab, row, b));
         }
     }
     let mut sums = [0f32; R];
     for (s, t) in sums.iter_mut().zip(totals) {
-        *s = sum_lanes(t.to_array());
+        *s = sum_lanes(V::fold(t));
     }
     sums
+}
+
+/// With `ahead > 0`, prefetches `count` blocks of `step` bytes from byte `at` of each row,
+/// `ahead` bytes on: one address per block, as a block is at most a cache line (f16's).
+#[inline(always)]
+fn prefetch_rows(rows: &[&[u8]], ahead: usize, at: usize, step: usize, count: usize) {
+    if ahead > 0 {
+        for row in rows {
+            for i in 0..count {
+                prefetch(row.as_ptr().wrapping_add(ahead + at + i * step));
+            }
+        }
+    }
 }
 
 /// Asks for the cache line at `p` (any address: nothing is read).
@@ -214,19 +290,27 @@ fn sum_lanes(t: [f32; 8]) -> f32 {
 struct Portable([f32; 8]);
 
 impl Lanes for Portable {
+    const BLOCKS: usize = 1;
+    type One = Portable;
+
+    #[inline(always)]
+    fn add_first(self, one: Self) -> Self {
+        self.add(one)
+    }
+
     #[inline(always)]
     fn zero() -> Self {
         Portable([0.0; 8])
     }
 
     #[inline(always)]
-    fn splat(x: f32) -> Self {
-        Portable([x; 8])
+    fn per_block(v: [f32; 2]) -> Self {
+        Portable([v[0]; 8])
     }
 
     #[inline(always)]
-    fn load(a: &[f32; 8]) -> Self {
-        Portable(*a)
+    fn load(v: [&[f32; 8]; 2]) -> Self {
+        Portable(*v[0])
     }
 
     #[inline(always)]
@@ -240,34 +324,38 @@ impl Lanes for Portable {
     }
 
     #[inline(always)]
-    fn f16s(q: &[u8; 16]) -> Self {
+    fn f16s(q: [&[u8; 16]; 2]) -> Self {
+        let q = q[0];
         Portable(std::array::from_fn(|l| half::f16::from_le_bytes([q[2 * l], q[2 * l + 1]]).to_f32()))
     }
 
     #[inline(always)]
-    fn bf16s(q: &[u8; 16]) -> Self {
+    fn bf16s(q: [&[u8; 16]; 2]) -> Self {
+        let q = q[0];
         Portable(std::array::from_fn(|l| f32::from_bits((u16::from_le_bytes([q[2 * l], q[2 * l + 1]]) as u32) << 16)))
     }
 
     #[inline(always)]
-    fn to_array(self) -> [f32; 8] {
-        self.0
+    fn fold([even, odd]: [Self; 2]) -> [f32; 8] {
+        even.add(odd).0
     }
 
     type Int = ([i8; BLOCK], [i8; BLOCK]);
 
     #[inline(always)]
-    fn load_int(hi: &[i8; BLOCK], lo: &[i8; BLOCK]) -> Self::Int {
-        (*hi, *lo)
+    fn load_int(a: [&ABlock; 2]) -> Self::Int {
+        (a[0].hi, a[0].lo)
     }
 
     #[inline(always)]
-    fn i8_dot((hi, lo): &Self::Int, w: &[u8; BLOCK]) -> Self {
+    fn i8_dot((hi, lo): &Self::Int, w: [&[u8; BLOCK]; 2]) -> Self {
+        let w = w[0];
         int_lanes(|j| w[j] as i8 as i32, hi, lo)
     }
 
     #[inline(always)]
-    fn u4_dot((hi, lo): &Self::Int, w: &[u8; BLOCK / 2]) -> Self {
+    fn u4_dot((hi, lo): &Self::Int, w: [&[u8; BLOCK / 2]; 2]) -> Self {
+        let w = w[0];
         int_lanes(|j| if j < BLOCK / 2 { w[j] & 15 } else { w[j - BLOCK / 2] >> 4 } as i32, hi, lo)
     }
 }
@@ -285,8 +373,8 @@ fn int_lanes(weight: impl Fn(usize) -> i32, hi: &[i8; BLOCK], lo: &[i8; BLOCK]) 
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{Lanes, BLOCK};
+mod x86 {
+    use super::{ABlock, Lanes, BLOCK};
     use std::arch::x86_64::*;
 
     /// Integer dots by `vpmaddubsw` + `vpmaddwd` (AVX2 alone).
@@ -296,11 +384,11 @@ mod avx2 {
     /// Integer dots by AVX-512 VNNI's `vpdpbusd` (256-bit form, AVX512VL).
     pub(super) const AVX512_VNNI: u8 = 2;
 
-    /// Lanes in an AVX2 register, integer dots by instruction `DOT`. Private to this module's
-    /// parent, which makes and uses them only inside its `dot_rows_*` functions, each reached only
-    /// on CPUs with AVX2, F16C and `DOT`'s extension: that is what the methods' `SAFETY` comments
-    /// rely on. They are inlined into those functions, whose target features let the intrinsics
-    /// inline too.
+    /// One block's lanes in an AVX2 register, integer dots by instruction `DOT`. Private to this
+    /// module's parent, which makes and uses them only inside its `dot_rows_*` functions, each
+    /// reached only on CPUs with AVX2, F16C and `DOT`'s extension: that is what the methods'
+    /// `SAFETY` comments rely on. They are inlined into those functions, whose target features
+    /// let the intrinsics inline too.
     #[derive(Clone, Copy)]
     pub(super) struct Avx2<const DOT: u8>(__m256);
 
@@ -326,6 +414,14 @@ mod avx2 {
     }
 
     impl<const DOT: u8> Lanes for Avx2<DOT> {
+        const BLOCKS: usize = 1;
+        type One = Self;
+
+        #[inline(always)]
+        fn add_first(self, one: Self) -> Self {
+            self.add(one)
+        }
+
         #[inline(always)]
         fn zero() -> Self {
             // SAFETY: AVX2 is present (see `Avx2`).
@@ -333,15 +429,15 @@ mod avx2 {
         }
 
         #[inline(always)]
-        fn splat(x: f32) -> Self {
+        fn per_block(v: [f32; 2]) -> Self {
             // SAFETY: AVX2 is present (see `Avx2`).
-            Self(unsafe { _mm256_set1_ps(x) })
+            Self(unsafe { _mm256_set1_ps(v[0]) })
         }
 
         #[inline(always)]
-        fn load(a: &[f32; 8]) -> Self {
-            // SAFETY: AVX2 is present (see `Avx2`); an unaligned load of the 8 floats of `a`.
-            Self(unsafe { _mm256_loadu_ps(a.as_ptr()) })
+        fn load(v: [&[f32; 8]; 2]) -> Self {
+            // SAFETY: AVX2 is present (see `Avx2`); an unaligned load of the 8 floats of `v[0]`.
+            Self(unsafe { _mm256_loadu_ps(v[0].as_ptr()) })
         }
 
         #[inline(always)]
@@ -357,61 +453,240 @@ mod avx2 {
         }
 
         #[inline(always)]
-        fn f16s(q: &[u8; 16]) -> Self {
-            // SAFETY: AVX2 and F16C are present (see `Avx2`); the load reads the 16 bytes of `q`.
-            // The conversion is exact, as `half`'s.
-            Self(unsafe { _mm256_cvtph_ps(_mm_loadu_si128(q.as_ptr() as *const __m128i)) })
+        fn f16s(q: [&[u8; 16]; 2]) -> Self {
+            // SAFETY: AVX2 and F16C are present (see `Avx2`); the load reads the 16 bytes of
+            // `q[0]`. The conversion is exact, as `half`'s.
+            Self(unsafe { _mm256_cvtph_ps(_mm_loadu_si128(q[0].as_ptr() as *const __m128i)) })
         }
 
         #[inline(always)]
-        fn bf16s(q: &[u8; 16]) -> Self {
-            // SAFETY: AVX2 is present (see `Avx2`); the load reads the 16 bytes of `q`.
+        fn bf16s(q: [&[u8; 16]; 2]) -> Self {
+            // SAFETY: AVX2 is present (see `Avx2`); the load reads the 16 bytes of `q[0]`.
             // bf16 is f32's top half: widened into the high 16 bits of each lane.
             Self(unsafe {
-                let halves = _mm256_cvtepu16_epi32(_mm_loadu_si128(q.as_ptr() as *const __m128i));
+                let halves = _mm256_cvtepu16_epi32(_mm_loadu_si128(q[0].as_ptr() as *const __m128i));
                 _mm256_castsi256_ps(_mm256_slli_epi32(halves, 16))
             })
         }
 
         #[inline(always)]
-        fn to_array(self) -> [f32; 8] {
+        fn fold([even, odd]: [Self; 2]) -> [f32; 8] {
             let mut t = [0f32; 8];
             // SAFETY: AVX2 is present (see `Avx2`); an unaligned store of 8 floats into `t`.
-            unsafe { _mm256_storeu_ps(t.as_mut_ptr(), self.0) };
+            unsafe { _mm256_storeu_ps(t.as_mut_ptr(), even.add(odd).0) };
             t
         }
 
         type Int = (__m256i, __m256i);
 
         #[inline(always)]
-        fn load_int(hi: &[i8; BLOCK], lo: &[i8; BLOCK]) -> Self::Int {
+        fn load_int(a: [&ABlock; 2]) -> Self::Int {
+            let a = a[0];
             // SAFETY: AVX2 is present (see `Avx2`); unaligned loads of the 32 bytes of each.
             unsafe {
-                (_mm256_loadu_si256(hi.as_ptr() as *const __m256i), _mm256_loadu_si256(lo.as_ptr() as *const __m256i))
+                (
+                    _mm256_loadu_si256(a.hi.as_ptr() as *const __m256i),
+                    _mm256_loadu_si256(a.lo.as_ptr() as *const __m256i),
+                )
             }
         }
 
         #[inline(always)]
-        fn i8_dot(&(hi, lo): &Self::Int, w: &[u8; BLOCK]) -> Self {
+        fn i8_dot(&(hi, lo): &Self::Int, w: [&[u8; BLOCK]; 2]) -> Self {
             // SAFETY: AVX2 and `DOT`'s extension are present (see `Avx2`); the load reads the 32
-            // bytes of `w`. The byte dots take |w| and x's bytes with w's sign: |w| ≤ 128 and
+            // bytes of `w[0]`. The byte dots take |w| and x's bytes with w's sign: |w| ≤ 128 and
             // |hi|, |lo| ≤ 127 (never -128, so negating them is exact).
             Self(unsafe {
-                let w = _mm256_loadu_si256(w.as_ptr() as *const __m256i);
+                let w = _mm256_loadu_si256(w[0].as_ptr() as *const __m256i);
                 let u = _mm256_abs_epi8(w);
                 combine(dot4::<DOT>(u, _mm256_sign_epi8(hi, w)), dot4::<DOT>(u, _mm256_sign_epi8(lo, w)))
             })
         }
 
         #[inline(always)]
-        fn u4_dot(&(hi, lo): &Self::Int, w: &[u8; BLOCK / 2]) -> Self {
+        fn u4_dot(&(hi, lo): &Self::Int, w: [&[u8; BLOCK / 2]; 2]) -> Self {
             // SAFETY: AVX2 and `DOT`'s extension are present (see `Avx2`); the load reads the 16
-            // bytes of `w`. Levels are 0..=15, so every pair's product fits.
+            // bytes of `w[0]`. Levels are 0..=15, so every pair's product fits.
             Self(unsafe {
-                let bytes = _mm_loadu_si128(w.as_ptr() as *const __m128i);
+                let bytes = _mm_loadu_si128(w[0].as_ptr() as *const __m128i);
                 let mask = _mm_set1_epi8(15);
                 let u = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask), _mm_and_si128(bytes, mask));
                 combine(dot4::<DOT>(u, hi), dot4::<DOT>(u, lo))
+            })
+        }
+    }
+
+    /// Two blocks' lanes in a 512-bit register (the first block in the low half), integer dots
+    /// by `vpdpbusd`: half the instructions per block of [`Avx2`]'s, which bounded q8 and q4
+    /// decode. Made and used only inside `dot_rows_avx512`, reached only on CPUs with AVX2, F16C,
+    /// AVX-512 F, BW, DQ, VL and VNNI: that is what the methods' `SAFETY` comments rely on.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx512(__m512);
+
+    /// A 512-bit register from two 256-bit halves.
+    #[inline(always)]
+    unsafe fn join_ps(lo: __m256, hi: __m256) -> __m512 {
+        // SAFETY: AVX-512 F is present (see `Avx512`).
+        unsafe { _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1) }
+    }
+
+    /// A 512-bit register from the 32 bytes at each of `lo` and `hi`.
+    #[inline(always)]
+    unsafe fn join_bytes(lo: &[u8; 32], hi: &[u8; 32]) -> __m512i {
+        // SAFETY: AVX-512 F is present (see `Avx512`); unaligned loads of 32 bytes from each.
+        unsafe {
+            let lo = _mm256_loadu_si256(lo.as_ptr() as *const __m256i);
+            _mm512_inserti64x4(_mm512_castsi256_si512(lo), _mm256_loadu_si256(hi.as_ptr() as *const __m256i), 1)
+        }
+    }
+
+    /// A 256-bit register from the 16 bytes at each of `lo` and `hi`.
+    #[inline(always)]
+    unsafe fn join_halves(lo: &[u8; 16], hi: &[u8; 16]) -> __m256i {
+        // SAFETY: AVX2 is present (see `Avx512`); unaligned loads of 16 bytes from each.
+        unsafe {
+            let lo = _mm_loadu_si128(lo.as_ptr() as *const __m128i);
+            _mm256_set_m128i(_mm_loadu_si128(hi.as_ptr() as *const __m128i), lo)
+        }
+    }
+
+    /// `255·hi + lo` per lane, in f32 (exact: the callers' sums stay below 2²⁴).
+    #[inline(always)]
+    unsafe fn combine512(hi: __m512i, lo: __m512i) -> __m512 {
+        // SAFETY: AVX-512 F is present (see `Avx512`).
+        unsafe { _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(hi, 8), hi), lo)) }
+    }
+
+    /// Per 32-bit lane, `Σ u·s` over its four byte pairs (`u` unsigned, `s` signed, exact).
+    #[inline(always)]
+    unsafe fn dot4_512(u: __m512i, s: __m512i) -> __m512i {
+        // SAFETY: AVX-512 VNNI is present (see `Avx512`).
+        unsafe { _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s) }
+    }
+
+    /// The two blocks' integers: `hi` and `lo` as they are, and plus 128 (unsigned bytes, as
+    /// `vpdpbusd` takes them where the weights are the signed side).
+    #[derive(Clone, Copy)]
+    pub(super) struct Int512 {
+        hi: __m512i,
+        lo: __m512i,
+        hi_u: __m512i,
+        lo_u: __m512i,
+    }
+
+    impl Lanes for Avx512 {
+        const BLOCKS: usize = 2;
+        type One = Avx2<AVX512_VNNI>;
+
+        #[inline(always)]
+        fn add_first(self, one: Self::One) -> Self {
+            // SAFETY: AVX-512 F is present (see `Avx512`). The mask adds the low half only.
+            Self(unsafe { _mm512_mask_add_ps(self.0, 0x00ff, self.0, _mm512_castps256_ps512(one.0)) })
+        }
+
+        #[inline(always)]
+        fn zero() -> Self {
+            // SAFETY: AVX-512 F is present (see `Avx512`).
+            Self(unsafe { _mm512_setzero_ps() })
+        }
+
+        #[inline(always)]
+        fn per_block(v: [f32; 2]) -> Self {
+            // SAFETY: AVX-512 F is present (see `Avx512`).
+            Self(unsafe { join_ps(_mm256_set1_ps(v[0]), _mm256_set1_ps(v[1])) })
+        }
+
+        #[inline(always)]
+        fn load(v: [&[f32; 8]; 2]) -> Self {
+            // SAFETY: AVX-512 F is present (see `Avx512`); unaligned loads of 8 floats each.
+            Self(unsafe { join_ps(_mm256_loadu_ps(v[0].as_ptr()), _mm256_loadu_ps(v[1].as_ptr())) })
+        }
+
+        #[inline(always)]
+        fn add(self, other: Self) -> Self {
+            // SAFETY: AVX-512 F is present (see `Avx512`).
+            Self(unsafe { _mm512_add_ps(self.0, other.0) })
+        }
+
+        #[inline(always)]
+        fn mul(self, other: Self) -> Self {
+            // SAFETY: AVX-512 F is present (see `Avx512`).
+            Self(unsafe { _mm512_mul_ps(self.0, other.0) })
+        }
+
+        #[inline(always)]
+        fn f16s(q: [&[u8; 16]; 2]) -> Self {
+            // SAFETY: AVX-512 F is present (see `Avx512`); the loads read the 16 bytes of `q[0]`
+            // and `q[1]`. The conversion is exact, as `half`'s.
+            Self(unsafe { _mm512_cvtph_ps(join_halves(q[0], q[1])) })
+        }
+
+        #[inline(always)]
+        fn bf16s(q: [&[u8; 16]; 2]) -> Self {
+            // SAFETY: AVX-512 F is present (see `Avx512`); the loads read the 16 bytes of `q[0]`
+            // and `q[1]`. bf16 is f32's top half: widened into the high 16 bits of each lane.
+            Self(unsafe {
+                let halves = join_halves(q[0], q[1]);
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16))
+            })
+        }
+
+        /// Even blocks sit in the low half, odd blocks in the high half; the second accumulator
+        /// is never written (`pass` adds two blocks at a time into the first).
+        #[inline(always)]
+        fn fold([acc, _]: [Self; 2]) -> [f32; 8] {
+            let mut t = [0f32; 8];
+            // SAFETY: AVX-512 F is present (see `Avx512`); an unaligned store of 8 floats.
+            unsafe {
+                let sum = _mm256_add_ps(_mm512_castps512_ps256(acc.0), _mm512_extractf32x8_ps(acc.0, 1));
+                _mm256_storeu_ps(t.as_mut_ptr(), sum)
+            };
+            t
+        }
+
+        type Int = Int512;
+
+        #[inline(always)]
+        fn load_int([a, b]: [&ABlock; 2]) -> Int512 {
+            // SAFETY: AVX-512 F and BW are present (see `Avx512`). XOR with 0x80 adds 128 to a
+            // signed byte read as unsigned.
+            unsafe {
+                let hi = join_bytes(bytemuck::cast_ref(&a.hi), bytemuck::cast_ref(&b.hi));
+                let lo = join_bytes(bytemuck::cast_ref(&a.lo), bytemuck::cast_ref(&b.lo));
+                let bias = _mm512_set1_epi8(-128);
+                Int512 { hi, lo, hi_u: _mm512_xor_si512(hi, bias), lo_u: _mm512_xor_si512(lo, bias) }
+            }
+        }
+
+        /// With `h = hi + 128` and `l = lo + 128` unsigned, `vpdpbusd` takes w signed as it is
+        /// (every byte value, -128 too) and gives `H' = H + C` and `L' = L + C`, `C = 128·Σw`,
+        /// so `255·H + L = 256·(H' − C) − H' + L'`, exact in 32 bits (`|H'| ≤ 4·255·128`).
+        #[inline(always)]
+        fn i8_dot(x: &Int512, w: [&[u8; BLOCK]; 2]) -> Self {
+            // SAFETY: AVX-512 F, BW and VNNI are present (see `Avx512`); the loads read the 32
+            // bytes of `w[0]` and `w[1]`.
+            Self(unsafe {
+                let w = join_bytes(w[0], w[1]);
+                let (h, l) = (dot4_512(x.hi_u, w), dot4_512(x.lo_u, w));
+                let c = dot4_512(_mm512_set1_epi8(-128), w);
+                let sum = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(_mm512_sub_epi32(h, c), 8), h), l);
+                _mm512_cvtepi32_ps(sum)
+            })
+        }
+
+        #[inline(always)]
+        fn u4_dot(x: &Int512, w: [&[u8; BLOCK / 2]; 2]) -> Self {
+            // SAFETY: AVX-512 F, BW and VNNI are present (see `Avx512`); the loads read the 16
+            // bytes of `w[0]` and `w[1]`. Levels are 0..=15, so every pair's product fits. The
+            // permute puts each block's bytes in two 128-bit lanes, the shift takes the high
+            // halves into the second of them.
+            Self(unsafe {
+                let bytes = join_halves(w[0], w[1]);
+                let twice =
+                    _mm512_permutexvar_epi64(_mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0), _mm512_castsi256_si512(bytes));
+                let shifted = _mm512_srlv_epi64(twice, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));
+                let u = _mm512_and_si512(shifted, _mm512_set1_epi8(15));
+                combine512(dot4_512(u, x.hi), dot4_512(u, x.lo))
             })
         }
     }

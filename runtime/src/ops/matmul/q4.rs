@@ -90,14 +90,15 @@ impl IntWeights for Q4 {
 }
 
 impl LaneDot for Q4 {
-    /// A block's integers, its lanes' sums `Σ x` (the minimum's term needs no weights, so every
-    /// row of a pass shares it) and its scale.
-    type A<V: Lanes> = (V::Int, V, f32);
+    /// The blocks' integers, their lanes' sums `Σ x` (the minimum's term needs no weights, so
+    /// every row of a pass shares it) and their scales.
+    type A<V: Lanes> = (V::Int, V, V);
     type Row<'a> = (&'a [[u8; 4]], &'a [[u8; 4]], &'a [[u8; BLOCK / 2]]);
 
     #[inline(always)]
     fn a_block<V: Lanes>(a: &QuantizedA, b: usize) -> Self::A<V> {
-        (V::load_int(&a.0[b].hi, &a.0[b].lo), V::load(&a.0[b].sums), a.0[b].scale)
+        let [x, y] = lanes::blocks::<V, _>(&a.0, b);
+        (V::load_int([x, y]), V::load([&x.sums, &y.sums]), V::per_block([x.scale, y.scale]))
     }
 
     #[cfg(test)]
@@ -112,11 +113,12 @@ impl LaneDot for Q4 {
         (scales.as_chunks().0, mins.as_chunks().0, quants.as_chunks().0)
     }
 
-    /// `(Σ q·x · scale + Σ x · min) · d` in eight lanes, the sums exact integers.
+    /// `(Σ q·x · scale + Σ x · min) · d` in eight lanes per block, the sums exact integers.
     #[inline(always)]
     fn block<V: Lanes>((x, sums, d): &Self::A<V>, (scales, mins, quants): &Self::Row<'_>, b: usize) -> V {
-        let (scale, min) = (f32::from_le_bytes(scales[b]), f32::from_le_bytes(mins[b]));
-        V::u4_dot(x, &quants[b]).mul(V::splat(scale * d)).add(sums.mul(V::splat(min * d)))
+        let scale = V::per_block(lanes::le_f32s::<V>(scales, b));
+        let min = V::per_block(lanes::le_f32s::<V>(mins, b));
+        V::u4_dot(x, lanes::blocks::<V, _>(quants, b)).mul(scale.mul(*d)).add(sums.mul(min.mul(*d)))
     }
 }
 

@@ -74,13 +74,14 @@ impl IntWeights for Q8 {
 pub const MATMUL_Q8: &str = "MatMulQ8";
 
 impl LaneDot for Q8 {
-    /// The block's integers and scale.
-    type A<V: Lanes> = (V::Int, f32);
+    /// The blocks' integers and scales.
+    type A<V: Lanes> = (V::Int, V);
     type Row<'a> = (&'a [[u8; 4]], &'a [[u8; BLOCK]]);
 
     #[inline(always)]
     fn a_block<V: Lanes>(a: &QuantizedA, b: usize) -> Self::A<V> {
-        (V::load_int(&a.0[b].hi, &a.0[b].lo), a.0[b].scale)
+        let [x, y] = lanes::blocks::<V, _>(&a.0, b);
+        (V::load_int([x, y]), V::per_block([x.scale, y.scale]))
     }
 
     #[cfg(test)]
@@ -94,10 +95,11 @@ impl LaneDot for Q8 {
         (scales.as_chunks().0, quants.as_chunks().0)
     }
 
-    /// The block's exact integer `Σ q·x` in eight lanes, times both scales.
+    /// Each block's exact integer `Σ q·x` in eight lanes, times both scales.
     #[inline(always)]
     fn block<V: Lanes>((x, d): &Self::A<V>, (scales, quants): &Self::Row<'_>, b: usize) -> V {
-        V::i8_dot(x, &quants[b]).mul(V::splat(f32::from_le_bytes(scales[b]) * d))
+        let scale = V::per_block(lanes::le_f32s::<V>(scales, b));
+        V::i8_dot(x, lanes::blocks::<V, _>(quants, b)).mul(scale.mul(*d))
     }
 }
 
