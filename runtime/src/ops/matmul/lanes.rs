@@ -47,6 +47,8 @@ pub(crate) trait Lanes: Copy {
     fn zero() -> Self;
     /// Every lane of block `i` set to `v[i]`.
     fn per_block(v: [f32; 2]) -> Self;
+    /// Every lane of block `i` set to the little-endian f32 `s[i]` (`s` holds `BLOCKS` or more).
+    fn per_block_le(s: &[[u8; 4]]) -> Self;
     /// Block `i`'s lanes read from `v[i]`.
     fn load(v: [&[f32; 8]; 2]) -> Self;
     fn add(self, other: Self) -> Self;
@@ -62,12 +64,12 @@ pub(crate) trait Lanes: Copy {
     /// read them.
     type Int: Copy;
     fn load_int(a: [&ABlock; 2]) -> Self::Int;
-    /// `Σ w·x` over blocks of int8 weights (block `i` from `w[i]`): lane `l` of a block the
-    /// exact sum over its elements `4l..4l + 4`.
-    fn i8_dot(x: &Self::Int, w: [&[u8; BLOCK]; 2]) -> Self;
+    /// `Σ w·x` over blocks of int8 weights (block `i` from `w[i]`, `w` holding `BLOCKS` or
+    /// more): lane `l` of a block the exact sum over its elements `4l..4l + 4`.
+    fn i8_dot(x: &Self::Int, w: &[[u8; BLOCK]]) -> Self;
     /// `Σ q·x` over blocks of 4-bit levels (byte `j` holds element `j` in its low half and
     /// `j + 16` in its high half), lanes as [`Lanes::i8_dot`]'s.
-    fn u4_dot(x: &Self::Int, w: [&[u8; BLOCK / 2]; 2]) -> Self;
+    fn u4_dot(x: &Self::Int, w: &[[u8; BLOCK / 2]]) -> Self;
 }
 
 /// Items `b` and `b + 1` of `s` when `V` covers two blocks, else item `b` twice: what [`Lanes`]'
@@ -75,13 +77,6 @@ pub(crate) trait Lanes: Copy {
 #[inline(always)]
 pub(crate) fn blocks<V: Lanes, T>(s: &[T], b: usize) -> [&T; 2] {
     [&s[b], &s[b + V::BLOCKS - 1]]
-}
-
-/// The little-endian f32s of [`blocks`].
-#[inline(always)]
-pub(crate) fn le_f32s<V: Lanes>(s: &[[u8; 4]], b: usize) -> [f32; 2] {
-    let [x, y] = blocks::<V, _>(s, b);
-    [f32::from_le_bytes(*x), f32::from_le_bytes(*y)]
 }
 
 /// A weight format's dot product, over any [`Lanes`]: per row, a pass adds `V::BLOCKS` blocks'
@@ -309,6 +304,11 @@ impl Lanes for Portable {
     }
 
     #[inline(always)]
+    fn per_block_le(s: &[[u8; 4]]) -> Self {
+        Portable([f32::from_le_bytes(s[0]); 8])
+    }
+
+    #[inline(always)]
     fn load(v: [&[f32; 8]; 2]) -> Self {
         Portable(*v[0])
     }
@@ -348,14 +348,14 @@ impl Lanes for Portable {
     }
 
     #[inline(always)]
-    fn i8_dot((hi, lo): &Self::Int, w: [&[u8; BLOCK]; 2]) -> Self {
-        let w = w[0];
+    fn i8_dot((hi, lo): &Self::Int, w: &[[u8; BLOCK]]) -> Self {
+        let w = &w[0];
         int_lanes(|j| w[j] as i8 as i32, hi, lo)
     }
 
     #[inline(always)]
-    fn u4_dot((hi, lo): &Self::Int, w: [&[u8; BLOCK / 2]; 2]) -> Self {
-        let w = w[0];
+    fn u4_dot((hi, lo): &Self::Int, w: &[[u8; BLOCK / 2]]) -> Self {
+        let w = &w[0];
         int_lanes(|j| if j < BLOCK / 2 { w[j] & 15 } else { w[j - BLOCK / 2] >> 4 } as i32, hi, lo)
     }
 }
@@ -435,6 +435,11 @@ mod x86 {
         }
 
         #[inline(always)]
+        fn per_block_le(s: &[[u8; 4]]) -> Self {
+            Self::per_block([f32::from_le_bytes(s[0]); 2])
+        }
+
+        #[inline(always)]
         fn load(v: [&[f32; 8]; 2]) -> Self {
             // SAFETY: AVX2 is present (see `Avx2`); an unaligned load of the 8 floats of `v[0]`.
             Self(unsafe { _mm256_loadu_ps(v[0].as_ptr()) })
@@ -492,7 +497,7 @@ mod x86 {
         }
 
         #[inline(always)]
-        fn i8_dot(&(hi, lo): &Self::Int, w: [&[u8; BLOCK]; 2]) -> Self {
+        fn i8_dot(&(hi, lo): &Self::Int, w: &[[u8; BLOCK]]) -> Self {
             // SAFETY: AVX2 and `DOT`'s extension are present (see `Avx2`); the load reads the 32
             // bytes of `w[0]`. The byte dots take |w| and x's bytes with w's sign: |w| ≤ 128 and
             // |hi|, |lo| ≤ 127 (never -128, so negating them is exact).
@@ -504,7 +509,7 @@ mod x86 {
         }
 
         #[inline(always)]
-        fn u4_dot(&(hi, lo): &Self::Int, w: [&[u8; BLOCK / 2]; 2]) -> Self {
+        fn u4_dot(&(hi, lo): &Self::Int, w: &[[u8; BLOCK / 2]]) -> Self {
             // SAFETY: AVX2 and `DOT`'s extension are present (see `Avx2`); the load reads the 16
             // bytes of `w[0]`. Levels are 0..=15, so every pair's product fits.
             Self(unsafe {
@@ -550,13 +555,6 @@ mod x86 {
         }
     }
 
-    /// `255·hi + lo` per lane, in f32 (exact: the callers' sums stay below 2²⁴).
-    #[inline(always)]
-    unsafe fn combine512(hi: __m512i, lo: __m512i) -> __m512 {
-        // SAFETY: AVX-512 F is present (see `Avx512`).
-        unsafe { _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(hi, 8), hi), lo)) }
-    }
-
     /// Per 32-bit lane, `Σ u·s` over its four byte pairs (`u` unsigned, `s` signed, exact).
     #[inline(always)]
     unsafe fn dot4_512(u: __m512i, s: __m512i) -> __m512i {
@@ -564,14 +562,14 @@ mod x86 {
         unsafe { _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s) }
     }
 
-    /// The two blocks' integers: `hi` and `lo` as they are, and plus 128 (unsigned bytes, as
-    /// `vpdpbusd` takes them where the weights are the signed side).
+    /// The two blocks' integers: `hi` and `lo`, and per lane `-128·Σ hi` and `-128·Σ lo` over its
+    /// four elements (for [`Avx512::i8_dot`]).
     #[derive(Clone, Copy)]
     pub(super) struct Int512 {
         hi: __m512i,
         lo: __m512i,
-        hi_u: __m512i,
-        lo_u: __m512i,
+        hi_offset: __m512i,
+        lo_offset: __m512i,
     }
 
     impl Lanes for Avx512 {
@@ -594,6 +592,20 @@ mod x86 {
         fn per_block(v: [f32; 2]) -> Self {
             // SAFETY: AVX-512 F is present (see `Avx512`).
             Self(unsafe { join_ps(_mm256_set1_ps(v[0]), _mm256_set1_ps(v[1])) })
+        }
+
+        /// One 8-byte load and one permute (x86 is little-endian).
+        #[inline(always)]
+        fn per_block_le(s: &[[u8; 4]]) -> Self {
+            let pair: &[[u8; 4]; 2] = s.first_chunk().expect("two blocks' values");
+            // SAFETY: AVX-512 F is present (see `Avx512`); the load reads the 8 bytes of `pair`.
+            Self(unsafe {
+                let v = _mm_castsi128_ps(_mm_loadl_epi64(pair.as_ptr() as *const __m128i));
+                _mm512_permutexvar_ps(
+                    _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+                    _mm512_castps128_ps512(v),
+                )
+            })
         }
 
         #[inline(always)]
@@ -648,45 +660,50 @@ mod x86 {
 
         #[inline(always)]
         fn load_int([a, b]: [&ABlock; 2]) -> Int512 {
-            // SAFETY: AVX-512 F and BW are present (see `Avx512`). XOR with 0x80 adds 128 to a
-            // signed byte read as unsigned.
+            // SAFETY: AVX-512 F, BW and VNNI are present (see `Avx512`).
             unsafe {
                 let hi = join_bytes(bytemuck::cast_ref(&a.hi), bytemuck::cast_ref(&b.hi));
                 let lo = join_bytes(bytemuck::cast_ref(&a.lo), bytemuck::cast_ref(&b.lo));
-                let bias = _mm512_set1_epi8(-128);
-                Int512 { hi, lo, hi_u: _mm512_xor_si512(hi, bias), lo_u: _mm512_xor_si512(lo, bias) }
+                let offset = |x| {
+                    _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(dot4_512(_mm512_set1_epi8(1), x), 7))
+                };
+                Int512 { hi, lo, hi_offset: offset(hi), lo_offset: offset(lo) }
             }
         }
 
-        /// With `h = hi + 128` and `l = lo + 128` unsigned, `vpdpbusd` takes w signed as it is
-        /// (every byte value, -128 too) and gives `H' = H + C` and `L' = L + C`, `C = 128·Σw`,
-        /// so `255·H + L = 256·(H' − C) − H' + L'`, exact in 32 bits (`|H'| ≤ 4·255·128`).
+        /// `vpdpbusd` takes `w + 128` as its unsigned side (every byte value, -128 too), which
+        /// adds `128·Σ hi` to `Σ w·hi`: starting its sum at `hi_offset` gives `H` exactly, and
+        /// the second dot, started at `255·H + lo_offset`, ends at `255·H + L`. Every partial sum
+        /// stays within 2²⁵.
         #[inline(always)]
-        fn i8_dot(x: &Int512, w: [&[u8; BLOCK]; 2]) -> Self {
-            // SAFETY: AVX-512 F, BW and VNNI are present (see `Avx512`); the loads read the 32
-            // bytes of `w[0]` and `w[1]`.
+        fn i8_dot(x: &Int512, w: &[[u8; BLOCK]]) -> Self {
+            let pair: &[[u8; BLOCK]; 2] = w.first_chunk().expect("two blocks of weights");
+            // SAFETY: AVX-512 F, BW and VNNI are present (see `Avx512`); the load reads the 64
+            // bytes of `pair`. XOR with 0x80 adds 128 to a signed byte read unsigned.
             Self(unsafe {
-                let w = join_bytes(w[0], w[1]);
-                let (h, l) = (dot4_512(x.hi_u, w), dot4_512(x.lo_u, w));
-                let c = dot4_512(_mm512_set1_epi8(-128), w);
-                let sum = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(_mm512_sub_epi32(h, c), 8), h), l);
-                _mm512_cvtepi32_ps(sum)
+                let w = _mm512_xor_si512(_mm512_loadu_si512(pair.as_ptr() as *const _), _mm512_set1_epi8(-128));
+                let h = _mm512_dpbusd_epi32(x.hi_offset, w, x.hi);
+                let h255 = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(h, 8), h), x.lo_offset);
+                _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(h255, w, x.lo))
             })
         }
 
         #[inline(always)]
-        fn u4_dot(x: &Int512, w: [&[u8; BLOCK / 2]; 2]) -> Self {
-            // SAFETY: AVX-512 F, BW and VNNI are present (see `Avx512`); the loads read the 16
-            // bytes of `w[0]` and `w[1]`. Levels are 0..=15, so every pair's product fits. The
-            // permute puts each block's bytes in two 128-bit lanes, the shift takes the high
-            // halves into the second of them.
+        fn u4_dot(x: &Int512, w: &[[u8; BLOCK / 2]]) -> Self {
+            let pair: &[[u8; BLOCK / 2]; 2] = w.first_chunk().expect("two blocks of weights");
+            // SAFETY: AVX-512 F, BW and VNNI are present (see `Avx512`); the load reads the 32
+            // bytes of `pair`. Levels are 0..=15, so every pair's product fits. The permute puts
+            // each block's bytes in two 128-bit lanes, the shift takes the high halves into the
+            // second of them. The second dot starts from `255·H`, so it ends at `255·H + L`.
             Self(unsafe {
-                let bytes = join_halves(w[0], w[1]);
+                let bytes = _mm256_loadu_si256(pair.as_ptr() as *const __m256i);
                 let twice =
                     _mm512_permutexvar_epi64(_mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0), _mm512_castsi256_si512(bytes));
                 let shifted = _mm512_srlv_epi64(twice, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));
                 let u = _mm512_and_si512(shifted, _mm512_set1_epi8(15));
-                combine512(dot4_512(u, x.hi), dot4_512(u, x.lo))
+                let h = dot4_512(u, x.hi);
+                let h255 = _mm512_sub_epi32(_mm512_slli_epi32(h, 8), h);
+                _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(h255, u, x.lo))
             })
         }
     }

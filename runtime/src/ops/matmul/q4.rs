@@ -116,9 +116,9 @@ impl LaneDot for Q4 {
     /// `(Σ q·x · scale + Σ x · min) · d` in eight lanes per block, the sums exact integers.
     #[inline(always)]
     fn block<V: Lanes>((x, sums, d): &Self::A<V>, (scales, mins, quants): &Self::Row<'_>, b: usize) -> V {
-        let scale = V::per_block(lanes::le_f32s::<V>(scales, b));
-        let min = V::per_block(lanes::le_f32s::<V>(mins, b));
-        V::u4_dot(x, lanes::blocks::<V, _>(quants, b)).mul(scale.mul(*d)).add(sums.mul(min.mul(*d)))
+        let scale = V::per_block_le(&scales[b..]);
+        let min = V::per_block_le(&mins[b..]);
+        V::u4_dot(x, &quants[b..]).mul(scale.mul(*d)).add(sums.mul(min.mul(*d)))
     }
 }
 

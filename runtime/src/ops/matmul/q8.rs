@@ -98,8 +98,8 @@ impl LaneDot for Q8 {
     /// Each block's exact integer `Σ q·x` in eight lanes, times both scales.
     #[inline(always)]
     fn block<V: Lanes>((x, d): &Self::A<V>, (scales, quants): &Self::Row<'_>, b: usize) -> V {
-        let scale = V::per_block(lanes::le_f32s::<V>(scales, b));
-        V::i8_dot(x, lanes::blocks::<V, _>(quants, b)).mul(scale.mul(*d))
+        let scale = V::per_block_le(&scales[b..]);
+        V::i8_dot(x, &quants[b..]).mul(scale.mul(*d))
     }
 }
 
