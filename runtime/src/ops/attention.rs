@@ -8,6 +8,7 @@
 //! query head h to kv head `h / (Hq / Hkv)`. Rows are processed one query at a time with
 //! scratch the size of one score row, in parallel over rows.
 
+mod few_queries;
 pub mod fused;
 mod rotary;
 pub mod rotate_half;

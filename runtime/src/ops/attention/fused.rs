@@ -10,14 +10,16 @@
 //! Exporters write this as five to nine steps per layer (the scores product, reshapes between
 //! grouped and per-head views, scale, mask, softmax, the product with v); at decode each is a
 //! dispatch over a few hundred numbers and a join of the threads. Here one parallel pass takes a
-//! block of one head's queries through both products and the softmax, the scores staying in a
-//! per-thread buffer. The scale, mask and softmax round as the separate kernels do; the products
-//! are the dense product's (`gemm`), so results match the unfused steps to rounding.
+//! block of one head's queries (at decode, all the query heads of a group, which then read each
+//! key and value once: `few_queries`) through both products and the softmax, the scores staying
+//! in a per-thread buffer. The scale, mask and softmax round as the separate kernels do; the
+//! products are the dense product's arithmetic, so results match the unfused steps to rounding.
 
+use super::few_queries;
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
 use crate::ops::broadcast::{broadcast_strides, fits_in};
-use crate::ops::matmul::gemm::{gemm, GAcc, Mat};
+use crate::ops::matmul::gemm::{f32s, f32s_mut, gemm, GAcc, Mat};
 use crate::ops::matmul::same;
 use crate::ops::norm::softmax::{row, Mode};
 use crate::ops::num::num_like::AccFloat;
@@ -33,6 +35,9 @@ pub const FUSED_ATTENTION: &str = "FusedAttention";
 const QUERY_BLOCK: usize = 32;
 /// Multiply-adds below which a call stays on the calling thread.
 const PARALLEL_WORK: usize = 1 << 15;
+/// A group of query heads sharing a kv head is one task when its queries (heads × queries per
+/// head) are at most this many: decode's, which then read each key and value once.
+const GROUP_ROWS: usize = few_queries::MAX_ROWS;
 
 /// Prepares `kiln::FusedAttention`, or `None` for another kiln op.
 pub fn build_kiln(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
@@ -181,32 +186,45 @@ impl Job {
     where
         T::Acc: GAcc,
     {
-        let Dims { s, t, d, dv, .. } = self.dims;
+        let Dims { s, t, d, dv, rep, .. } = self.dims;
         if y.is_empty() {
             return;
         }
         let heads = y.len() / (s * dv);
         let work = heads * s * t * (d + dv);
-        let block = |bh: usize, blk: usize, yb: &mut [T], scratch: &mut Vec<T>| {
-            self.block(q, k, v, mask, bh, blk * QUERY_BLOCK, yb, scratch)
-        };
+        // Tasks are runs of whole rows of y (one query of one head each) that read one kv head.
+        let group = if rep > 1 && rep * s <= GROUP_ROWS { rep * s } else { 0 };
+        let block = |row0: usize, yb: &mut [T], scratch: &mut Vec<T>| self.block(q, k, v, mask, row0, yb, scratch);
         if work < PARALLEL_WORK {
             let mut scratch = Vec::new();
+            if group > 0 {
+                for (i, yb) in y.chunks_mut(group * dv).enumerate() {
+                    block(i * group, yb, &mut scratch);
+                }
+                return;
+            }
             for (bh, yh) in y.chunks_mut(s * dv).enumerate() {
                 for (blk, yb) in yh.chunks_mut(QUERY_BLOCK * dv).enumerate() {
-                    block(bh, blk, yb, &mut scratch);
+                    block(bh * s + blk * QUERY_BLOCK, yb, &mut scratch);
                 }
             }
+            return;
+        }
+        if group > 0 {
+            y.par_chunks_mut(group * dv)
+                .enumerate()
+                .for_each_init(Vec::new, |scratch, (i, yb)| block(i * group, yb, scratch));
             return;
         }
         y.par_chunks_mut(s * dv).enumerate().for_each(|(bh, yh)| {
             yh.par_chunks_mut(QUERY_BLOCK * dv)
                 .enumerate()
-                .for_each_init(Vec::new, |scratch, (blk, yb)| block(bh, blk, yb, scratch));
+                .for_each_init(Vec::new, |scratch, (blk, yb)| block(bh * s + blk * QUERY_BLOCK, yb, scratch));
         });
     }
 
-    /// Queries `s0..` of head `bh` (batch · H + head), as many as `y` has rows.
+    /// Rows `row0..` of the output (row `(batch · H + head) · S + query`), as many as `y` has:
+    /// queries of one head, or whole heads of one group, so that all read one kv head.
     #[allow(clippy::too_many_arguments)]
     fn block<T: Float>(
         &self,
@@ -214,8 +232,7 @@ impl Job {
         k: &[T],
         v: &[T],
         mask: Option<&[T]>,
-        bh: usize,
-        s0: usize,
+        row0: usize,
         y: &mut [T],
         scratch: &mut Vec<T>,
     ) where
@@ -228,17 +245,32 @@ impl Job {
             y.fill(T::from_acc(T::Acc::ZERO));
             return;
         }
-        let (batch, head) = (bh / h, bh % h);
-        let kv = batch * (h / rep) + head / rep;
+        let (batch, head0) = (row0 / s / h, row0 / s % h);
+        let kv = batch * (h / rep) + head0 / rep;
         scratch.resize(2 * rows * t, T::from_acc(T::Acc::ZERO));
         let (scores, probs) = scratch.split_at_mut(rows * t);
-        let qm = Mat { data: &q[(bh * s + s0) * d..], rs: d, cs: 1 };
-        let km = Mat { data: &k[kv * k_stride..], rs: 1, cs: d };
-        gemm(rows, t, d, 1.0, qm, km, scores, false, false);
+        let (qb, kb) = (&q[row0 * d..], &k[kv * k_stride..]);
+        match (f32s(qb), f32s(kb), f32s_mut(scores)) {
+            (Some(qf), Some(kf), Some(sf)) if rows <= few_queries::MAX_ROWS => {
+                few_queries::scores(qf, rows, d, kf, t, sf)
+            }
+            _ => gemm(
+                rows,
+                t,
+                d,
+                1.0,
+                Mat { data: qb, rs: d, cs: 1 },
+                Mat { data: kb, rs: 1, cs: d },
+                scores,
+                false,
+                false,
+            ),
+        }
         let c = T::from_acc(<T::Acc as AccFloat>::from_f64(self.scale as f64)).to_acc();
         let [mb, mh, ms, mt] = self.mask_strides;
         for (r, (sr, pr)) in scores.chunks_exact_mut(t).zip(probs.chunks_exact_mut(t)).enumerate() {
-            let m0 = batch * mb + head * mh + (s0 + r) * ms;
+            let (bh, query) = ((row0 + r) / s, (row0 + r) % s);
+            let m0 = batch * mb + bh % h * mh + query * ms;
             for (j, (p, &x)) in pr.iter_mut().zip(sr.iter()).enumerate() {
                 let x = x.to_acc();
                 let mut e = T::from_acc(if self.divide { x / c } else { x * c });
@@ -249,9 +281,23 @@ impl Job {
             }
             row(pr, sr, Mode::Soft);
         }
-        let pm = Mat { data: &*scores, rs: t, cs: 1 };
-        let vm = Mat { data: &v[kv * v_stride..], rs: dv, cs: 1 };
-        gemm(rows, dv, t, 1.0, pm, vm, y, false, false);
+        let vb = &v[kv * v_stride..];
+        match (f32s(scores), f32s(vb), f32s_mut(y)) {
+            (Some(pf), Some(vf), Some(yf)) if rows <= few_queries::MAX_ROWS => {
+                few_queries::weighted_values(pf, rows, t, vf, dv, yf)
+            }
+            _ => gemm(
+                rows,
+                dv,
+                t,
+                1.0,
+                Mat { data: &*scores, rs: t, cs: 1 },
+                Mat { data: vb, rs: dv, cs: 1 },
+                y,
+                false,
+                false,
+            ),
+        }
     }
 }
 
@@ -375,6 +421,32 @@ mod tests {
     }
 
     /// `divide` divides by the scale; pitched k and v read only their filled rows.
+    /// Groups of query heads taken as one task (decode's one query per head, and two queries
+    /// per head here) with a mask that differs per batch, head and query.
+    #[test]
+    fn grouped_heads_each_read_their_own_mask_rows() {
+        for (b, h, g, s, t, d, dv) in [(2, 6, 2, 1, 9, 8, 12), (2, 6, 2, 2, 9, 12, 40), (1, 8, 1, 1, 5, 16, 16)] {
+            let q = values(b * h * s * d, 1, 1.0);
+            let k = values(b * g * t * d, 2, 1.0);
+            let v = values(b * g * t * dv, 3, 2.0);
+            let mask: Vec<f32> = (0..b * h * s * t)
+                .map(|i| if i % 7 == 3 { f32::NEG_INFINITY } else { (i % 5) as f32 * 0.25 })
+                .collect();
+            let dims = [b, h, s, d, g, t, dv];
+            let got = run(
+                &*kernel(vec![Attribute::float("scale", 0.3)]),
+                (&q, [b, h, s, d]),
+                (&k, [b, g, t, d]),
+                (&v, [b, g, t, dv]),
+                Some((&mask, &[b, h, s, t])),
+                [b, h, s, dv],
+            )
+            .unwrap();
+            let want = reference(&q, &k, &v, dims, 0.3f32 as f64, Some((&mask, [h * s * t, s * t, t, 1])));
+            close(&got, &want, &format!("{dims:?} per-head mask"));
+        }
+    }
+
     #[test]
     fn divides_and_reads_pitched_states() {
         let (h, g, s, t, d, pitch) = (4, 2, 3, 5, 8, 9);

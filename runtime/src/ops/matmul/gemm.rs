@@ -33,14 +33,15 @@ impl GAcc for f64 {
     }
 }
 
-/// `s` as f32 when `T` is f32: the AVX-512 kernel and the transposing packer are f32-only.
-fn f32s<T: 'static>(s: &[T]) -> Option<&[f32]> {
+/// `s` as f32 when `T` is f32: the AVX-512 kernel, the transposing packer and fused
+/// attention's few-query products are f32-only.
+pub(crate) fn f32s<T: 'static>(s: &[T]) -> Option<&[f32]> {
     // SAFETY: T is f32, so the slice is one of f32.
     is_f32::<T>().then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
 }
 
 /// [`f32s`] for a mutable slice.
-fn f32s_mut<T: 'static>(s: &mut [T]) -> Option<&mut [f32]> {
+pub(crate) fn f32s_mut<T: 'static>(s: &mut [T]) -> Option<&mut [f32]> {
     // SAFETY: T is f32, so the slice is one of f32.
     is_f32::<T>().then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
 }
