@@ -51,6 +51,8 @@ pub(crate) trait Lanes: Copy {
     fn per_block_le(s: &[[u8; 4]]) -> Self;
     /// Block `i`'s lanes read from `v[i]`.
     fn load(v: [&[f32; 8]; 2]) -> Self;
+    /// Block `i`'s lanes: the little-endian f32s `s[8i..8i + 8]` (`s` holds `8·BLOCKS` or more).
+    fn load_le(s: &[[u8; 4]]) -> Self;
     fn add(self, other: Self) -> Self;
     fn mul(self, other: Self) -> Self;
     /// Block `i`'s lanes: eight little-endian f16 weights from `q[i]`.
@@ -95,6 +97,40 @@ pub(crate) trait LaneDot: BlockFormat {
     fn row(bytes: &[u8], blocks: usize) -> Self::Row<'_>;
     /// Blocks `b..b + V::BLOCKS` of `row` times A's: their lanes' partial sums.
     fn block<V: Lanes>(a: &Self::A<V>, row: &Self::Row<'_>, b: usize) -> V;
+    /// Whether the format adds [`LaneDot::row_term`] to each row's blocks' sum.
+    const ROW_TERM: bool = false;
+    /// A term of a row's dot that is not block by block (q4's minimums times A's block sums).
+    fn row_term<V: Lanes>(_a: &Self::Prepared, _row: &Self::Row<'_>) -> f32 {
+        0.0
+    }
+}
+
+/// `Σ w[b]·x[b]` over the little-endian f32s `w` and `x` (the shorter's length), in the order
+/// every [`Lanes`] gives: eight lanes over whole chunks of 8, even and odd chunks apart as in
+/// [`pass`], then the rest one by one.
+#[inline(always)]
+pub(crate) fn dot_le<V: Lanes>(w: &[[u8; 4]], x: &[f32]) -> f32 {
+    let n = w.len().min(x.len());
+    let (chunks, xs) = (n / 8, x.as_chunks::<8>().0);
+    let mut acc = [V::zero(); 2];
+    for c in (0..chunks & !1).step_by(2) {
+        if V::BLOCKS == 2 {
+            acc[0] = acc[0].add(V::load_le(&w[8 * c..]).mul(V::load([&xs[c], &xs[c + 1]])));
+        } else {
+            for (slot, c) in [(0, c), (1, c + 1)] {
+                acc[slot] = acc[slot].add(V::load_le(&w[8 * c..]).mul(V::load([&xs[c], &xs[c]])));
+            }
+        }
+    }
+    if chunks % 2 == 1 {
+        let c = chunks - 1;
+        acc[0] = acc[0].add_first(V::One::load_le(&w[8 * c..]).mul(V::One::load([&xs[c], &xs[c]])));
+    }
+    let mut s = sum_lanes(V::fold(acc));
+    for b in chunks * 8..n {
+        s += f32::from_le_bytes(w[b]) * x[b];
+    }
+    s
 }
 
 /// Blocks `b..b + V::BLOCKS` of A as [`GROUPS`] vectors (element `8t + l` of block `i` in lane
@@ -242,8 +278,11 @@ fn pass<V: Lanes, F: LaneDot, const R: usize>(a: &F::Prepared, k: usize, rows: [
         }
     }
     let mut sums = [0f32; R];
-    for (s, t) in sums.iter_mut().zip(totals) {
+    for ((s, t), row) in sums.iter_mut().zip(totals).zip(&views) {
         *s = sum_lanes(V::fold(t));
+        if F::ROW_TERM {
+            *s += F::row_term::<V>(a, row);
+        }
     }
     sums
 }
@@ -311,6 +350,11 @@ impl Lanes for Portable {
     #[inline(always)]
     fn load(v: [&[f32; 8]; 2]) -> Self {
         Portable(*v[0])
+    }
+
+    #[inline(always)]
+    fn load_le(s: &[[u8; 4]]) -> Self {
+        Portable(std::array::from_fn(|l| f32::from_le_bytes(s[l])))
     }
 
     #[inline(always)]
@@ -443,6 +487,14 @@ mod x86 {
         fn load(v: [&[f32; 8]; 2]) -> Self {
             // SAFETY: AVX2 is present (see `Avx2`); an unaligned load of the 8 floats of `v[0]`.
             Self(unsafe { _mm256_loadu_ps(v[0].as_ptr()) })
+        }
+
+        #[inline(always)]
+        fn load_le(s: &[[u8; 4]]) -> Self {
+            let s: &[[u8; 4]; 8] = s.first_chunk().expect("eight values");
+            // SAFETY: AVX2 is present (see `Avx2`); an unaligned load of the 32 bytes of `s`
+            // (x86 is little-endian).
+            Self(unsafe { _mm256_loadu_ps(s.as_ptr() as *const f32) })
         }
 
         #[inline(always)]
@@ -612,6 +664,14 @@ mod x86 {
         fn load(v: [&[f32; 8]; 2]) -> Self {
             // SAFETY: AVX-512 F is present (see `Avx512`); unaligned loads of 8 floats each.
             Self(unsafe { join_ps(_mm256_loadu_ps(v[0].as_ptr()), _mm256_loadu_ps(v[1].as_ptr())) })
+        }
+
+        #[inline(always)]
+        fn load_le(s: &[[u8; 4]]) -> Self {
+            let s: &[[u8; 4]; 16] = s.first_chunk().expect("sixteen values");
+            // SAFETY: AVX-512 F is present (see `Avx512`); an unaligned load of the 64 bytes of
+            // `s` (x86 is little-endian).
+            Self(unsafe { _mm512_loadu_ps(s.as_ptr() as *const f32) })
         }
 
         #[inline(always)]

@@ -58,13 +58,15 @@ impl BlockFormat for Q4 {
         }
     }
 
-    type Prepared = QuantizedA;
+    type Prepared = Q4A;
 
-    fn prepare(a: &[f32]) -> QuantizedA {
-        QuantizedA::new(a)
+    fn prepare(a: &[f32]) -> Q4A {
+        let x = QuantizedA::new(a);
+        let sums = x.0.iter().map(|b| b.scale * b.sum).collect();
+        Q4A { x, sums }
     }
 
-    fn dot_rows(a: &QuantizedA, k: usize, rows: &[u8], out: &mut [f32]) {
+    fn dot_rows(a: &Q4A, k: usize, rows: &[u8], out: &mut [f32]) {
         lanes::dot_rows::<Self>(a, k, rows, out)
     }
 
@@ -90,20 +92,19 @@ impl IntWeights for Q4 {
 }
 
 impl LaneDot for Q4 {
-    /// The blocks' integers, their lanes' sums `Σ x` (the minimum's term needs no weights, so
-    /// every row of a pass shares it) and their scales.
-    type A<V: Lanes> = (V::Int, V, V);
+    /// The blocks' integers and scales.
+    type A<V: Lanes> = (V::Int, V);
     type Row<'a> = (&'a [[u8; 4]], &'a [[u8; 4]], &'a [[u8; BLOCK / 2]]);
 
     #[inline(always)]
-    fn a_block<V: Lanes>(a: &QuantizedA, b: usize) -> Self::A<V> {
-        let [x, y] = lanes::blocks::<V, _>(&a.0, b);
-        (V::load_int([x, y]), V::load([&x.sums, &y.sums]), V::per_block([x.scale, y.scale]))
+    fn a_block<V: Lanes>(a: &Q4A, b: usize) -> Self::A<V> {
+        let [x, y] = lanes::blocks::<V, _>(&a.x.0, b);
+        (V::load_int([x, y]), V::per_block([x.scale, y.scale]))
     }
 
     #[cfg(test)]
-    fn a_as_read(a: &QuantizedA) -> Vec<f32> {
-        a.dequantized()
+    fn a_as_read(a: &Q4A) -> Vec<f32> {
+        a.x.dequantized()
     }
 
     #[inline(always)]
@@ -113,13 +114,27 @@ impl LaneDot for Q4 {
         (scales.as_chunks().0, mins.as_chunks().0, quants.as_chunks().0)
     }
 
-    /// `(Σ q·x · scale + Σ x · min) · d` in eight lanes per block, the sums exact integers.
+    /// `Σ q·x · scale · d` in eight lanes per block, the sums exact integers.
     #[inline(always)]
-    fn block<V: Lanes>((x, sums, d): &Self::A<V>, (scales, mins, quants): &Self::Row<'_>, b: usize) -> V {
+    fn block<V: Lanes>((x, d): &Self::A<V>, (scales, _, quants): &Self::Row<'_>, b: usize) -> V {
         let scale = V::per_block_le(&scales[b..]);
-        let min = V::per_block_le(&mins[b..]);
-        V::u4_dot(x, &quants[b..]).mul(scale.mul(*d)).add(sums.mul(min.mul(*d)))
+        V::u4_dot(x, &quants[b..]).mul(scale.mul(*d))
     }
+
+    const ROW_TERM: bool = true;
+
+    /// `Σ min · (d · Σ x)` over the blocks: the minimums' share of the dot, one multiply per
+    /// block rather than eight lanes of them.
+    #[inline(always)]
+    fn row_term<V: Lanes>(a: &Q4A, (_, mins, _): &Self::Row<'_>) -> f32 {
+        lanes::dot_le::<V>(mins, &a.sums)
+    }
+}
+
+/// A row of A as q4's dot reads it: quantized, and each block's `d · Σ x`.
+pub struct Q4A {
+    x: QuantizedA,
+    sums: Vec<f32>,
 }
 
 #[cfg(test)]
