@@ -211,9 +211,16 @@ impl Job {
             return;
         }
         if group > 0 {
-            y.par_chunks_mut(group * dv)
-                .enumerate()
-                .for_each_init(Vec::new, |scratch, (i, yb)| block(i * group, yb, scratch));
+            // Groups split into runs of rows when there are too few to share out: SmolLM2's three
+            // groups of three heads left one of two threads idle a third of the time; runs of two
+            // and one rows keep most of the sharing and balance.
+            let groups = y.len() / (group * dv);
+            let run = group.min((groups * group).div_ceil(3 * rayon::current_num_threads())).max(1);
+            y.par_chunks_mut(group * dv).enumerate().for_each(|(i, yg)| {
+                yg.par_chunks_mut(run * dv)
+                    .enumerate()
+                    .for_each_init(Vec::new, |scratch, (j, yb)| block(i * group + j * run, yb, scratch));
+            });
             return;
         }
         y.par_chunks_mut(s * dv).enumerate().for_each(|(bh, yh)| {
@@ -425,7 +432,10 @@ mod tests {
     /// per head here) with a mask that differs per batch, head and query.
     #[test]
     fn grouped_heads_each_read_their_own_mask_rows() {
-        for (b, h, g, s, t, d, dv) in [(2, 6, 2, 1, 9, 8, 12), (2, 6, 2, 2, 9, 12, 40), (1, 8, 1, 1, 5, 16, 16)] {
+        // The last is large enough to run in parallel, its groups split into runs of rows.
+        let shapes =
+            [(2, 6, 2, 1, 9, 8, 12), (2, 6, 2, 2, 9, 12, 40), (1, 8, 1, 1, 5, 16, 16), (1, 9, 3, 1, 300, 64, 64)];
+        for (b, h, g, s, t, d, dv) in shapes {
             let q = values(b * h * s * d, 1, 1.0);
             let k = values(b * g * t * d, 2, 1.0);
             let v = values(b * g * t * dv, 3, 2.0);
