@@ -427,7 +427,6 @@ mod tests {
         }
     }
 
-    /// `divide` divides by the scale; pitched k and v read only their filled rows.
     /// Groups of query heads taken as one task (decode's one query per head, and two queries
     /// per head here) with a mask that differs per batch, head and query.
     #[test]
@@ -457,6 +456,7 @@ mod tests {
         }
     }
 
+    /// `divide` divides by the scale; pitched k and v read only their filled rows.
     #[test]
     fn divides_and_reads_pitched_states() {
         let (h, g, s, t, d, pitch) = (4, 2, 3, 5, 8, 9);
