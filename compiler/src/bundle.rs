@@ -214,7 +214,7 @@ pub fn compile_bundle(
     notes.extend(kv_cache_notes(&compiled));
     if let Some((q, kept)) = compiled.first().and_then(|c| c.compiled.quantized) {
         notes.push(format!(
-            "weights: {q} products read {} weights; {kept} kept f32 (not a 2-D weight of whole 32-blocks)",
+            "weights: {q} products read {} weights; {kept} kept f32 (not a 2-D weight of whole 32-blocks, or holding values the format cannot: non-finite, or beyond its half-float block parameters)",
             opts.weights.describe()
         ));
     }

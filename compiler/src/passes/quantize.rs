@@ -17,9 +17,10 @@ use std::sync::{Arc, OnceLock};
 pub enum WeightFormat {
     #[default]
     F32,
-    /// int8 in blocks of 32, one f32 scale per block.
+    /// int8 in blocks of 32, one half-float scale per block (llama.cpp's Q8_0).
     Q8,
-    /// 4-bit in blocks of 32, one f32 scale and one f32 minimum per block.
+    /// 4-bit in blocks of 32, one half-float scale and one half-float minimum per block (llama.cpp's
+    /// Q4_1).
     Q4,
     /// IEEE half floats (11 significant bits, magnitudes up to 65504), the output head too.
     F16,
@@ -95,7 +96,11 @@ fn quantize_where<F: BlockFormat>(g: &mut Graph, pick: &dyn Fn(&Graph, &crate::i
         let shape = wv.known_shape();
         let eligible = match (&shape, wv.dtype, g.values[a].dtype) {
             (Some(s), Some(DType::F32), Some(DType::F32)) => {
-                s.len() == 2 && s[1] % BLOCK == 0 && s[1] > 0 && bytes.len() == s[0] * s[1] * 4
+                s.len() == 2
+                    && s[1] % BLOCK == 0
+                    && s[1] > 0
+                    && bytes.len() == s[0] * s[1] * 4
+                    && bytemuck::try_cast_slice(bytes.as_slice()).is_ok_and(F::fits)
             }
             _ => false,
         };
@@ -115,6 +120,7 @@ fn quantize_where<F: BlockFormat>(g: &mut Graph, pick: &dyn Fn(&Graph, &crate::i
         });
         let n = &mut g.nodes[i];
         n.op = F::OP.into();
+        n.opset = F::VERSION;
         n.inputs[1] = Some(id);
         n.attrs = vec![kiln_formats::program::Attribute::int("k", k as i64)];
         done += 1;
@@ -182,10 +188,58 @@ mod tests {
         g.nodes = vec![product(0, 1, 2), product(3, 4, 5)];
         assert_eq!(quantize::<F>(&mut g), (1, 1), "k = 20 is not a whole number of blocks");
         let n = &g.nodes[0];
-        assert_eq!(n.op, F::OP);
+        assert_eq!((n.op.as_str(), n.opset), (F::OP, F::VERSION));
         let q = &g.values[n.inputs[1].unwrap()];
         assert_eq!(q.known_shape(), Some(vec![3, F::row_bytes(64)]));
         assert_eq!(q.constant.as_ref().unwrap().as_slice().len(), 3 * F::row_bytes(64));
         assert_eq!(g.nodes[1].op, "MatMulTransB");
+    }
+
+    /// q8's and q4's block parameters are half floats: a weight they cannot hold (here one value
+    /// past their range, or a NaN) stays f32 rather than being stored wrong.
+    #[test]
+    fn weights_beyond_the_block_parameters_stay_f32() {
+        for bad in [1.0e7_f32, f32::NAN, f32::INFINITY] {
+            assert_eq!(quantize_with::<Q8>(bad), (1, 1), "q8 with {bad}");
+            assert_eq!(quantize_with::<Q4>(bad), (1, 1), "q4 with {bad}");
+        }
+        assert_eq!(quantize_with::<Q8>(1.0e5), (2, 0), "q8 holds 1e5 (scale 787)");
+        assert_eq!(quantize_with::<Q4>(1.0e5), (1, 1), "q4's minimum cannot hold -1e5");
+    }
+
+    /// Two products of k = 64, the second's weights holding `-value` once.
+    fn quantize_with<F: BlockFormat>(value: f32) -> (usize, usize) {
+        let weight = |name: &str, w: &[f32]| Value {
+            name: name.into(),
+            dtype: Some(DType::F32),
+            shape: Some(vec![Dim::Known(2), Dim::Known(64)]),
+            constant: Some(SharedBytes::copy_from(bytemuck::cast_slice(w))),
+            sym_value: None,
+        };
+        let act = |name: &str, n: i64| Value {
+            name: name.into(),
+            dtype: Some(DType::F32),
+            shape: Some(vec![Dim::Known(1), Dim::Known(n)]),
+            constant: None,
+            sym_value: None,
+        };
+        let good: Vec<f32> = (0..128).map(|i| i as f32 * 0.01).collect();
+        let mut bad = good.clone();
+        bad[77] = -value;
+        let mut g = Graph {
+            values: vec![act("a", 64), weight("w", &good), weight("v", &bad), act("y", 2), act("z", 2)],
+            ..Default::default()
+        };
+        let product = |w, y| Node {
+            name: "p".into(),
+            op: "MatMulTransB".into(),
+            domain: KILN_DOMAIN.into(),
+            opset: 1,
+            attrs: vec![],
+            inputs: vec![Some(0), Some(w)],
+            outputs: vec![y],
+        };
+        g.nodes = vec![product(1, 3), product(2, 4)];
+        quantize::<F>(&mut g)
     }
 }

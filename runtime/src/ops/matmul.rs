@@ -1,6 +1,7 @@
 //! Matrix products: MatMul (numpy semantics: 1-D operands promoted, batch dims broadcast) and
 //! Gemm (2-D, optional transposes, `alpha * A'B' + beta * C` with C broadcast to [M, N]).
 
+mod f16_params;
 pub(crate) mod gemm;
 pub mod half16;
 mod int_gemm;

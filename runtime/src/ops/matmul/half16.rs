@@ -77,6 +77,7 @@ pub type BF16 = Half<bf16>;
 impl<H: Half16> BlockFormat for Half<H> {
     const OP: &'static str = H::OP;
     const NAME: &'static str = H::NAME;
+    const LAYOUT: &'static str = "k little-endian 16-bit floats";
 
     fn row_bytes(k: usize) -> usize {
         2 * k

@@ -47,12 +47,10 @@ pub(crate) trait Lanes: Copy {
     fn zero() -> Self;
     /// Every lane of block `i` set to `v[i]`.
     fn per_block(v: [f32; 2]) -> Self;
-    /// Every lane of block `i` set to the little-endian f32 `s[i]` (`s` holds `BLOCKS` or more).
-    fn per_block_le(s: &[[u8; 4]]) -> Self;
+    /// Every lane of block `i` set to the little-endian f16 `s[i]` (`s` holds `BLOCKS` or more).
+    fn per_block_f16(s: &[[u8; 2]]) -> Self;
     /// Block `i`'s lanes read from `v[i]`.
     fn load(v: [&[f32; 8]; 2]) -> Self;
-    /// Block `i`'s lanes: the little-endian f32s `s[8i..8i + 8]` (`s` holds `8·BLOCKS` or more).
-    fn load_le(s: &[[u8; 4]]) -> Self;
     fn add(self, other: Self) -> Self;
     fn mul(self, other: Self) -> Self;
     /// Block `i`'s lanes: eight little-endian f16 weights from `q[i]`.
@@ -105,30 +103,31 @@ pub(crate) trait LaneDot: BlockFormat {
     }
 }
 
-/// `Σ w[b]·x[b]` over the little-endian f32s `w` and `x` (the shorter's length), in the order
-/// every [`Lanes`] gives: eight lanes over whole chunks of 8, even and odd chunks apart as in
-/// [`pass`], then the rest one by one.
+/// `Σ w[b]·x[b]` over the little-endian f16s `w` and the f32s `x` (the shorter's length), in the
+/// order every [`Lanes`] gives: eight lanes over whole chunks of 8, even and odd chunks apart as
+/// in [`pass`], then the rest one by one.
 #[inline(always)]
-pub(crate) fn dot_le<V: Lanes>(w: &[[u8; 4]], x: &[f32]) -> f32 {
+pub(crate) fn dot_f16<V: Lanes>(w: &[[u8; 2]], x: &[f32]) -> f32 {
     let n = w.len().min(x.len());
     let (chunks, xs) = (n / 8, x.as_chunks::<8>().0);
+    let ws = w.as_flattened().as_chunks::<16>().0;
     let mut acc = [V::zero(); 2];
     for c in (0..chunks & !1).step_by(2) {
         if V::BLOCKS == 2 {
-            acc[0] = acc[0].add(V::load_le(&w[8 * c..]).mul(V::load([&xs[c], &xs[c + 1]])));
+            acc[0] = acc[0].add(V::f16s([&ws[c], &ws[c + 1]]).mul(V::load([&xs[c], &xs[c + 1]])));
         } else {
             for (slot, c) in [(0, c), (1, c + 1)] {
-                acc[slot] = acc[slot].add(V::load_le(&w[8 * c..]).mul(V::load([&xs[c], &xs[c]])));
+                acc[slot] = acc[slot].add(V::f16s([&ws[c], &ws[c]]).mul(V::load([&xs[c], &xs[c]])));
             }
         }
     }
     if chunks % 2 == 1 {
         let c = chunks - 1;
-        acc[0] = acc[0].add_first(V::One::load_le(&w[8 * c..]).mul(V::One::load([&xs[c], &xs[c]])));
+        acc[0] = acc[0].add_first(V::One::f16s([&ws[c], &ws[c]]).mul(V::One::load([&xs[c], &xs[c]])));
     }
     let mut s = sum_lanes(V::fold(acc));
     for b in chunks * 8..n {
-        s += f32::from_le_bytes(w[b]) * x[b];
+        s += half::f16::from_le_bytes(w[b]).to_f32() * x[b];
     }
     s
 }
@@ -343,18 +342,13 @@ impl Lanes for Portable {
     }
 
     #[inline(always)]
-    fn per_block_le(s: &[[u8; 4]]) -> Self {
-        Portable([f32::from_le_bytes(s[0]); 8])
+    fn per_block_f16(s: &[[u8; 2]]) -> Self {
+        Portable([half::f16::from_le_bytes(s[0]).to_f32(); 8])
     }
 
     #[inline(always)]
     fn load(v: [&[f32; 8]; 2]) -> Self {
         Portable(*v[0])
-    }
-
-    #[inline(always)]
-    fn load_le(s: &[[u8; 4]]) -> Self {
-        Portable(std::array::from_fn(|l| f32::from_le_bytes(s[l])))
     }
 
     #[inline(always)]
@@ -479,22 +473,18 @@ mod x86 {
         }
 
         #[inline(always)]
-        fn per_block_le(s: &[[u8; 4]]) -> Self {
-            Self::per_block([f32::from_le_bytes(s[0]); 2])
+        fn per_block_f16(s: &[[u8; 2]]) -> Self {
+            // SAFETY: AVX2 and F16C are present (see `Avx2`). The conversion is exact, as `half`'s.
+            Self(unsafe {
+                let one = _mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(s[0]) as i32));
+                _mm256_broadcastss_ps(one)
+            })
         }
 
         #[inline(always)]
         fn load(v: [&[f32; 8]; 2]) -> Self {
             // SAFETY: AVX2 is present (see `Avx2`); an unaligned load of the 8 floats of `v[0]`.
             Self(unsafe { _mm256_loadu_ps(v[0].as_ptr()) })
-        }
-
-        #[inline(always)]
-        fn load_le(s: &[[u8; 4]]) -> Self {
-            let s: &[[u8; 4]; 8] = s.first_chunk().expect("eight values");
-            // SAFETY: AVX2 is present (see `Avx2`); an unaligned load of the 32 bytes of `s`
-            // (x86 is little-endian).
-            Self(unsafe { _mm256_loadu_ps(s.as_ptr() as *const f32) })
         }
 
         #[inline(always)]
@@ -646,13 +636,15 @@ mod x86 {
             Self(unsafe { join_ps(_mm256_set1_ps(v[0]), _mm256_set1_ps(v[1])) })
         }
 
-        /// One 8-byte load and one permute (x86 is little-endian).
+        /// One 4-byte load, one conversion and one permute (x86 is little-endian).
         #[inline(always)]
-        fn per_block_le(s: &[[u8; 4]]) -> Self {
-            let pair: &[[u8; 4]; 2] = s.first_chunk().expect("two blocks' values");
-            // SAFETY: AVX-512 F is present (see `Avx512`); the load reads the 8 bytes of `pair`.
+        fn per_block_f16(s: &[[u8; 2]]) -> Self {
+            let pair: &[[u8; 2]; 2] = s.first_chunk().expect("two blocks' values");
+            // SAFETY: AVX-512 F and F16C are present (see `Avx512`). The conversion is exact, as
+            // `half`'s.
             Self(unsafe {
-                let v = _mm_castsi128_ps(_mm_loadl_epi64(pair.as_ptr() as *const __m128i));
+                let [[a, b], [c, d]] = *pair;
+                let v = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([a, b, c, d])));
                 _mm512_permutexvar_ps(
                     _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
                     _mm512_castps128_ps512(v),
@@ -664,14 +656,6 @@ mod x86 {
         fn load(v: [&[f32; 8]; 2]) -> Self {
             // SAFETY: AVX-512 F is present (see `Avx512`); unaligned loads of 8 floats each.
             Self(unsafe { join_ps(_mm256_loadu_ps(v[0].as_ptr()), _mm256_loadu_ps(v[1].as_ptr())) })
-        }
-
-        #[inline(always)]
-        fn load_le(s: &[[u8; 4]]) -> Self {
-            let s: &[[u8; 4]; 16] = s.first_chunk().expect("sixteen values");
-            // SAFETY: AVX-512 F is present (see `Avx512`); an unaligned load of the 64 bytes of
-            // `s` (x86 is little-endian).
-            Self(unsafe { _mm512_loadu_ps(s.as_ptr() as *const f32) })
         }
 
         #[inline(always)]

@@ -1,10 +1,11 @@
 //! The q4 weight format (`kiln compile --weights q4`, op `kiln::MatMulQ4`): 4-bit in blocks of
-//! [`BLOCK`] with an f32 scale and an f32 minimum per block (`w ≈ q · scale + min`, q in 0..=15,
-//! as llama.cpp's Q4_1). A row is stored as its `k / BLOCK` scales, then its `k / BLOCK` minimums
-//! (little-endian f32), then `k / 2` bytes of 4-bit values: byte `j` of block `b` holds weight
-//! `32b + j` in its low half and `32b + 16 + j` in its high half, so a block unpacks with two
-//! masks. A row is `k / 2 + k / 4` bytes, under a fifth of f32's.
+//! [`BLOCK`] with a scale and a minimum per block (`w ≈ q · scale + min`, q in 0..=15, both half
+//! floats, as llama.cpp's Q4_1). A row is stored as its `k / BLOCK` scales, then its `k / BLOCK`
+//! minimums (little-endian f16), then `k / 2` bytes of 4-bit values: byte `j` of block `b` holds
+//! weight `32b + j` in its low half and `32b + 16 + j` in its high half, so a block unpacks with
+//! two masks. A row is `k / 2 + k / 8` bytes, 16% of f32's.
 
+use super::f16_params;
 use super::int_gemm::{self, IntWeights, WTile};
 use super::lanes::{self, LaneDot, Lanes};
 use super::quantized::BlockFormat;
@@ -20,25 +21,37 @@ pub struct Q4;
 impl BlockFormat for Q4 {
     const OP: &'static str = MATMUL_Q4;
     const NAME: &'static str = "q4";
+    /// Version 1 stored f32 scales and minimums.
+    const VERSION: i64 = 2;
+    const LAYOUT: &'static str =
+        "k / 32 half-float scales, k / 32 half-float minimums, then k / 2 bytes of 4-bit levels";
 
     fn row_bytes(k: usize) -> usize {
-        k / BLOCK * 8 + k / 2
+        k / BLOCK * 4 + k / 2
     }
 
+    /// Minimums reach ±65504; the scale then reaches (65504 + 65504) / 15.
+    fn fits(w: &[f32]) -> bool {
+        w.iter().all(|v| v.abs() <= f16_params::MAX)
+    }
+
+    /// The minimum is rounded down and the scale up, so the levels 0..=15 span the whole block.
     fn quantize_row(src: &[f32], dst: &mut [u8]) {
         let blocks = src.len() / BLOCK;
-        let (params, quants) = dst.split_at_mut(blocks * 8);
-        let (scales, mins) = params.split_at_mut(blocks * 4);
+        let (params, quants) = dst.split_at_mut(blocks * 4);
+        let (scales, mins) = params.split_at_mut(blocks * 2);
         for (b, (w, q)) in src.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK / 2)).enumerate() {
             let lo = w.iter().fold(f32::INFINITY, |m, &v| m.min(v));
             let hi = w.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let (min, scale) = match (lo.is_finite() && hi.is_finite(), (hi - lo) / 15.0) {
-                (true, s) if s > 0.0 && s.is_finite() => (lo, s),
-                (true, _) => (lo, 0.0),
-                (false, _) => (0.0, 0.0),
+            let (min, scale) = if lo.is_finite() && hi.is_finite() && lo.abs().max(hi.abs()) <= f16_params::MAX {
+                let min = f16_params::at_most(lo);
+                (min, f16_params::at_least((hi - f16_params::read(min)) / 15.0))
+            } else {
+                (f16_params::nearest(0.0), f16_params::nearest(0.0))
             };
-            scales[b * 4..b * 4 + 4].copy_from_slice(&scale.to_le_bytes());
-            mins[b * 4..b * 4 + 4].copy_from_slice(&min.to_le_bytes());
+            scales[b * 2..b * 2 + 2].copy_from_slice(&scale);
+            mins[b * 2..b * 2 + 2].copy_from_slice(&min);
+            let (scale, min) = (f16_params::read(scale), f16_params::read(min));
             let level = |v: f32| if scale > 0.0 { ((v - min) / scale).round().clamp(0.0, 15.0) as u8 } else { 0 };
             for (j, byte) in q.iter_mut().enumerate() {
                 *byte = level(w[j]) | (level(w[j + BLOCK / 2]) << 4);
@@ -50,7 +63,7 @@ impl BlockFormat for Q4 {
         let (scales, mins, quants) = <Q4 as LaneDot>::row(row, k / BLOCK);
         let params = scales[first..].iter().zip(&mins[first..]);
         for ((d, q), (s, m)) in dst.chunks_exact_mut(BLOCK).zip(&quants[first..]).zip(params) {
-            let (scale, min) = (f32::from_le_bytes(*s), f32::from_le_bytes(*m));
+            let (scale, min) = (f16_params::read(*s), f16_params::read(*m));
             for (j, &byte) in q.iter().enumerate() {
                 d[j] = (byte & 15) as f32 * scale + min;
                 d[j + BLOCK / 2] = (byte >> 4) as f32 * scale + min;
@@ -86,7 +99,7 @@ impl IntWeights for Q4 {
             for ((l, h), &v) in low.iter_mut().zip(high).zip(q) {
                 (*l, *h) = (v & 15, v >> 4);
             }
-            tile.set_block(c, b, &levels, f32::from_le_bytes(*s), f32::from_le_bytes(*m));
+            tile.set_block(c, b, &levels, f16_params::read(*s), f16_params::read(*m));
         }
     }
 }
@@ -94,7 +107,7 @@ impl IntWeights for Q4 {
 impl LaneDot for Q4 {
     /// The blocks' integers and scales.
     type A<V: Lanes> = (V::Int, V);
-    type Row<'a> = (&'a [[u8; 4]], &'a [[u8; 4]], &'a [[u8; BLOCK / 2]]);
+    type Row<'a> = (&'a [[u8; 2]], &'a [[u8; 2]], &'a [[u8; BLOCK / 2]]);
 
     #[inline(always)]
     fn a_block<V: Lanes>(a: &Q4A, b: usize) -> Self::A<V> {
@@ -109,15 +122,15 @@ impl LaneDot for Q4 {
 
     #[inline(always)]
     fn row(bytes: &[u8], blocks: usize) -> Self::Row<'_> {
-        let (params, quants) = bytes.split_at(blocks * 8);
-        let (scales, mins) = params.split_at(blocks * 4);
+        let (params, quants) = bytes.split_at(blocks * 4);
+        let (scales, mins) = params.split_at(blocks * 2);
         (scales.as_chunks().0, mins.as_chunks().0, quants.as_chunks().0)
     }
 
     /// `Σ q·x · scale · d` in eight lanes per block, the sums exact integers.
     #[inline(always)]
     fn block<V: Lanes>((x, d): &Self::A<V>, (scales, _, quants): &Self::Row<'_>, b: usize) -> V {
-        let scale = V::per_block_le(&scales[b..]);
+        let scale = V::per_block_f16(&scales[b..]);
         V::u4_dot(x, &quants[b..]).mul(scale.mul(*d))
     }
 
@@ -127,7 +140,7 @@ impl LaneDot for Q4 {
     /// block rather than eight lanes of them.
     #[inline(always)]
     fn row_term<V: Lanes>(a: &Q4A, (_, mins, _): &Self::Row<'_>) -> f32 {
-        lanes::dot_le::<V>(mins, &a.sums)
+        lanes::dot_f16::<V>(mins, &a.sums)
     }
 }
 
@@ -152,12 +165,20 @@ mod tests {
         let (w, q) = test_weights::<Q4>(3, 64);
         let mut back = vec![0f32; 64];
         for r in 0..3 {
-            Q4::dequantize_row(&q[r * Q4::row_bytes(64)..(r + 1) * Q4::row_bytes(64)], &mut back);
+            let row = &q[r * Q4::row_bytes(64)..(r + 1) * Q4::row_bytes(64)];
+            Q4::dequantize_row(row, &mut back);
             for (b, (x, y)) in w[r * 64..(r + 1) * 64].chunks(BLOCK).zip(back.chunks(BLOCK)).enumerate() {
                 let (lo, hi) = x.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
-                let step = (hi - lo) / 15.0;
+                let scale = f16_params::read([row[2 * b], row[2 * b + 1]]);
+                let min = f16_params::read([row[4 + 2 * b], row[4 + 2 * b + 1]]);
+                // The half-float parameters bracket the block and cost at most a rounding step.
+                assert!(min <= lo && min + 15.0 * scale >= hi, "row {r} block {b}: {min} + 15·{scale} vs {lo}..{hi}");
+                assert!(
+                    scale <= (hi - lo) / 15.0 * (1.0 + 1e-3) + lo.abs() * 1e-3 / 15.0,
+                    "row {r} block {b}: {scale}"
+                );
                 for (u, v) in x.iter().zip(y) {
-                    assert!((u - v).abs() <= step / 2.0 + 1e-6, "row {r} block {b}: {u} vs {v}");
+                    assert!((u - v).abs() <= scale / 2.0 + 1e-6, "row {r} block {b}: {u} vs {v}");
                 }
             }
         }

@@ -1,8 +1,9 @@
 //! The q8 weight format (`kiln compile --weights q8`, op `kiln::MatMulQ8`): int8 in blocks of
-//! [`BLOCK`], one f32 scale per block (`scale = max |w| / 127`). Each row is stored as its
-//! `k / BLOCK` little-endian f32 scales followed by its `k` int8 values, so a row is one
-//! contiguous read of `k + k / 8` bytes, a quarter of f32's.
+//! [`BLOCK`], one scale per block (`scale = max |w| / 127`, stored as a half float, as llama.cpp's
+//! Q8_0). Each row is stored as its `k / BLOCK` little-endian f16 scales followed by its `k` int8
+//! values, so a row is one contiguous read of `k + k / 16` bytes, 27% of f32's.
 
+use super::f16_params;
 use super::int_gemm::{self, IntWeights, WTile};
 use super::lanes::{self, LaneDot, Lanes};
 use super::quantized::BlockFormat;
@@ -15,18 +16,27 @@ pub struct Q8;
 impl BlockFormat for Q8 {
     const OP: &'static str = MATMUL_Q8;
     const NAME: &'static str = "q8";
+    /// Version 1 stored f32 scales.
+    const VERSION: i64 = 2;
+    const LAYOUT: &'static str = "k / 32 half-float scales, then k int8";
 
     fn row_bytes(k: usize) -> usize {
-        k / BLOCK * 4 + k
+        k / BLOCK * 2 + k
+    }
+
+    /// Scales reach 65504 (a weight of 127·65504 ≈ 8.3 million).
+    fn fits(w: &[f32]) -> bool {
+        w.iter().all(|v| v.abs() <= 127.0 * f16_params::MAX)
     }
 
     fn quantize_row(src: &[f32], dst: &mut [u8]) {
         let blocks = src.len() / BLOCK;
-        let (scales, quants) = dst.split_at_mut(blocks * 4);
+        let (scales, quants) = dst.split_at_mut(blocks * 2);
         for (b, (w, q)) in src.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)).enumerate() {
             let max = w.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = if max > 0.0 && max.is_finite() { max / 127.0 } else { 0.0 };
-            scales[b * 4..b * 4 + 4].copy_from_slice(&scale.to_le_bytes());
+            let stored = f16_params::nearest(if max.is_finite() { (max / 127.0).min(f16_params::MAX) } else { 0.0 });
+            scales[b * 2..b * 2 + 2].copy_from_slice(&stored);
+            let scale = f16_params::read(stored);
             for (d, &v) in q.iter_mut().zip(w) {
                 let x = if scale > 0.0 { (v / scale).round().clamp(-127.0, 127.0) } else { 0.0 };
                 *d = (x as i8) as u8;
@@ -37,7 +47,7 @@ impl BlockFormat for Q8 {
     fn dequantize_blocks(row: &[u8], k: usize, first: usize, dst: &mut [f32]) {
         let (scales, quants) = <Q8 as LaneDot>::row(row, k / BLOCK);
         for ((d, q), s) in dst.chunks_exact_mut(BLOCK).zip(&quants[first..]).zip(&scales[first..]) {
-            let scale = f32::from_le_bytes(*s);
+            let scale = f16_params::read(*s);
             for (x, &v) in d.iter_mut().zip(q) {
                 *x = (v as i8) as f32 * scale;
             }
@@ -65,7 +75,7 @@ impl IntWeights for Q8 {
     fn fill(row: &[u8], blocks: usize, tile: &mut WTile, c: usize) {
         let (scales, quants) = <Q8 as LaneDot>::row(row, blocks);
         for (b, (q, s)) in quants.iter().zip(scales).enumerate() {
-            tile.set_block(c, b, q, f32::from_le_bytes(*s), 0.0);
+            tile.set_block(c, b, q, f16_params::read(*s), 0.0);
         }
     }
 }
@@ -76,7 +86,7 @@ pub const MATMUL_Q8: &str = "MatMulQ8";
 impl LaneDot for Q8 {
     /// The blocks' integers and scales.
     type A<V: Lanes> = (V::Int, V);
-    type Row<'a> = (&'a [[u8; 4]], &'a [[u8; BLOCK]]);
+    type Row<'a> = (&'a [[u8; 2]], &'a [[u8; BLOCK]]);
 
     #[inline(always)]
     fn a_block<V: Lanes>(a: &QuantizedA, b: usize) -> Self::A<V> {
@@ -91,14 +101,14 @@ impl LaneDot for Q8 {
 
     #[inline(always)]
     fn row(bytes: &[u8], blocks: usize) -> Self::Row<'_> {
-        let (scales, quants) = bytes.split_at(blocks * 4);
+        let (scales, quants) = bytes.split_at(blocks * 2);
         (scales.as_chunks().0, quants.as_chunks().0)
     }
 
     /// Each block's exact integer `Σ q·x` in eight lanes, times both scales.
     #[inline(always)]
     fn block<V: Lanes>((x, d): &Self::A<V>, (scales, quants): &Self::Row<'_>, b: usize) -> V {
-        let scale = V::per_block_le(&scales[b..]);
+        let scale = V::per_block_f16(&scales[b..]);
         V::i8_dot(x, &quants[b..]).mul(scale.mul(*d))
     }
 }
@@ -111,9 +121,9 @@ pub(crate) fn rows_of_every_byte(n: usize, k: usize) -> Vec<u8> {
     let rb = Q8::row_bytes(k);
     let mut rows = vec![0u8; n * rb];
     for (r, row) in rows.chunks_exact_mut(rb).enumerate() {
-        let (scales, quants) = row.split_at_mut(k / BLOCK * 4);
-        for (b, s) in scales.chunks_exact_mut(4).enumerate() {
-            s.copy_from_slice(&(0.01 * (1 + r + b) as f32).to_le_bytes());
+        let (scales, quants) = row.split_at_mut(k / BLOCK * 2);
+        for (b, s) in scales.chunks_exact_mut(2).enumerate() {
+            s.copy_from_slice(&f16_params::nearest(0.01 * (1 + r + b) as f32));
         }
         for (j, q) in quants.iter_mut().enumerate() {
             *q = (r * 64 + j * 7) as u8;
@@ -149,10 +159,16 @@ mod tests {
         let mut back = vec![0f32; 64];
         for r in 0..3 {
             Q8::dequantize_row(&q[r * Q8::row_bytes(64)..(r + 1) * Q8::row_bytes(64)], &mut back);
+            let row = &q[r * Q8::row_bytes(64)..(r + 1) * Q8::row_bytes(64)];
             for (b, (x, y)) in w[r * 64..(r + 1) * 64].chunks(BLOCK).zip(back.chunks(BLOCK)).enumerate() {
+                // The stored (half float) scale is the step; the largest weight may sit up to 127
+                // times the scale's rounding off its level, as the level stops at 127.
                 let step = x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                let stored = f16_params::read([row[2 * b], row[2 * b + 1]]);
+                assert!((stored - step).abs() <= step / 2048.0, "row {r} block {b}: scale {stored} for {step}");
+                let bound = stored / 2.0 + 127.0 * (stored - step).abs() + 1e-7;
                 for (u, v) in x.iter().zip(y) {
-                    assert!((u - v).abs() <= step / 2.0 + 1e-7, "row {r} block {b}: {u} vs {v}");
+                    assert!((u - v).abs() <= bound, "row {r} block {b}: {u} vs {v}");
                 }
             }
         }

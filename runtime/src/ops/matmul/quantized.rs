@@ -24,8 +24,18 @@ pub trait BlockFormat: Send + Sync + 'static {
     const OP: &'static str;
     /// The `--weights` name, also the suffix of quantized weights' names.
     const NAME: &'static str;
+    /// Version of the op, and so of the row layout: a bundle whose op has another version stores
+    /// rows this build would misread, so it is refused at load.
+    const VERSION: i64 = 1;
+    /// The row layout of this version, for errors.
+    const LAYOUT: &'static str;
     /// Bytes of one stored row of `k` weights (`k` a multiple of [`BLOCK`]).
     fn row_bytes(k: usize) -> usize;
+    /// Whether the format holds every one of `w` (for q8 and q4: finite, and within their
+    /// half-float block parameters' range): the compiler keeps any other weight in f32.
+    fn fits(_w: &[f32]) -> bool {
+        true
+    }
     /// Stores one row of weights (`src.len()` a multiple of [`BLOCK`]) into `row_bytes` bytes.
     fn quantize_row(src: &[f32], dst: &mut [u8]);
     /// The f32 weights of one stored row.
@@ -54,6 +64,16 @@ pub trait BlockFormat: Send + Sync + 'static {
 /// Prepares `F`'s product when `spec` is its op.
 pub fn build_kiln<F: BlockFormat>(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
     (spec.op == F::OP).then(|| {
+        if spec.opset != F::VERSION {
+            return Err(KernelError::invalid(format!(
+                "{}::{} version {}: this kiln reads version {} only, whose rows differ ({}); recompile the bundle",
+                spec.domain,
+                F::OP,
+                spec.opset,
+                F::VERSION,
+                F::LAYOUT
+            )));
+        }
         let k = spec.attrs.req_int("k")?;
         match usize::try_from(k) {
             Ok(k) if k > 0 && k % BLOCK == 0 => {
@@ -198,7 +218,7 @@ mod tests {
 
     fn product<F: BlockFormat>(a: &[f32], q: &[u8], m: usize, k: usize, n: usize) -> Vec<f32> {
         let attrs = [Attribute::int("k", k as i64)];
-        let spec = OpSpec { op: F::OP, domain: crate::ops::KILN_DOMAIN, opset: 1, attrs: Attrs(&attrs) };
+        let spec = OpSpec { op: F::OP, domain: crate::ops::KILN_DOMAIN, opset: F::VERSION, attrs: Attrs(&attrs) };
         let kernel = build_kiln::<F>(&spec).unwrap().unwrap();
         let mut y = vec![0f32; m * n];
         let (a_shape, w_shape, y_shape) = ([m, k], [n, F::row_bytes(k)], [m, n]);
@@ -253,6 +273,24 @@ mod tests {
                     assert!(ok, "{} {how} m={m} k={k} n={n} [{i}]: {g} vs {e}", F::NAME);
                 }
             }
+        }
+    }
+
+    /// q8's and q4's version 1 rows held f32 block parameters: a bundle holding them is refused
+    /// when its kernels are built, naming the version and what to do, not misread.
+    #[test]
+    fn an_older_row_layout_is_refused_by_version() {
+        fn refused<F: BlockFormat>() -> String {
+            let attrs = [Attribute::int("k", 64)];
+            let spec = OpSpec { op: F::OP, domain: crate::ops::KILN_DOMAIN, opset: 1, attrs: Attrs(&attrs) };
+            match build_kiln::<F>(&spec) {
+                Some(Err(e)) => e.to_string(),
+                _ => panic!("{} version 1 was accepted", F::OP),
+            }
+        }
+        for msg in [refused::<Q8>(), refused::<Q4>()] {
+            assert!(msg.contains("version 1") && msg.contains("version 2"), "{msg}");
+            assert!(msg.ends_with("recompile the bundle"), "{msg}");
         }
     }
 
