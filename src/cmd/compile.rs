@@ -29,10 +29,10 @@ pub struct Args {
     /// Causal LMs: most prompt tokens one prefill call takes (default 1024, or --dim SEQUENCE=..N).
     #[arg(long, value_name = "N")]
     prefill_max: Option<u64>,
-    /// How products' weights are stored: f32 as exported, q8 (int8 in blocks of 32 with one f32
-    /// scale each), q4 (4-bit in blocks of 32 with an f32 scale and minimum each), f16 or bf16
-    /// (16-bit floats, rounded to nearest), read directly by the kernels; embeddings and norms
-    /// stay f32.
+    /// How products' weights are stored: f32 as exported, q8 (int8 in blocks of 32 with one
+    /// half-float scale each), q4 (4-bit in blocks of 32 with a half-float scale and minimum
+    /// each), f16 or bf16 (16-bit floats, rounded to nearest), read directly by the kernels;
+    /// embeddings and norms stay f32.
     #[arg(long, value_enum, default_value = "f32")]
     weights: Weights,
     /// Largest arena one entry point's plan may need, e.g. 8GiB (default: half the machine's
