@@ -5,8 +5,9 @@
 //! and adds separate, never fused), so all give the same bits.
 //!
 //! q8 and q4 multiply in integers: A is quantized once per product to 15 bits per block
-//! ([`QuantizedA`]), each block's dot is exact integer arithmetic (`vpdpbusd` where the CPU has
-//! VNNI, `vpmaddubsw` otherwise), and only its lanes' sums are scaled in f32. Converting every
+//! ([`QuantizedA`]), each block's dot is exact integer arithmetic (q8: `vpdpbusd` on A's two
+//! byte halves where the CPU has VNNI, `vpmaddubsw` otherwise; q4: `vpdpwssd` or `vpmaddwd` on A
+//! as 16-bit integers, [`I16Pair`]), and only its lanes' sums are scaled in f32. Converting every
 //! weight to f32 instead bounded q8 at 27 GB/s on one core with the weights in cache (42 now) and
 //! q4 at 14 (21 now): `dot_rows_speed` below measures each path.
 //!
@@ -67,9 +68,46 @@ pub(crate) trait Lanes: Copy {
     /// `Σ w·x` over blocks of int8 weights (block `i` from `w[i]`, `w` holding `BLOCKS` or
     /// more): lane `l` of a block the exact sum over its elements `4l..4l + 4`.
     fn i8_dot(x: &Self::Int, w: &[[u8; BLOCK]]) -> Self;
-    /// `Σ q·x` over blocks of 4-bit levels (byte `j` holds element `j` in its low half and
-    /// `j + 16` in its high half), lanes as [`Lanes::i8_dot`]'s.
-    fn u4_dot(x: &Self::Int, w: &[[u8; BLOCK / 2]]) -> Self;
+    /// A pair of blocks of A as 16-bit integers `x = 255·hi + lo`, in the order q4's levels are
+    /// stored ([`I16Pair`]), as [`Lanes::u4_dot`] reads them.
+    type Int16: Copy;
+    /// Block `which` of `pair` (both blocks when `BLOCKS` is 2, whose `which` is 0).
+    fn load_i16(pair: &I16Pair, which: usize) -> Self::Int16;
+    /// `Σ q·x` over blocks of 4-bit levels (block `i` from `w[i]`, `w` holding `BLOCKS` or more;
+    /// byte `2l + e` holds element `4l + e` in its low half and `4l + 2 + e` in its high half),
+    /// lanes as [`Lanes::i8_dot`]'s.
+    fn u4_dot(x: &Self::Int16, w: &[[u8; BLOCK / 2]]) -> Self;
+}
+
+/// Two blocks of A as 16-bit integers, each block's elements split as its q4 levels are: words
+/// `0..16` are block 0's elements `4l + e` (word `2l + e`, `e` 0 or 1), words `16..32` block 1's,
+/// words `32..48` block 0's elements `4l + 2 + e`, words `48..64` block 1's. A 512-bit register
+/// then takes the low-half elements of both blocks in one load and the high-half ones in
+/// another, matching the levels a byte-to-word widening of 32 stored bytes gives.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct I16Pair(pub [i16; 4 * BLOCK / 2]);
+
+impl I16Pair {
+    /// Blocks `x` and `y` (each `x` exact as `255·hi + lo`, `|x| ≤` 32512).
+    pub(crate) fn new(x: &[i16; BLOCK], y: &[i16; BLOCK]) -> I16Pair {
+        let mut w = [0i16; 4 * BLOCK / 2];
+        for (i, block) in [x, y].into_iter().enumerate() {
+            for j in 0..BLOCK / 2 {
+                let e = 4 * (j / 2) + j % 2;
+                w[BLOCK / 2 * i + j] = block[e];
+                w[BLOCK + BLOCK / 2 * i + j] = block[e + 2];
+            }
+        }
+        I16Pair(w)
+    }
+
+    /// Block `which`'s low-half and high-half elements.
+    #[inline(always)]
+    fn halves(&self, which: usize) -> (&[i16; BLOCK / 2], &[i16; BLOCK / 2]) {
+        let h = self.0.as_chunks::<{ BLOCK / 2 }>().0;
+        (&h[which], &h[2 + which])
+    }
 }
 
 /// Items `b` and `b + 1` of `s` when `V` covers two blocks, else item `b` twice: what [`Lanes`]'
@@ -391,10 +429,21 @@ impl Lanes for Portable {
         int_lanes(|j| w[j] as i8 as i32, hi, lo)
     }
 
+    type Int16 = ([i16; BLOCK / 2], [i16; BLOCK / 2]);
+
     #[inline(always)]
-    fn u4_dot((hi, lo): &Self::Int, w: &[[u8; BLOCK / 2]]) -> Self {
+    fn load_i16(pair: &I16Pair, which: usize) -> Self::Int16 {
+        let (lo, hi) = pair.halves(which);
+        (*lo, *hi)
+    }
+
+    /// Lane `l`: the low halves of bytes `2l`, `2l + 1` times their words, then the high halves.
+    #[inline(always)]
+    fn u4_dot((lo, hi): &Self::Int16, w: &[[u8; BLOCK / 2]]) -> Self {
         let w = &w[0];
-        int_lanes(|j| if j < BLOCK / 2 { w[j] & 15 } else { w[j - BLOCK / 2] >> 4 } as i32, hi, lo)
+        let low: [i32; BLOCK / 2] = std::array::from_fn(|j| (w[j] & 15) as i32 * lo[j] as i32);
+        let high: [i32; BLOCK / 2] = std::array::from_fn(|j| (w[j] >> 4) as i32 * hi[j] as i32);
+        Portable(std::array::from_fn(|l| (low[2 * l] + low[2 * l + 1] + high[2 * l] + high[2 * l + 1]) as f32))
     }
 }
 
@@ -412,7 +461,7 @@ fn int_lanes(weight: impl Fn(usize) -> i32, hi: &[i8; BLOCK], lo: &[i8; BLOCK]) 
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{ABlock, Lanes, BLOCK};
+    use super::{ABlock, I16Pair, Lanes, BLOCK};
     use std::arch::x86_64::*;
 
     /// Integer dots by `vpmaddubsw` + `vpmaddwd` (AVX2 alone).
@@ -440,6 +489,20 @@ mod x86 {
                 AVX_VNNI => _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s),
                 AVX512_VNNI => _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s),
                 _ => _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)),
+            }
+        }
+    }
+
+    /// `acc` plus, per 32-bit lane, `Σ a·b` over its two 16-bit pairs (exact for the callers'
+    /// operands, which never pair -32768 with -32768).
+    #[inline(always)]
+    unsafe fn dot2<const DOT: u8>(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: the caller's target features include `DOT`'s extension (see `Avx2`).
+        unsafe {
+            match DOT {
+                AVX_VNNI => _mm256_dpwssd_avx_epi32(acc, a, b),
+                AVX512_VNNI => _mm256_dpwssd_epi32(acc, a, b),
+                _ => _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)),
             }
         }
     }
@@ -550,15 +613,26 @@ mod x86 {
             })
         }
 
+        type Int16 = (__m256i, __m256i);
+
         #[inline(always)]
-        fn u4_dot(&(hi, lo): &Self::Int, w: &[[u8; BLOCK / 2]]) -> Self {
+        fn load_i16(pair: &I16Pair, which: usize) -> Self::Int16 {
+            let (lo, hi) = pair.halves(which);
+            // SAFETY: AVX2 is present (see `Avx2`); unaligned loads of the 32 bytes of each.
+            unsafe {
+                (_mm256_loadu_si256(lo.as_ptr() as *const __m256i), _mm256_loadu_si256(hi.as_ptr() as *const __m256i))
+            }
+        }
+
+        #[inline(always)]
+        fn u4_dot(&(lo, hi): &Self::Int16, w: &[[u8; BLOCK / 2]]) -> Self {
             // SAFETY: AVX2 and `DOT`'s extension are present (see `Avx2`); the load reads the 16
-            // bytes of `w[0]`. Levels are 0..=15, so every pair's product fits.
+            // bytes of `w[0]`. Each word pair's products are at most 2·15·32512, far inside i32.
             Self(unsafe {
-                let bytes = _mm_loadu_si128(w[0].as_ptr() as *const __m128i);
-                let mask = _mm_set1_epi8(15);
-                let u = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask), _mm_and_si128(bytes, mask));
-                combine(dot4::<DOT>(u, hi), dot4::<DOT>(u, lo))
+                let words = _mm256_cvtepu8_epi16(_mm_loadu_si128(w[0].as_ptr() as *const __m128i));
+                let low = _mm256_and_si256(words, _mm256_set1_epi16(15));
+                let high = _mm256_srli_epi16(words, 4);
+                _mm256_cvtepi32_ps(dot2::<DOT>(dot2::<DOT>(_mm256_setzero_si256(), low, lo), high, hi))
             })
         }
     }
@@ -732,22 +806,29 @@ mod x86 {
             })
         }
 
+        type Int16 = (__m512i, __m512i);
+
         #[inline(always)]
-        fn u4_dot(x: &Int512, w: &[[u8; BLOCK / 2]]) -> Self {
+        fn load_i16(pair: &I16Pair, _which: usize) -> Self::Int16 {
+            let (lo, hi) = pair.0.split_at(BLOCK);
+            // SAFETY: AVX-512 F is present (see `Avx512`); unaligned loads of 64 bytes from each
+            // half, which holds 32 words.
+            unsafe { (_mm512_loadu_si512(lo.as_ptr() as *const _), _mm512_loadu_si512(hi.as_ptr() as *const _)) }
+        }
+
+        /// Widening the pair's 32 bytes to words puts block 0's in the low half and block 1's in
+        /// the high half, each byte's low level and high level then a mask and a shift apart:
+        /// one `vpdpwssd` takes the low levels of both blocks, a second the high ones.
+        #[inline(always)]
+        fn u4_dot(&(lo, hi): &Self::Int16, w: &[[u8; BLOCK / 2]]) -> Self {
             let pair: &[[u8; BLOCK / 2]; 2] = w.first_chunk().expect("two blocks of weights");
             // SAFETY: AVX-512 F, BW and VNNI are present (see `Avx512`); the load reads the 32
-            // bytes of `pair`. Levels are 0..=15, so every pair's product fits. The permute puts
-            // each block's bytes in two 128-bit lanes, the shift takes the high halves into the
-            // second of them. The second dot starts from `255·H`, so it ends at `255·H + L`.
+            // bytes of `pair`. Each word pair's products are at most 2·15·32512, far inside i32.
             Self(unsafe {
-                let bytes = _mm256_loadu_si256(pair.as_ptr() as *const __m256i);
-                let twice =
-                    _mm512_permutexvar_epi64(_mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0), _mm512_castsi256_si512(bytes));
-                let shifted = _mm512_srlv_epi64(twice, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));
-                let u = _mm512_and_si512(shifted, _mm512_set1_epi8(15));
-                let h = dot4_512(u, x.hi);
-                let h255 = _mm512_sub_epi32(_mm512_slli_epi32(h, 8), h);
-                _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(h255, u, x.lo))
+                let words = _mm512_cvtepu8_epi16(_mm256_loadu_si256(pair.as_ptr() as *const __m256i));
+                let low = _mm512_and_si512(words, _mm512_set1_epi16(15));
+                let high = _mm512_srli_epi16(words, 4);
+                _mm512_cvtepi32_ps(_mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), low, lo), high, hi))
             })
         }
     }

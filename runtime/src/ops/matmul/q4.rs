@@ -1,13 +1,16 @@
 //! The q4 weight format (`kiln compile --weights q4`, op `kiln::MatMulQ4`): 4-bit in blocks of
 //! [`BLOCK`] with a scale and a minimum per block (`w ≈ q · scale + min`, q in 0..=15, both half
 //! floats, as llama.cpp's Q4_1). A row is stored as its `k / BLOCK` scales, then its `k / BLOCK`
-//! minimums (little-endian f16), then `k / 2` bytes of 4-bit values: byte `j` of block `b` holds
-//! weight `32b + j` in its low half and `32b + 16 + j` in its high half, so a block unpacks with
-//! two masks. A row is `k / 2 + k / 8` bytes, 16% of f32's.
+//! minimums (little-endian f16), then `k / 2` bytes of 4-bit values: byte `2l + e` (`e` 0 or 1)
+//! of block `b` holds weight `32b + 4l + e` in its low half and `32b + 4l + 2 + e` in its high
+//! half. Widened to 16-bit words, a block's bytes are then two vectors (a mask and a shift) whose
+//! 32-bit lane `l` pairs cover elements `4l..4l + 4`: the lanes every format's integer dot sums
+//! (`vpdpwssd` against A's 16-bit integers, see `lanes::I16Pair`). A row is `k / 2 + k / 8` bytes,
+//! 16% of f32's.
 
 use super::f16_params;
 use super::int_gemm::{self, IntWeights, WTile};
-use super::lanes::{self, LaneDot, Lanes};
+use super::lanes::{self, I16Pair, LaneDot, Lanes};
 use super::quantized::BlockFormat;
 pub use super::quantized::BLOCK;
 use super::quantized_a::QuantizedA;
@@ -21,7 +24,8 @@ pub struct Q4;
 impl BlockFormat for Q4 {
     const OP: &'static str = MATMUL_Q4;
     const NAME: &'static str = "q4";
-    /// Version 1 stored f32 scales and minimums.
+    /// Version 1 stored f32 scales and minimums, and byte `j` of a block held elements `j` and
+    /// `16 + j`.
     const VERSION: i64 = 2;
     const LAYOUT: &'static str =
         "k / 32 half-float scales, k / 32 half-float minimums, then k / 2 bytes of 4-bit levels";
@@ -54,7 +58,8 @@ impl BlockFormat for Q4 {
             let (scale, min) = (f16_params::read(scale), f16_params::read(min));
             let level = |v: f32| if scale > 0.0 { ((v - min) / scale).round().clamp(0.0, 15.0) as u8 } else { 0 };
             for (j, byte) in q.iter_mut().enumerate() {
-                *byte = level(w[j]) | (level(w[j + BLOCK / 2]) << 4);
+                let (low, high) = elements(j);
+                *byte = level(w[low]) | (level(w[high]) << 4);
             }
         }
     }
@@ -65,8 +70,9 @@ impl BlockFormat for Q4 {
         for ((d, q), (s, m)) in dst.chunks_exact_mut(BLOCK).zip(&quants[first..]).zip(params) {
             let (scale, min) = (f16_params::read(*s), f16_params::read(*m));
             for (j, &byte) in q.iter().enumerate() {
-                d[j] = (byte & 15) as f32 * scale + min;
-                d[j + BLOCK / 2] = (byte >> 4) as f32 * scale + min;
+                let (low, high) = elements(j);
+                d[low] = (byte & 15) as f32 * scale + min;
+                d[high] = (byte >> 4) as f32 * scale + min;
             }
         }
     }
@@ -76,7 +82,10 @@ impl BlockFormat for Q4 {
     fn prepare(a: &[f32]) -> Q4A {
         let x = QuantizedA::new(a);
         let sums = x.0.iter().map(|b| b.scale * b.sum).collect();
-        Q4A { x, sums }
+        let words: Vec<[i16; BLOCK]> =
+            x.0.iter().map(|b| std::array::from_fn(|j| (255 * b.hi[j] as i32 + b.lo[j] as i32) as i16)).collect();
+        let pairs = words.chunks(2).map(|p| I16Pair::new(&p[0], p.get(1).unwrap_or(&[0; BLOCK]))).collect();
+        Q4A { x, sums, pairs }
     }
 
     fn dot_rows(a: &Q4A, k: usize, rows: &[u8], out: &mut [f32]) {
@@ -95,9 +104,9 @@ impl IntWeights for Q4 {
         let (scales, mins, quants) = <Q4 as LaneDot>::row(row, blocks);
         for (b, ((q, s), m)) in quants.iter().zip(scales).zip(mins).enumerate() {
             let mut levels = [0u8; BLOCK];
-            let (low, high) = levels.split_at_mut(BLOCK / 2);
-            for ((l, h), &v) in low.iter_mut().zip(high).zip(q) {
-                (*l, *h) = (v & 15, v >> 4);
+            for (j, &v) in q.iter().enumerate() {
+                let (low, high) = elements(j);
+                (levels[low], levels[high]) = (v & 15, v >> 4);
             }
             tile.set_block(c, b, &levels, f16_params::read(*s), f16_params::read(*m));
         }
@@ -106,13 +115,13 @@ impl IntWeights for Q4 {
 
 impl LaneDot for Q4 {
     /// The blocks' integers and scales.
-    type A<V: Lanes> = (V::Int, V);
+    type A<V: Lanes> = (V::Int16, V);
     type Row<'a> = (&'a [[u8; 2]], &'a [[u8; 2]], &'a [[u8; BLOCK / 2]]);
 
     #[inline(always)]
     fn a_block<V: Lanes>(a: &Q4A, b: usize) -> Self::A<V> {
         let [x, y] = lanes::blocks::<V, _>(&a.x.0, b);
-        (V::load_int([x, y]), V::per_block([x.scale, y.scale]))
+        (V::load_i16(&a.pairs[b / 2], b % 2), V::per_block([x.scale, y.scale]))
     }
 
     #[cfg(test)]
@@ -144,10 +153,19 @@ impl LaneDot for Q4 {
     }
 }
 
-/// A row of A as q4's dot reads it: quantized, and each block's `d · Σ x`.
+/// The elements of a block whose levels byte `j` holds: (low half's, high half's).
+#[inline(always)]
+fn elements(j: usize) -> (usize, usize) {
+    let low = 4 * (j / 2) + j % 2;
+    (low, low + 2)
+}
+
+/// A row of A as q4's dot reads it: quantized (each block's `d` and `x`), each block's `d · Σ x`,
+/// and the `x` again as 16-bit integers in pairs of blocks, in the levels' order.
 pub struct Q4A {
     x: QuantizedA,
     sums: Vec<f32>,
+    pairs: Vec<I16Pair>,
 }
 
 #[cfg(test)]
