@@ -17,8 +17,6 @@
 //! rows' chains are independent.
 
 use super::quantized::{BlockFormat, BLOCK};
-use super::quantized_a::Block as ABlock;
-#[cfg(doc)]
 use super::quantized_a::QuantizedA;
 
 /// Rows of W one pass over A takes. Measured with SmolLM2's decode products (every layer's and
@@ -61,45 +59,48 @@ pub(crate) trait Lanes: Copy {
     /// A row's running sums folded to eight: lane `l` is `Σ` of lane `l` of both accumulators
     /// (even blocks' and odd blocks', see [`pass`]).
     fn fold(acc: [Self; 2]) -> [f32; 8];
-    /// Blocks of A quantized to 15 bits ([`QuantizedA`]'s two byte halves), as the integer dots
-    /// read them.
-    type Int: Copy;
-    fn load_int(a: [&ABlock; 2]) -> Self::Int;
-    /// `Σ w·x` over blocks of int8 weights (block `i` from `w[i]`, `w` holding `BLOCKS` or
-    /// more): lane `l` of a block the exact sum over its elements `4l..4l + 4`.
-    fn i8_dot(x: &Self::Int, w: &[[u8; BLOCK]]) -> Self;
-    /// A pair of blocks of A as 16-bit integers `x = 255·hi + lo`, in the order q4's levels are
-    /// stored ([`I16Pair`]), as [`Lanes::u4_dot`] reads them.
+    /// A pair of blocks of A as 16-bit integers `x = 255·hi + lo`, split in two halves as the
+    /// format's weights are stored ([`I16Pair`]), as the integer dots read them.
     type Int16: Copy;
     /// Block `which` of `pair` (both blocks when `BLOCKS` is 2, whose `which` is 0).
     fn load_i16(pair: &I16Pair, which: usize) -> Self::Int16;
+    /// `Σ w·x` over blocks of int8 weights, each block's first 16 elements from `lo` and last
+    /// 16 from `hi` (16 bytes per block, the blocks' side by side): lane `l` of a block the exact
+    /// sum over its elements `2l`, `2l + 1`, `16 + 2l` and `17 + 2l`.
+    fn i8_dot(x: &Self::Int16, lo: &[u8], hi: &[u8]) -> Self;
     /// `Σ q·x` over blocks of 4-bit levels (block `i` from `w[i]`, `w` holding `BLOCKS` or more;
-    /// byte `2l + e` holds element `4l + e` in its low half and `4l + 2 + e` in its high half),
-    /// lanes as [`Lanes::i8_dot`]'s.
+    /// byte `2l + e` holds element `4l + e` in its low half and `4l + 2 + e` in its high half):
+    /// lane `l` of a block the exact sum over its elements `4l..4l + 4`.
     fn u4_dot(x: &Self::Int16, w: &[[u8; BLOCK / 2]]) -> Self;
 }
 
-/// Two blocks of A as 16-bit integers, each block's elements split as its q4 levels are: words
-/// `0..16` are block 0's elements `4l + e` (word `2l + e`, `e` 0 or 1), words `16..32` block 1's,
-/// words `32..48` block 0's elements `4l + 2 + e`, words `48..64` block 1's. A 512-bit register
-/// then takes the low-half elements of both blocks in one load and the high-half ones in
-/// another, matching the levels a byte-to-word widening of 32 stored bytes gives.
+/// Two blocks of A as 16-bit integers, each block's elements split in two halves as the format
+/// stores its weights (`halves(j)`: the elements word `j` of each half holds): words `0..16` are
+/// block 0's first half, `16..32` block 1's, `32..48` block 0's second half, `48..64` block 1's.
+/// A 512-bit register then takes the first halves of both blocks in one load and the second
+/// halves in another, matching the weights a byte-to-word widening of 32 stored bytes gives.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 pub(crate) struct I16Pair(pub [i16; 4 * BLOCK / 2]);
 
 impl I16Pair {
-    /// Blocks `x` and `y` (each `x` exact as `255·hi + lo`, `|x| ≤` 32512).
-    pub(crate) fn new(x: &[i16; BLOCK], y: &[i16; BLOCK]) -> I16Pair {
-        let mut w = [0i16; 4 * BLOCK / 2];
-        for (i, block) in [x, y].into_iter().enumerate() {
-            for j in 0..BLOCK / 2 {
-                let e = 4 * (j / 2) + j % 2;
-                w[BLOCK / 2 * i + j] = block[e];
-                w[BLOCK + BLOCK / 2 * i + j] = block[e + 2];
+    /// A's blocks in pairs (a last odd block beside zeros), each `x` exact as `255·hi + lo`
+    /// (`|x| ≤` 32512, so no word pair is -32768 · -32768, the one `vpmaddwd` cannot take).
+    pub(crate) fn row(a: &QuantizedA, halves: fn(usize) -> (usize, usize)) -> Vec<I16Pair> {
+        let words: Vec<[i16; BLOCK]> =
+            a.0.iter().map(|b| std::array::from_fn(|j| (255 * b.hi[j] as i32 + b.lo[j] as i32) as i16)).collect();
+        let pair = |x: &[i16; BLOCK], y: &[i16; BLOCK]| {
+            let mut w = [0i16; 4 * BLOCK / 2];
+            for (i, block) in [x, y].into_iter().enumerate() {
+                for j in 0..BLOCK / 2 {
+                    let (first, second) = halves(j);
+                    w[BLOCK / 2 * i + j] = block[first];
+                    w[BLOCK + BLOCK / 2 * i + j] = block[second];
+                }
             }
-        }
-        I16Pair(w)
+            I16Pair(w)
+        };
+        words.chunks(2).map(|p| pair(&p[0], p.get(1).unwrap_or(&[0; BLOCK]))).collect()
     }
 
     /// Block `which`'s low-half and high-half elements.
@@ -416,19 +417,6 @@ impl Lanes for Portable {
         even.add(odd).0
     }
 
-    type Int = ([i8; BLOCK], [i8; BLOCK]);
-
-    #[inline(always)]
-    fn load_int(a: [&ABlock; 2]) -> Self::Int {
-        (a[0].hi, a[0].lo)
-    }
-
-    #[inline(always)]
-    fn i8_dot((hi, lo): &Self::Int, w: &[[u8; BLOCK]]) -> Self {
-        let w = &w[0];
-        int_lanes(|j| w[j] as i8 as i32, hi, lo)
-    }
-
     type Int16 = ([i16; BLOCK / 2], [i16; BLOCK / 2]);
 
     #[inline(always)]
@@ -437,31 +425,37 @@ impl Lanes for Portable {
         (*lo, *hi)
     }
 
-    /// Lane `l`: the low halves of bytes `2l`, `2l + 1` times their words, then the high halves.
     #[inline(always)]
-    fn u4_dot((lo, hi): &Self::Int16, w: &[[u8; BLOCK / 2]]) -> Self {
+    fn i8_dot(x: &Self::Int16, lo: &[u8], hi: &[u8]) -> Self {
+        let (lo, hi): (&[u8; BLOCK / 2], &[u8; BLOCK / 2]) =
+            (lo.first_chunk().expect("a half block"), hi.first_chunk().expect("a half block"));
+        int_lanes(x, |j| lo[j] as i8 as i32, |j| hi[j] as i8 as i32)
+    }
+
+    #[inline(always)]
+    fn u4_dot(x: &Self::Int16, w: &[[u8; BLOCK / 2]]) -> Self {
         let w = &w[0];
-        let low: [i32; BLOCK / 2] = std::array::from_fn(|j| (w[j] & 15) as i32 * lo[j] as i32);
-        let high: [i32; BLOCK / 2] = std::array::from_fn(|j| (w[j] >> 4) as i32 * hi[j] as i32);
-        Portable(std::array::from_fn(|l| (low[2 * l] + low[2 * l + 1] + high[2 * l] + high[2 * l + 1]) as f32))
+        int_lanes(x, |j| (w[j] & 15) as i32, |j| (w[j] >> 4) as i32)
     }
 }
 
-/// Lane `l`: the exact `Σ weight(j) · (255·hi[j] + lo[j])` over elements `4l..4l + 4`, in f32.
-/// Written as whole-block multiplies of the two byte halves, then lane sums, so it vectorizes
-/// (NEON on aarch64, where this is the path).
+/// Lane `l`: the exact `Σ first(j)·x.0[j] + second(j)·x.1[j]` over `j` in `2l`, `2l + 1`, in f32
+/// (the word pairs `vpmaddwd` sums). Written as whole-half multiplies, then lane sums, so it
+/// vectorizes (NEON on aarch64, where this is the path).
 #[inline(always)]
-fn int_lanes(weight: impl Fn(usize) -> i32, hi: &[i8; BLOCK], lo: &[i8; BLOCK]) -> Portable {
-    let w: [i32; BLOCK] = std::array::from_fn(weight);
-    let h: [i32; BLOCK] = std::array::from_fn(|j| w[j] * hi[j] as i32);
-    let l: [i32; BLOCK] = std::array::from_fn(|j| w[j] * lo[j] as i32);
-    let four = |v: &[i32; BLOCK], i: usize| v[4 * i] + v[4 * i + 1] + v[4 * i + 2] + v[4 * i + 3];
-    Portable(std::array::from_fn(|i| (255 * four(&h, i) + four(&l, i)) as f32))
+fn int_lanes(
+    (lo, hi): &([i16; BLOCK / 2], [i16; BLOCK / 2]),
+    first: impl Fn(usize) -> i32,
+    second: impl Fn(usize) -> i32,
+) -> Portable {
+    let a: [i32; BLOCK / 2] = std::array::from_fn(|j| first(j) * lo[j] as i32);
+    let b: [i32; BLOCK / 2] = std::array::from_fn(|j| second(j) * hi[j] as i32);
+    Portable(std::array::from_fn(|l| (a[2 * l] + a[2 * l + 1] + b[2 * l] + b[2 * l + 1]) as f32))
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{ABlock, I16Pair, Lanes, BLOCK};
+    use super::{I16Pair, Lanes, BLOCK};
     use std::arch::x86_64::*;
 
     /// Integer dots by `vpmaddubsw` + `vpmaddwd` (AVX2 alone).
@@ -479,20 +473,6 @@ mod x86 {
     #[derive(Clone, Copy)]
     pub(super) struct Avx2<const DOT: u8>(__m256);
 
-    /// Per 32-bit lane, `Σ u·s` over its four byte pairs (`u` unsigned, `s` signed), exact for
-    /// the operands the callers pass (`|u·s| ≤ 127²` per pair, so `vpmaddubsw` cannot saturate).
-    #[inline(always)]
-    unsafe fn dot4<const DOT: u8>(u: __m256i, s: __m256i) -> __m256i {
-        // SAFETY: the caller's target features include `DOT`'s extension (see `Avx2`).
-        unsafe {
-            match DOT {
-                AVX_VNNI => _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s),
-                AVX512_VNNI => _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s),
-                _ => _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)),
-            }
-        }
-    }
-
     /// `acc` plus, per 32-bit lane, `Σ a·b` over its two 16-bit pairs (exact for the callers'
     /// operands, which never pair -32768 with -32768).
     #[inline(always)]
@@ -505,13 +485,6 @@ mod x86 {
                 _ => _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)),
             }
         }
-    }
-
-    /// `255·hi + lo` per lane, in f32 (exact: the callers' sums stay below 2²⁴).
-    #[inline(always)]
-    unsafe fn combine(hi: __m256i, lo: __m256i) -> __m256 {
-        // SAFETY: AVX2 is present (see `Avx2`).
-        unsafe { _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_sub_epi32(_mm256_slli_epi32(hi, 8), hi), lo)) }
     }
 
     impl<const DOT: u8> Lanes for Avx2<DOT> {
@@ -587,32 +560,6 @@ mod x86 {
             t
         }
 
-        type Int = (__m256i, __m256i);
-
-        #[inline(always)]
-        fn load_int(a: [&ABlock; 2]) -> Self::Int {
-            let a = a[0];
-            // SAFETY: AVX2 is present (see `Avx2`); unaligned loads of the 32 bytes of each.
-            unsafe {
-                (
-                    _mm256_loadu_si256(a.hi.as_ptr() as *const __m256i),
-                    _mm256_loadu_si256(a.lo.as_ptr() as *const __m256i),
-                )
-            }
-        }
-
-        #[inline(always)]
-        fn i8_dot(&(hi, lo): &Self::Int, w: &[[u8; BLOCK]]) -> Self {
-            // SAFETY: AVX2 and `DOT`'s extension are present (see `Avx2`); the load reads the 32
-            // bytes of `w[0]`. The byte dots take |w| and x's bytes with w's sign: |w| ≤ 128 and
-            // |hi|, |lo| ≤ 127 (never -128, so negating them is exact).
-            Self(unsafe {
-                let w = _mm256_loadu_si256(w[0].as_ptr() as *const __m256i);
-                let u = _mm256_abs_epi8(w);
-                combine(dot4::<DOT>(u, _mm256_sign_epi8(hi, w)), dot4::<DOT>(u, _mm256_sign_epi8(lo, w)))
-            })
-        }
-
         type Int16 = (__m256i, __m256i);
 
         #[inline(always)]
@@ -622,6 +569,19 @@ mod x86 {
             unsafe {
                 (_mm256_loadu_si256(lo.as_ptr() as *const __m256i), _mm256_loadu_si256(hi.as_ptr() as *const __m256i))
             }
+        }
+
+        #[inline(always)]
+        fn i8_dot(&(x_lo, x_hi): &Self::Int16, lo: &[u8], hi: &[u8]) -> Self {
+            let (lo, hi): (&[u8; 16], &[u8; 16]) =
+                (lo.first_chunk().expect("a half block"), hi.first_chunk().expect("a half block"));
+            // SAFETY: AVX2 and `DOT`'s extension are present (see `Avx2`); the loads read the 16
+            // bytes of each. Each word pair's products are at most 2·128·32512, far inside i32.
+            Self(unsafe {
+                let lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(lo.as_ptr() as *const __m128i));
+                let hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(hi.as_ptr() as *const __m128i));
+                _mm256_cvtepi32_ps(dot2::<DOT>(dot2::<DOT>(_mm256_setzero_si256(), lo, x_lo), hi, x_hi))
+            })
         }
 
         #[inline(always)]
@@ -651,16 +611,6 @@ mod x86 {
         unsafe { _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1) }
     }
 
-    /// A 512-bit register from the 32 bytes at each of `lo` and `hi`.
-    #[inline(always)]
-    unsafe fn join_bytes(lo: &[u8; 32], hi: &[u8; 32]) -> __m512i {
-        // SAFETY: AVX-512 F is present (see `Avx512`); unaligned loads of 32 bytes from each.
-        unsafe {
-            let lo = _mm256_loadu_si256(lo.as_ptr() as *const __m256i);
-            _mm512_inserti64x4(_mm512_castsi256_si512(lo), _mm256_loadu_si256(hi.as_ptr() as *const __m256i), 1)
-        }
-    }
-
     /// A 256-bit register from the 16 bytes at each of `lo` and `hi`.
     #[inline(always)]
     unsafe fn join_halves(lo: &[u8; 16], hi: &[u8; 16]) -> __m256i {
@@ -669,23 +619,6 @@ mod x86 {
             let lo = _mm_loadu_si128(lo.as_ptr() as *const __m128i);
             _mm256_set_m128i(_mm_loadu_si128(hi.as_ptr() as *const __m128i), lo)
         }
-    }
-
-    /// Per 32-bit lane, `Σ u·s` over its four byte pairs (`u` unsigned, `s` signed, exact).
-    #[inline(always)]
-    unsafe fn dot4_512(u: __m512i, s: __m512i) -> __m512i {
-        // SAFETY: AVX-512 VNNI is present (see `Avx512`).
-        unsafe { _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s) }
-    }
-
-    /// The two blocks' integers: `hi` and `lo`, and per lane `-128·Σ hi` and `-128·Σ lo` over its
-    /// four elements (for [`Avx512::i8_dot`]).
-    #[derive(Clone, Copy)]
-    pub(super) struct Int512 {
-        hi: __m512i,
-        lo: __m512i,
-        hi_offset: __m512i,
-        lo_offset: __m512i,
     }
 
     impl Lanes for Avx512 {
@@ -774,38 +707,6 @@ mod x86 {
             t
         }
 
-        type Int = Int512;
-
-        #[inline(always)]
-        fn load_int([a, b]: [&ABlock; 2]) -> Int512 {
-            // SAFETY: AVX-512 F, BW and VNNI are present (see `Avx512`).
-            unsafe {
-                let hi = join_bytes(bytemuck::cast_ref(&a.hi), bytemuck::cast_ref(&b.hi));
-                let lo = join_bytes(bytemuck::cast_ref(&a.lo), bytemuck::cast_ref(&b.lo));
-                let offset = |x| {
-                    _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(dot4_512(_mm512_set1_epi8(1), x), 7))
-                };
-                Int512 { hi, lo, hi_offset: offset(hi), lo_offset: offset(lo) }
-            }
-        }
-
-        /// `vpdpbusd` takes `w + 128` as its unsigned side (every byte value, -128 too), which
-        /// adds `128·Σ hi` to `Σ w·hi`: starting its sum at `hi_offset` gives `H` exactly, and
-        /// the second dot, started at `255·H + lo_offset`, ends at `255·H + L`. Every partial sum
-        /// stays within 2²⁵.
-        #[inline(always)]
-        fn i8_dot(x: &Int512, w: &[[u8; BLOCK]]) -> Self {
-            let pair: &[[u8; BLOCK]; 2] = w.first_chunk().expect("two blocks of weights");
-            // SAFETY: AVX-512 F, BW and VNNI are present (see `Avx512`); the load reads the 64
-            // bytes of `pair`. XOR with 0x80 adds 128 to a signed byte read unsigned.
-            Self(unsafe {
-                let w = _mm512_xor_si512(_mm512_loadu_si512(pair.as_ptr() as *const _), _mm512_set1_epi8(-128));
-                let h = _mm512_dpbusd_epi32(x.hi_offset, w, x.hi);
-                let h255 = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(h, 8), h), x.lo_offset);
-                _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(h255, w, x.lo))
-            })
-        }
-
         type Int16 = (__m512i, __m512i);
 
         #[inline(always)]
@@ -814,6 +715,20 @@ mod x86 {
             // SAFETY: AVX-512 F is present (see `Avx512`); unaligned loads of 64 bytes from each
             // half, which holds 32 words.
             unsafe { (_mm512_loadu_si512(lo.as_ptr() as *const _), _mm512_loadu_si512(hi.as_ptr() as *const _)) }
+        }
+
+        /// Each half's 32 bytes (both blocks' 16) widened to words: one `vpdpwssd` per half.
+        #[inline(always)]
+        fn i8_dot(&(x_lo, x_hi): &Self::Int16, lo: &[u8], hi: &[u8]) -> Self {
+            let (lo, hi): (&[u8; 32], &[u8; 32]) =
+                (lo.first_chunk().expect("two half blocks"), hi.first_chunk().expect("two half blocks"));
+            // SAFETY: AVX-512 F, BW and VNNI are present (see `Avx512`); the loads read the 32
+            // bytes of each. Each word pair's products are at most 2·128·32512, far inside i32.
+            Self(unsafe {
+                let lo = _mm512_cvtepi8_epi16(_mm256_loadu_si256(lo.as_ptr() as *const __m256i));
+                let hi = _mm512_cvtepi8_epi16(_mm256_loadu_si256(hi.as_ptr() as *const __m256i));
+                _mm512_cvtepi32_ps(_mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, x_lo), hi, x_hi))
+            })
         }
 
         /// Widening the pair's 32 bytes to words puts block 0's in the low half and block 1's in

@@ -82,9 +82,7 @@ impl BlockFormat for Q4 {
     fn prepare(a: &[f32]) -> Q4A {
         let x = QuantizedA::new(a);
         let sums = x.0.iter().map(|b| b.scale * b.sum).collect();
-        let words: Vec<[i16; BLOCK]> =
-            x.0.iter().map(|b| std::array::from_fn(|j| (255 * b.hi[j] as i32 + b.lo[j] as i32) as i16)).collect();
-        let pairs = words.chunks(2).map(|p| I16Pair::new(&p[0], p.get(1).unwrap_or(&[0; BLOCK]))).collect();
+        let pairs = I16Pair::row(&x, elements);
         Q4A { x, sums, pairs }
     }
 

@@ -1,11 +1,15 @@
 //! The q8 weight format (`kiln compile --weights q8`, op `kiln::MatMulQ8`): int8 in blocks of
 //! [`BLOCK`], one scale per block (`scale = max |w| / 127`, stored as a half float, as llama.cpp's
 //! Q8_0). Each row is stored as its `k / BLOCK` little-endian f16 scales followed by its `k` int8
-//! values, so a row is one contiguous read of `k + k / 16` bytes, 27% of f32's.
+//! values, so a row is one contiguous read of `k + k / 16` bytes, 27% of f32's. The values go in
+//! pairs of blocks, each block split in halves: block `2p`'s first 16, block `2p + 1`'s first 16,
+//! block `2p`'s last 16, block `2p + 1`'s last 16 (a row's last block, when the count is odd, in
+//! order). Each half of a pair is then 32 bytes that widen to words matching A's `lanes::I16Pair`:
+//! two `vpdpwssd` per pair of blocks.
 
 use super::f16_params;
 use super::int_gemm::{self, IntWeights, WTile};
-use super::lanes::{self, LaneDot, Lanes};
+use super::lanes::{self, I16Pair, LaneDot, Lanes};
 use super::quantized::BlockFormat;
 pub use super::quantized::BLOCK;
 use super::quantized_a::QuantizedA;
@@ -16,9 +20,9 @@ pub struct Q8;
 impl BlockFormat for Q8 {
     const OP: &'static str = MATMUL_Q8;
     const NAME: &'static str = "q8";
-    /// Version 1 stored f32 scales.
+    /// Version 1 stored f32 scales and each block's values in order.
     const VERSION: i64 = 2;
-    const LAYOUT: &'static str = "k / 32 half-float scales, then k int8";
+    const LAYOUT: &'static str = "k / 32 half-float scales, then k int8 in pairs of blocks split in halves";
 
     fn row_bytes(k: usize) -> usize {
         k / BLOCK * 2 + k
@@ -32,35 +36,38 @@ impl BlockFormat for Q8 {
     fn quantize_row(src: &[f32], dst: &mut [u8]) {
         let blocks = src.len() / BLOCK;
         let (scales, quants) = dst.split_at_mut(blocks * 2);
-        for (b, (w, q)) in src.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)).enumerate() {
+        for (b, w) in src.chunks_exact(BLOCK).enumerate() {
             let max = w.iter().fold(0f32, |m, v| m.max(v.abs()));
             let stored = f16_params::nearest(if max.is_finite() { (max / 127.0).min(f16_params::MAX) } else { 0.0 });
             scales[b * 2..b * 2 + 2].copy_from_slice(&stored);
             let scale = f16_params::read(stored);
-            for (d, &v) in q.iter_mut().zip(w) {
+            for (e, &v) in w.iter().enumerate() {
                 let x = if scale > 0.0 { (v / scale).round().clamp(-127.0, 127.0) } else { 0.0 };
-                *d = (x as i8) as u8;
+                quants[position(blocks, b, e)] = (x as i8) as u8;
             }
         }
     }
 
     fn dequantize_blocks(row: &[u8], k: usize, first: usize, dst: &mut [f32]) {
-        let (scales, quants) = <Q8 as LaneDot>::row(row, k / BLOCK);
-        for ((d, q), s) in dst.chunks_exact_mut(BLOCK).zip(&quants[first..]).zip(&scales[first..]) {
+        let blocks = k / BLOCK;
+        let (scales, quants, _) = <Q8 as LaneDot>::row(row, blocks);
+        for ((d, b), s) in dst.chunks_exact_mut(BLOCK).zip(first..).zip(&scales[first..]) {
             let scale = f16_params::read(*s);
-            for (x, &v) in d.iter_mut().zip(q) {
-                *x = (v as i8) as f32 * scale;
+            for (e, x) in d.iter_mut().enumerate() {
+                *x = (quants[position(blocks, b, e)] as i8) as f32 * scale;
             }
         }
     }
 
-    type Prepared = QuantizedA;
+    type Prepared = Q8A;
 
-    fn prepare(a: &[f32]) -> QuantizedA {
-        QuantizedA::new(a)
+    fn prepare(a: &[f32]) -> Q8A {
+        let x = QuantizedA::new(a);
+        let pairs = I16Pair::row(&x, |j| (j, j + BLOCK / 2));
+        Q8A { x, pairs }
     }
 
-    fn dot_rows(a: &QuantizedA, k: usize, rows: &[u8], out: &mut [f32]) {
+    fn dot_rows(a: &Q8A, k: usize, rows: &[u8], out: &mut [f32]) {
         lanes::dot_rows::<Self>(a, k, rows, out)
     }
 
@@ -73,9 +80,10 @@ impl IntWeights for Q8 {
     const MIN: bool = false;
 
     fn fill(row: &[u8], blocks: usize, tile: &mut WTile, c: usize) {
-        let (scales, quants) = <Q8 as LaneDot>::row(row, blocks);
-        for (b, (q, s)) in quants.iter().zip(scales).enumerate() {
-            tile.set_block(c, b, q, f16_params::read(*s), 0.0);
+        let (scales, quants, _) = <Q8 as LaneDot>::row(row, blocks);
+        for (b, s) in scales.iter().enumerate() {
+            let q = std::array::from_fn(|e| quants[position(blocks, b, e)]);
+            tile.set_block(c, b, &q, f16_params::read(*s), 0.0);
         }
     }
 }
@@ -85,32 +93,54 @@ pub const MATMUL_Q8: &str = "MatMulQ8";
 
 impl LaneDot for Q8 {
     /// The blocks' integers and scales.
-    type A<V: Lanes> = (V::Int, V);
-    type Row<'a> = (&'a [[u8; 2]], &'a [[u8; BLOCK]]);
+    type A<V: Lanes> = (V::Int16, V);
+    /// Scales, values, blocks.
+    type Row<'a> = (&'a [[u8; 2]], &'a [u8], usize);
 
     #[inline(always)]
-    fn a_block<V: Lanes>(a: &QuantizedA, b: usize) -> Self::A<V> {
-        let [x, y] = lanes::blocks::<V, _>(&a.0, b);
-        (V::load_int([x, y]), V::per_block([x.scale, y.scale]))
+    fn a_block<V: Lanes>(a: &Q8A, b: usize) -> Self::A<V> {
+        let [x, y] = lanes::blocks::<V, _>(&a.x.0, b);
+        (V::load_i16(&a.pairs[b / 2], b % 2), V::per_block([x.scale, y.scale]))
     }
 
     #[cfg(test)]
-    fn a_as_read(a: &QuantizedA) -> Vec<f32> {
-        a.dequantized()
+    fn a_as_read(a: &Q8A) -> Vec<f32> {
+        a.x.dequantized()
     }
 
     #[inline(always)]
     fn row(bytes: &[u8], blocks: usize) -> Self::Row<'_> {
         let (scales, quants) = bytes.split_at(blocks * 2);
-        (scales.as_chunks().0, quants.as_chunks().0)
+        (scales.as_chunks().0, quants, blocks)
     }
 
     /// Each block's exact integer `Σ q·x` in eight lanes, times both scales.
     #[inline(always)]
-    fn block<V: Lanes>((x, d): &Self::A<V>, (scales, quants): &Self::Row<'_>, b: usize) -> V {
+    fn block<V: Lanes>((x, d): &Self::A<V>, &(scales, quants, blocks): &Self::Row<'_>, b: usize) -> V {
         let scale = V::per_block_f16(&scales[b..]);
-        V::i8_dot(x, &quants[b..]).mul(scale.mul(*d))
+        // Blocks `b..b + V::BLOCKS`' halves: a whole pair's when `V` takes two (`b` even).
+        let (lo, hi) = (position(blocks, b, 0), position(blocks, b, BLOCK / 2));
+        let len = BLOCK / 2 * V::BLOCKS;
+        V::i8_dot(x, &quants[lo..lo + len], &quants[hi..hi + len]).mul(scale.mul(*d))
     }
+}
+
+/// Where element `e` of block `b` of a row of `blocks` blocks sits among the row's values.
+#[inline(always)]
+fn position(blocks: usize, b: usize, e: usize) -> usize {
+    let pair = b / 2 * 2 * BLOCK;
+    if b | 1 < blocks {
+        pair + e / (BLOCK / 2) * BLOCK + b % 2 * (BLOCK / 2) + e % (BLOCK / 2)
+    } else {
+        pair + e
+    }
+}
+
+/// A row of A as q8's dot reads it: quantized (each block's `d` and `x`), and the `x` again as
+/// 16-bit integers in pairs of blocks, in the values' order.
+pub struct Q8A {
+    x: QuantizedA,
+    pairs: Vec<I16Pair>,
 }
 
 /// `n` stored rows of `k` weights whose bytes take every value, -128 (which `quantize_row` never
