@@ -5,9 +5,9 @@
 //! and adds separate, never fused), so all give the same bits.
 //!
 //! q8 and q4 multiply in integers: A is quantized once per product to 15 bits per block
-//! ([`QuantizedA`]), each block's dot is exact integer arithmetic (q8: `vpdpbusd` on A's two
-//! byte halves where the CPU has VNNI, `vpmaddubsw` otherwise; q4: `vpdpwssd` or `vpmaddwd` on A
-//! as 16-bit integers, [`I16Pair`]), and only its lanes' sums are scaled in f32. Converting every
+//! ([`QuantizedA`]), each block's dot is exact integer arithmetic (`vpdpwssd` where the CPU has
+//! VNNI, `vpmaddwd` otherwise, on A as 16-bit integers, [`I16Pair`], and the weights widened to
+//! words), and only its lanes' sums are scaled in f32. Converting every
 //! weight to f32 instead bounded q8 at 27 GB/s on one core with the weights in cache (42 now) and
 //! q4 at 14 (21 now): `dot_rows_speed` below measures each path.
 //!
@@ -230,28 +230,28 @@ fn simd_paths<F: LaneDot>() -> [(&'static str, bool, DotPath<F>); 4] {
     ]
 }
 
-/// [`dot_rows`] in AVX2 (and F16C for f16) intrinsics, integer dots by `vpmaddubsw`.
+/// [`dot_rows`] in AVX2 (and F16C for f16) intrinsics, integer dots by `vpmaddwd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn dot_rows_avx2<F: LaneDot>(a: &F::Prepared, k: usize, rows: &[u8], out: &mut [f32]) {
     dot_rows_in::<x86::Avx2<{ x86::MADD }>, F, ROWS>(a, k, rows, out)
 }
 
-/// [`dot_rows`] with integer dots by AVX-VNNI's `vpdpbusd`.
+/// [`dot_rows`] with integer dots by AVX-VNNI's `vpdpwssd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c,avxvnni")]
 unsafe fn dot_rows_avx_vnni<F: LaneDot>(a: &F::Prepared, k: usize, rows: &[u8], out: &mut [f32]) {
     dot_rows_in::<x86::Avx2<{ x86::AVX_VNNI }>, F, ROWS>(a, k, rows, out)
 }
 
-/// [`dot_rows`] with integer dots by AVX-512 VNNI's `vpdpbusd` on 256-bit registers.
+/// [`dot_rows`] with integer dots by AVX-512 VNNI's `vpdpwssd` on 256-bit registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c,avx512vnni,avx512vl")]
 unsafe fn dot_rows_avx512_vnni<F: LaneDot>(a: &F::Prepared, k: usize, rows: &[u8], out: &mut [f32]) {
     dot_rows_in::<x86::Avx2<{ x86::AVX512_VNNI }>, F, ROWS>(a, k, rows, out)
 }
 
-/// [`dot_rows`] two blocks at a time in 512-bit registers, integer dots by `vpdpbusd`.
+/// [`dot_rows`] two blocks at a time in 512-bit registers, integer dots by `vpdpwssd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 unsafe fn dot_rows_avx512<F: LaneDot>(a: &F::Prepared, k: usize, rows: &[u8], out: &mut [f32]) {
@@ -458,11 +458,11 @@ mod x86 {
     use super::{I16Pair, Lanes, BLOCK};
     use std::arch::x86_64::*;
 
-    /// Integer dots by `vpmaddubsw` + `vpmaddwd` (AVX2 alone).
+    /// Integer dots by `vpmaddwd` (AVX2 alone).
     pub(super) const MADD: u8 = 0;
-    /// Integer dots by AVX-VNNI's `vpdpbusd`.
+    /// Integer dots by AVX-VNNI's `vpdpwssd`.
     pub(super) const AVX_VNNI: u8 = 1;
-    /// Integer dots by AVX-512 VNNI's `vpdpbusd` (256-bit form, AVX512VL).
+    /// Integer dots by AVX-512 VNNI's `vpdpwssd` (256-bit form, AVX512VL).
     pub(super) const AVX512_VNNI: u8 = 2;
 
     /// One block's lanes in an AVX2 register, integer dots by instruction `DOT`. Private to this
@@ -598,7 +598,7 @@ mod x86 {
     }
 
     /// Two blocks' lanes in a 512-bit register (the first block in the low half), integer dots
-    /// by `vpdpbusd`: half the instructions per block of [`Avx2`]'s, which bounded q8 and q4
+    /// by `vpdpwssd`: half the instructions per block of [`Avx2`]'s, which bounded q8 and q4
     /// decode. Made and used only inside `dot_rows_avx512`, reached only on CPUs with AVX2, F16C,
     /// AVX-512 F, BW, DQ, VL and VNNI: that is what the methods' `SAFETY` comments rely on.
     #[derive(Clone, Copy)]

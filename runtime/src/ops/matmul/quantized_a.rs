@@ -5,9 +5,9 @@
 //! 127`: byte operands are what the CPUs' integer dot instructions (`vpdpbusd`, `vpmaddubsw`)
 //! multiply, and neither byte is ever -128, so the sign trick those need is exact.
 //!
-//! A q8 weight block's dot is then two byte dots, combined as `255·H + L` in 32-bit integers (q4
-//! takes `x` whole, as 16-bit integers, whose dots `vpdpwssd` sums in one step): exact,
-//! in any order, and exact again in f32 (every lane's sum stays below 2²⁴), so every CPU's path
+//! The prefill product's weight block dot is then two byte dots, combined as `255·H + L` in
+//! 32-bit integers (decode's takes `x` whole, as 16-bit integers, by `vpdpwssd`): exact, in any
+//! order, and exact again in f32 (every lane's sum stays below 2²⁴), so every CPU's path
 //! gives the same bits.
 
 use super::quantized::BLOCK;
