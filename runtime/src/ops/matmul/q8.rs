@@ -53,8 +53,8 @@ impl BlockFormat for Q8 {
         let (scales, quants, _) = <Q8 as LaneDot>::row(row, blocks);
         for ((d, b), s) in dst.chunks_exact_mut(BLOCK).zip(first..).zip(&scales[first..]) {
             let scale = f16_params::read(*s);
-            for (e, x) in d.iter_mut().enumerate() {
-                *x = (quants[position(blocks, b, e)] as i8) as f32 * scale;
+            for (x, v) in d.iter_mut().zip(block_values(quants, blocks, b)) {
+                *x = (v as i8) as f32 * scale;
             }
         }
     }
@@ -82,8 +82,7 @@ impl IntWeights for Q8 {
     fn fill(row: &[u8], blocks: usize, tile: &mut WTile, c: usize) {
         let (scales, quants, _) = <Q8 as LaneDot>::row(row, blocks);
         for (b, s) in scales.iter().enumerate() {
-            let q = std::array::from_fn(|e| quants[position(blocks, b, e)]);
-            tile.set_block(c, b, &q, f16_params::read(*s), 0.0);
+            tile.set_block(c, b, &block_values(quants, blocks, b), f16_params::read(*s), 0.0);
         }
     }
 }
@@ -134,6 +133,16 @@ fn position(blocks: usize, b: usize, e: usize) -> usize {
     } else {
         pair + e
     }
+}
+
+/// Block `b`'s values in order: its two halves, each one copy.
+#[inline(always)]
+fn block_values(quants: &[u8], blocks: usize, b: usize) -> [u8; BLOCK] {
+    let (lo, hi) = (position(blocks, b, 0), position(blocks, b, BLOCK / 2));
+    let mut q = [0u8; BLOCK];
+    q[..BLOCK / 2].copy_from_slice(&quants[lo..lo + BLOCK / 2]);
+    q[BLOCK / 2..].copy_from_slice(&quants[hi..hi + BLOCK / 2]);
+    q
 }
 
 /// A row of A as q8's dot reads it: quantized (each block's `d` and `x`), and the `x` again as
