@@ -17,7 +17,7 @@
 //! rows' chains are independent.
 
 use super::quantized::{BlockFormat, BLOCK};
-use super::quantized_a::QuantizedA;
+use super::quantized_a::{Block as ABlock, QuantizedA};
 
 /// Rows of W one pass over A takes. Measured with SmolLM2's decode products (every layer's and
 /// the head, weights streamed from memory, 2 threads of a Zen 5), tokens/s of the products alone
@@ -86,21 +86,20 @@ pub(crate) struct I16Pair(pub [i16; 4 * BLOCK / 2]);
 impl I16Pair {
     /// A's blocks in pairs (a last odd block beside zeros), each `x` exact as `255·hi + lo`
     /// (`|x| ≤` 32512, so no word pair is -32768 · -32768, the one `vpmaddwd` cannot take).
-    pub(crate) fn row(a: &QuantizedA, halves: fn(usize) -> (usize, usize)) -> Vec<I16Pair> {
-        let words: Vec<[i16; BLOCK]> =
-            a.0.iter().map(|b| std::array::from_fn(|j| (255 * b.hi[j] as i32 + b.lo[j] as i32) as i16)).collect();
-        let pair = |x: &[i16; BLOCK], y: &[i16; BLOCK]| {
+    pub(crate) fn row(a: &QuantizedA, halves: impl Fn(usize) -> (usize, usize)) -> Vec<I16Pair> {
+        let x = |b: &ABlock, e: usize| (255 * b.hi[e] as i32 + b.lo[e] as i32) as i16;
+        let pair = |blocks: &[ABlock]| {
             let mut w = [0i16; 4 * BLOCK / 2];
-            for (i, block) in [x, y].into_iter().enumerate() {
+            for (i, block) in blocks.iter().enumerate() {
                 for j in 0..BLOCK / 2 {
                     let (first, second) = halves(j);
-                    w[BLOCK / 2 * i + j] = block[first];
-                    w[BLOCK + BLOCK / 2 * i + j] = block[second];
+                    w[BLOCK / 2 * i + j] = x(block, first);
+                    w[BLOCK + BLOCK / 2 * i + j] = x(block, second);
                 }
             }
             I16Pair(w)
         };
-        words.chunks(2).map(|p| pair(&p[0], p.get(1).unwrap_or(&[0; BLOCK]))).collect()
+        a.0.chunks(2).map(pair).collect()
     }
 
     /// Block `which`'s low-half and high-half elements.
