@@ -59,7 +59,7 @@ pub(crate) trait Lanes: Copy {
     /// A row's running sums folded to eight: lane `l` is `Σ` of lane `l` of both accumulators
     /// (even blocks' and odd blocks', see [`pass`]).
     fn fold(acc: [Self; 2]) -> [f32; 8];
-    /// A pair of blocks of A as 16-bit integers `x = 255·hi + lo`, split in two halves as the
+    /// A pair of blocks of A as 16-bit integers `x`, split in two halves as the
     /// format's weights are stored ([`I16Pair`]), as the integer dots read them.
     type Int16: Copy;
     /// Block `which` of `pair` (both blocks when `BLOCKS` is 2, whose `which` is 0).
@@ -84,17 +84,16 @@ pub(crate) trait Lanes: Copy {
 pub(crate) struct I16Pair(pub [i16; 4 * BLOCK / 2]);
 
 impl I16Pair {
-    /// A's blocks in pairs (a last odd block beside zeros), each `x` exact as `255·hi + lo`
-    /// (`|x| ≤` 32512, so no word pair is -32768 · -32768, the one `vpmaddwd` cannot take).
+    /// A's blocks in pairs (a last odd block beside zeros; no `x` is -32768, so no word pair is
+    /// -32768 · -32768, the one `vpmaddwd` cannot take).
     pub(crate) fn row(a: &QuantizedA, halves: impl Fn(usize) -> (usize, usize)) -> Vec<I16Pair> {
-        let x = |b: &ABlock, e: usize| (255 * b.hi[e] as i32 + b.lo[e] as i32) as i16;
         let pair = |blocks: &[ABlock]| {
             let mut w = [0i16; 4 * BLOCK / 2];
             for (i, block) in blocks.iter().enumerate() {
                 for j in 0..BLOCK / 2 {
                     let (first, second) = halves(j);
-                    w[BLOCK / 2 * i + j] = x(block, first);
-                    w[BLOCK + BLOCK / 2 * i + j] = x(block, second);
+                    w[BLOCK / 2 * i + j] = block.x[first];
+                    w[BLOCK + BLOCK / 2 * i + j] = block.x[second];
                 }
             }
             I16Pair(w)

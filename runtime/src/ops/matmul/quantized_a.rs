@@ -1,28 +1,25 @@
 //! A row of A quantized for integer dot products with q8 and q4 weights: per block of
 //! [`BLOCK`], one f32 scale `d` and integers `x` with `a ≈ d·x`, `|x| ≤` [`X_MAX`] (15 bits, so
 //! the quantization adds about `2⁻¹⁶` of the block's largest `|a|` to each element, far below the
-//! weights' own error). Each `x` is kept as two signed bytes, `x = 255·hi + lo` with `|hi|, |lo| ≤
-//! 127`: byte operands are what the CPUs' integer dot instructions (`vpdpbusd`, `vpmaddubsw`)
-//! multiply, and neither byte is ever -128, so the sign trick those need is exact.
+//! weights' own error). Each `x` is a 16-bit integer, never -32768, the one word `vpmaddwd`
+//! cannot multiply by itself: decode's dots (`vpdpwssd`, `vpmaddwd`) take them whole. The prefill
+//! product quantizes A to the same `x` (`int_gemm`), split into the bytes its byte dots take.
 //!
-//! The prefill product's weight block dot is then two byte dots, combined as `255·H + L` in
-//! 32-bit integers (decode's takes `x` whole, as 16-bit integers, by `vpdpwssd`): exact, in any
-//! order, and exact again in f32 (every lane's sum stays below 2²⁴), so every CPU's path
-//! gives the same bits.
+//! A weight block's dot is then exact in 32-bit integers, in any order, and exact again in f32
+//! (every lane's sum stays below 2²⁴), so every CPU's path gives the same bits.
 
 use super::quantized::BLOCK;
 
-/// Largest `|x|`: `255 · 127 + 127`.
+/// Largest `|x|`: `255 · 127 + 127`, what `int_gemm`'s byte split and decode's 16-bit words
+/// both hold.
 pub(crate) const X_MAX: i32 = 255 * 127 + 127;
 
 /// One block of a row of A.
 pub(crate) struct Block {
     /// `d` (zero for an all-zero block, NaN for one holding a NaN or an infinity).
     pub scale: f32,
-    /// The high bytes of its `x`.
-    pub hi: [i8; BLOCK],
-    /// The low bytes of its `x`.
-    pub lo: [i8; BLOCK],
+    /// Its `x`.
+    pub x: [i16; BLOCK],
     /// `Σ x` over the block (exact in f32), for formats whose weights have an offset (q4's
     /// minimum).
     pub sum: f32,
@@ -54,7 +51,7 @@ impl QuantizedA {
     pub fn dequantized(&self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.0.len() * BLOCK);
         for b in &self.0 {
-            out.extend(b.hi.iter().zip(&b.lo).map(|(&h, &l)| b.scale * (255 * h as i32 + l as i32) as f32));
+            out.extend(b.x.iter().map(|&x| b.scale * x as f32));
         }
         out
     }
@@ -85,21 +82,17 @@ impl Block {
     /// dependent chain, which measured 4% of SmolLM2's q8 decode.
     fn new(block: &[f32; BLOCK]) -> Block {
         let Some((scale, inv)) = block_scale(block) else {
-            return Block { scale: f32::NAN, hi: [0; BLOCK], lo: [0; BLOCK], sum: 0.0 };
+            return Block { scale: f32::NAN, x: [0; BLOCK], sum: 0.0 };
         };
-        let mut out = Block { scale, hi: [0; BLOCK], lo: [0; BLOCK], sum: 0.0 };
+        let mut out = Block { scale, x: [0; BLOCK], sum: 0.0 };
         let mut xs = [0i32; BLOCK];
         for (j, &v) in block.iter().enumerate() {
             let x = round(v * inv).clamp(-X_MAX as f32, X_MAX as f32);
-            // x / 255 is never within 1/510 of a half, so the reciprocal's rounding cannot move it.
-            let h = round(x * (1.0 / 255.0));
-            // SAFETY: x and h are finite integers (v is finite: the block is not poisoned) with
-            // |x| ≤ X_MAX and |h| ≤ 127, in range of i32. (`as` checks every element for NaN and
-            // overflow, one at a time: half this function's time.)
-            let (x, h) = unsafe { (x.to_int_unchecked::<i32>(), h.to_int_unchecked::<i32>()) };
-            xs[j] = x;
-            out.hi[j] = h as i8;
-            out.lo[j] = (x - 255 * h) as i8;
+            // SAFETY: x is a finite integer (v is finite: the block is not poisoned) with |x| ≤
+            // X_MAX, in range of i32. (`as` checks every element for NaN and overflow, one at a
+            // time: half this function's time.)
+            xs[j] = unsafe { x.to_int_unchecked::<i32>() };
+            out.x[j] = xs[j] as i16;
         }
         out.sum = xs.iter().sum::<i32>() as f32;
         out
@@ -111,7 +104,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_element_is_within_half_a_step_and_the_bytes_stay_off_minus_128() {
+    fn every_element_is_within_half_a_step_and_the_words_stay_off_minus_32768() {
         let a: Vec<f32> =
             (0..4 * BLOCK).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.0123 * (1 + i / BLOCK) as f32).collect();
         let q = QuantizedA::new(&a);
@@ -124,8 +117,8 @@ mod tests {
             }
         }
         for b in &q.0 {
-            assert!(b.hi.iter().chain(&b.lo).all(|&v| v != i8::MIN));
-            let x: i32 = (0..BLOCK).map(|j| 255 * b.hi[j] as i32 + b.lo[j] as i32).sum();
+            assert!(b.x.iter().all(|&v| v != i16::MIN && v.unsigned_abs() <= X_MAX as u16));
+            let x: i32 = b.x.iter().map(|&v| v as i32).sum();
             assert_eq!(b.sum, x as f32);
         }
     }
@@ -151,10 +144,10 @@ mod tests {
         a[BLOCK + 3] = f32::NAN;
         a[3 * BLOCK + 1] = f32::NEG_INFINITY;
         let q = QuantizedA::new(&a);
-        let x = |b: usize, j: usize| 255 * q.0[b].hi[j] as i32 + q.0[b].lo[j] as i32;
+        let x = |b: usize, j: usize| q.0[b].x[j] as i32;
         assert_eq!((x(0, 0), x(0, 1)), (-X_MAX, X_MAX));
         assert!(q.0[1].scale.is_nan() && q.0[3].scale.is_nan());
         assert_eq!(q.0[2].scale, 0.0);
-        assert!(q.0[2].hi.iter().chain(&q.0[2].lo).all(|&v| v == 0));
+        assert!(q.0[2].x.iter().all(|&v| v == 0));
     }
 }
