@@ -1,8 +1,9 @@
 //! The arithmetic of every weight format's dot product, over eight f32 lanes per block. A format
 //! writes its dot once, generically over [`Lanes`] ([`LaneDot`]); it runs as plain Rust, in AVX2
 //! intrinsics a block at a time, or in AVX-512 two blocks at a time, with the same operations on
-//! each lane in the same order (lane `l` of a block is lane `l` of the portable sums; multiplies
-//! and adds separate, never fused), so all give the same bits.
+//! each lane in the same order (lane `l` of a block is lane `l` of the portable sums; a scaled
+//! block's sums fused into its running sums by one multiply-add, every other multiply and add
+//! separate), so all give the same bits.
 //!
 //! q8 and q4 multiply in integers: A is quantized once per product to 15 bits per block
 //! ([`QuantizedA`]), each block's dot is exact integer arithmetic (`vpdpwssd` where the CPU has
@@ -44,10 +45,20 @@ pub(crate) trait Lanes: Copy {
     /// `self` with `one` added to its first block's lanes (the others untouched).
     fn add_first(self, one: Self::One) -> Self;
     fn zero() -> Self;
-    /// Every lane of block `i` set to `v[i]`.
-    fn per_block(v: [f32; 2]) -> Self;
-    /// Every lane of block `i` set to the little-endian f16 `s[i]` (`s` holds `BLOCKS` or more).
-    fn per_block_f16(s: &[[u8; 2]]) -> Self;
+    /// Blocks' scales held in one register, for up to [`Lanes::SCALE_BLOCKS`] consecutive blocks.
+    type Scales: Copy;
+    /// Blocks one [`Lanes::Scales`] holds: a multiple of 2.
+    const SCALE_BLOCKS: usize;
+    /// `s[i] · d[i]` (`s[i]` a little-endian f16) for the first `SCALE_BLOCKS` blocks, or as many
+    /// as `s` and `d` hold (the rest zero).
+    fn scales(s: &[[u8; 2]], d: &[f32]) -> Self::Scales;
+    /// Every lane of block `j` set to `scales`' block `i + j` (`i` a multiple of `BLOCKS`).
+    fn scale_at(scales: &Self::Scales, i: usize) -> Self;
+    /// `self · m + acc`, rounded once.
+    fn mul_add(self, m: Self, acc: Self) -> Self;
+    /// `self` with `dot · m` added to its first block's lanes, rounded once (the others
+    /// untouched).
+    fn mul_add_first(self, dot: Self::One, m: Self::One) -> Self;
     /// Block `i`'s lanes read from `v[i]`.
     fn load(v: [&[f32; 8]; 2]) -> Self;
     fn add(self, other: Self) -> Self;
@@ -132,6 +143,21 @@ pub(crate) trait LaneDot: BlockFormat {
     fn row(bytes: &[u8], blocks: usize) -> Self::Row<'_>;
     /// Blocks `b..b + V::BLOCKS` of `row` times A's: their lanes' partial sums.
     fn block<V: Lanes>(a: &Self::A<V>, row: &Self::Row<'_>, b: usize) -> V;
+    /// Whether each block's partial sums ([`LaneDot::block`]) are multiplied by the row's block
+    /// scale ([`LaneDot::row_scales`]) times A's ([`LaneDot::a_scales`]) as they are added in:
+    /// q8's and q4's, whose blocks' integer sums are scaled in f32. A pass converts the scales
+    /// [`Lanes::SCALE_BLOCKS`] blocks at a time and multiplies each block's sums by its scale in
+    /// the add, rounded once: one permute and one fused multiply-add per block and row, where a
+    /// conversion, a permute and two multiplies measured a third of q4's instructions.
+    const SCALED: bool = false;
+    /// A stored row's block scales (little-endian f16), when [`LaneDot::SCALED`].
+    fn row_scales<'r>(_row: &Self::Row<'r>) -> &'r [[u8; 2]] {
+        &[]
+    }
+    /// A's block scales, when [`LaneDot::SCALED`].
+    fn a_scales(_a: &Self::Prepared) -> &[f32] {
+        &[]
+    }
     /// Whether the format adds [`LaneDot::row_term`] to each row's blocks' sum.
     const ROW_TERM: bool = false;
     /// A term of a row's dot that is not block by block (q4's minimums times A's block sums).
@@ -215,7 +241,9 @@ type DotPath<F> = unsafe fn(&<F as BlockFormat>::Prepared, usize, &[u8], &mut [f
 /// feature it is compiled for (so calling one marked `true` is sound) and a name for tests.
 #[cfg(target_arch = "x86_64")]
 fn simd_paths<F: LaneDot>() -> [(&'static str, bool, DotPath<F>); 4] {
-    let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c");
+    let avx2 = std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("f16c")
+        && std::is_x86_feature_detected!("fma");
     let avx512_vnni = std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl");
     let avx512 = std::is_x86_feature_detected!("avx512f")
         && std::is_x86_feature_detected!("avx512bw")
@@ -228,30 +256,31 @@ fn simd_paths<F: LaneDot>() -> [(&'static str, bool, DotPath<F>); 4] {
     ]
 }
 
-/// [`dot_rows`] in AVX2 (and F16C for f16) intrinsics, integer dots by `vpmaddwd`.
+/// [`dot_rows`] in AVX2 (F16C for half floats, FMA for block scales) intrinsics, integer dots
+/// by `vpmaddwd`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,f16c")]
+#[target_feature(enable = "avx2,f16c,fma")]
 unsafe fn dot_rows_avx2<F: LaneDot>(a: &F::Prepared, k: usize, rows: &[u8], out: &mut [f32]) {
     dot_rows_in::<x86::Avx2<{ x86::MADD }>, F, ROWS>(a, k, rows, out)
 }
 
 /// [`dot_rows`] with integer dots by AVX-VNNI's `vpdpwssd`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,f16c,avxvnni")]
+#[target_feature(enable = "avx2,f16c,fma,avxvnni")]
 unsafe fn dot_rows_avx_vnni<F: LaneDot>(a: &F::Prepared, k: usize, rows: &[u8], out: &mut [f32]) {
     dot_rows_in::<x86::Avx2<{ x86::AVX_VNNI }>, F, ROWS>(a, k, rows, out)
 }
 
 /// [`dot_rows`] with integer dots by AVX-512 VNNI's `vpdpwssd` on 256-bit registers.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,f16c,avx512vnni,avx512vl")]
+#[target_feature(enable = "avx2,f16c,fma,avx512vnni,avx512vl")]
 unsafe fn dot_rows_avx512_vnni<F: LaneDot>(a: &F::Prepared, k: usize, rows: &[u8], out: &mut [f32]) {
     dot_rows_in::<x86::Avx2<{ x86::AVX512_VNNI }>, F, ROWS>(a, k, rows, out)
 }
 
 /// [`dot_rows`] two blocks at a time in 512-bit registers, integer dots by `vpdpwssd`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,f16c,fma,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 unsafe fn dot_rows_avx512<F: LaneDot>(a: &F::Prepared, k: usize, rows: &[u8], out: &mut [f32]) {
     dot_rows_in::<x86::Avx512, F, ROWS>(a, k, rows, out)
 }
@@ -278,9 +307,10 @@ fn dot_rows_in<V: Lanes, F: LaneDot, const R: usize>(a: &F::Prepared, k: usize, 
 const AHEAD: usize = 2;
 
 /// A times `R` stored rows: one pass over A's blocks. Each row keeps two running sums, one over
-/// its even blocks and one over its odd blocks, each a chain of adds in block order, added
-/// together at the end: that is the order a 512-bit register holding two blocks adds in, so
-/// every [`Lanes`] gives the same bits. A's blocks are loaded once for all the rows, and the
+/// its even blocks and one over its odd blocks, each a chain of adds (fused multiply-adds for a
+/// scaled format) in block order, added together at the end: that is the order a 512-bit
+/// register holding two blocks adds in, so every [`Lanes`] gives the same bits. Scaled formats'
+/// block scales are converted [`Lanes::SCALE_BLOCKS`] at a time per row. A's blocks are loaded once for all the rows, and the
 /// rows' chains are independent. With `ahead > 0`, each block also prefetches the same share of
 /// the row `ahead` bytes on (the address may lie past `rows`: a prefetch never faults).
 #[inline(always)]
@@ -288,19 +318,26 @@ fn pass<V: Lanes, F: LaneDot, const R: usize>(a: &F::Prepared, k: usize, rows: [
     let blocks = k / BLOCK;
     let views: [F::Row<'_>; R] = std::array::from_fn(|r| F::row(rows[r], blocks));
     let step = rows[0].len() / blocks.max(1);
+    let d = F::a_scales(a);
     let mut totals = [[V::zero(); 2]; R];
-    for b in (0..blocks & !1).step_by(2) {
-        prefetch_rows(&rows, ahead, b * step, step, 2);
-        if V::BLOCKS == 2 {
-            let ab = F::a_block::<V>(a, b);
-            for (total, row) in totals.iter_mut().zip(&views) {
-                total[0] = total[0].add(F::block(&ab, row, b));
-            }
-        } else {
-            for (slot, b) in [(0, b), (1, b + 1)] {
+    let even = blocks & !1;
+    for first in (0..even).step_by(V::SCALE_BLOCKS) {
+        let scales: Option<[V::Scales; R]> =
+            F::SCALED.then(|| std::array::from_fn(|r| V::scales(&F::row_scales(&views[r])[first..], &d[first..])));
+        let scale = |r: usize, b: usize| scales.as_ref().map(|s| V::scale_at(&s[r], b - first));
+        for b in (first..even.min(first + V::SCALE_BLOCKS)).step_by(2) {
+            prefetch_rows(&rows, ahead, b * step, step, 2);
+            if V::BLOCKS == 2 {
                 let ab = F::a_block::<V>(a, b);
-                for (total, row) in totals.iter_mut().zip(&views) {
-                    total[slot] = total[slot].add(F::block(&ab, row, b));
+                for (r, (total, row)) in totals.iter_mut().zip(&views).enumerate() {
+                    total[0] = add_block(total[0], F::block(&ab, row, b), scale(r, b));
+                }
+            } else {
+                for (slot, b) in [(0, b), (1, b + 1)] {
+                    let ab = F::a_block::<V>(a, b);
+                    for (r, (total, row)) in totals.iter_mut().zip(&views).enumerate() {
+                        total[slot] = add_block(total[slot], F::block(&ab, row, b), scale(r, b));
+                    }
                 }
             }
         }
@@ -310,7 +347,13 @@ fn pass<V: Lanes, F: LaneDot, const R: usize>(a: &F::Prepared, k: usize, rows: [
         prefetch_rows(&rows, ahead, b * step, step, 1);
         let ab = F::a_block::<V::One>(a, b);
         for (total, row) in totals.iter_mut().zip(&views) {
-            total[0] = total[0].add_first(F::block(&ab, row, b));
+            let dot = F::block(&ab, row, b);
+            total[0] = if F::SCALED {
+                let scales = V::One::scales(&F::row_scales(row)[b..], &d[b..]);
+                total[0].mul_add_first(dot, V::One::scale_at(&scales, 0))
+            } else {
+                total[0].add_first(dot)
+            };
         }
     }
     let mut sums = [0f32; R];
@@ -321,6 +364,15 @@ fn pass<V: Lanes, F: LaneDot, const R: usize>(a: &F::Prepared, k: usize, rows: [
         }
     }
     sums
+}
+
+/// `total` plus a block's partial sums, times its scale when the format has one.
+#[inline(always)]
+fn add_block<V: Lanes>(total: V, dot: V, scale: Option<V>) -> V {
+    match scale {
+        Some(scale) => dot.mul_add(scale, total),
+        None => total.add(dot),
+    }
 }
 
 /// With `ahead > 0`, prefetches `count` blocks of `step` bytes from byte `at` of each row,
@@ -373,14 +425,31 @@ impl Lanes for Portable {
         Portable([0.0; 8])
     }
 
+    type Scales = [f32; 8];
+    const SCALE_BLOCKS: usize = 8;
+
     #[inline(always)]
-    fn per_block(v: [f32; 2]) -> Self {
-        Portable([v[0]; 8])
+    fn scales(s: &[[u8; 2]], d: &[f32]) -> [f32; 8] {
+        let mut out = [0f32; 8];
+        for ((o, &s), &d) in out.iter_mut().zip(s).zip(d) {
+            *o = half::f16::from_le_bytes(s).to_f32() * d;
+        }
+        out
     }
 
     #[inline(always)]
-    fn per_block_f16(s: &[[u8; 2]]) -> Self {
-        Portable([half::f16::from_le_bytes(s[0]).to_f32(); 8])
+    fn scale_at(scales: &[f32; 8], i: usize) -> Self {
+        Portable([scales[i]; 8])
+    }
+
+    #[inline(always)]
+    fn mul_add(self, m: Self, acc: Self) -> Self {
+        Portable(std::array::from_fn(|l| self.0[l].mul_add(m.0[l], acc.0[l])))
+    }
+
+    #[inline(always)]
+    fn mul_add_first(self, dot: Self, m: Self) -> Self {
+        dot.mul_add(m, self)
     }
 
     #[inline(always)]
@@ -465,7 +534,7 @@ mod x86 {
 
     /// One block's lanes in an AVX2 register, integer dots by instruction `DOT`. Private to this
     /// module's parent, which makes and uses them only inside its `dot_rows_*` functions, each
-    /// reached only on CPUs with AVX2, F16C and `DOT`'s extension: that is what the methods'
+    /// reached only on CPUs with AVX2, F16C, FMA and `DOT`'s extension: that is what the methods'
     /// `SAFETY` comments rely on. They are inlined into those functions, whose target features
     /// let the intrinsics inline too.
     #[derive(Clone, Copy)]
@@ -500,19 +569,45 @@ mod x86 {
             Self(unsafe { _mm256_setzero_ps() })
         }
 
+        type Scales = __m256;
+        const SCALE_BLOCKS: usize = 8;
+
+        /// Eight blocks' in one conversion and one multiply (a ragged end through a padded copy).
         #[inline(always)]
-        fn per_block(v: [f32; 2]) -> Self {
-            // SAFETY: AVX2 is present (see `Avx2`).
-            Self(unsafe { _mm256_set1_ps(v[0]) })
+        fn scales(s: &[[u8; 2]], d: &[f32]) -> __m256 {
+            let (mut s8, mut d8) = ([[0u8; 2]; 8], [0f32; 8]);
+            let (s, d): (&[[u8; 2]; 8], &[f32; 8]) = match (s.first_chunk(), d.first_chunk()) {
+                (Some(s), Some(d)) => (s, d),
+                _ => {
+                    let n = s.len().min(d.len()).min(8);
+                    s8[..n].copy_from_slice(&s[..n]);
+                    d8[..n].copy_from_slice(&d[..n]);
+                    (&s8, &d8)
+                }
+            };
+            // SAFETY: AVX2 and F16C are present (see `Avx2`); the loads read the 16 bytes of `s`
+            // and the 8 floats of `d`. The conversion is exact, as `half`'s.
+            unsafe {
+                let s = _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr() as *const __m128i));
+                _mm256_mul_ps(s, _mm256_loadu_ps(d.as_ptr()))
+            }
         }
 
         #[inline(always)]
-        fn per_block_f16(s: &[[u8; 2]]) -> Self {
-            // SAFETY: AVX2 and F16C are present (see `Avx2`). The conversion is exact, as `half`'s.
-            Self(unsafe {
-                let one = _mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(s[0]) as i32));
-                _mm256_broadcastss_ps(one)
-            })
+        fn scale_at(scales: &__m256, i: usize) -> Self {
+            // SAFETY: AVX2 is present (see `Avx2`).
+            Self(unsafe { _mm256_permutevar8x32_ps(*scales, _mm256_set1_epi32(i as i32)) })
+        }
+
+        #[inline(always)]
+        fn mul_add(self, m: Self, acc: Self) -> Self {
+            // SAFETY: FMA is present (see `Avx2`).
+            Self(unsafe { _mm256_fmadd_ps(self.0, m.0, acc.0) })
+        }
+
+        #[inline(always)]
+        fn mul_add_first(self, dot: Self, m: Self) -> Self {
+            dot.mul_add(m, self)
         }
 
         #[inline(always)]
@@ -598,9 +693,30 @@ mod x86 {
     /// Two blocks' lanes in a 512-bit register (the first block in the low half), integer dots
     /// by `vpdpwssd`: half the instructions per block of [`Avx2`]'s, which bounded q8 and q4
     /// decode. Made and used only inside `dot_rows_avx512`, reached only on CPUs with AVX2, F16C,
-    /// AVX-512 F, BW, DQ, VL and VNNI: that is what the methods' `SAFETY` comments rely on.
+    /// FMA, AVX-512 F, BW, DQ, VL and VNNI: that is what the methods' `SAFETY` comments rely on.
     #[derive(Clone, Copy)]
     pub(super) struct Avx512(__m512);
+
+    /// `acc` plus, per 32-bit lane, `Σ a·b` over its two 16-bit pairs: `vpdpwssd`, written out
+    /// because LLVM's generic x86 tuning splits the intrinsic into `vpmaddwd` and `vpaddd`, one
+    /// instruction more per block pair and row.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+        let mut acc = acc;
+        // SAFETY: AVX-512 VNNI is present (see `Avx512`); the instruction reads and writes
+        // registers only.
+        unsafe {
+            std::arch::asm!(
+                "vpdpwssd {acc}, {a}, {b}",
+                acc = inout(zmm_reg) acc,
+                a = in(zmm_reg) a,
+                b = in(zmm_reg) b,
+                options(pure, nomem, nostack, preserves_flags)
+            )
+        };
+        acc
+    }
 
     /// A 512-bit register from two 256-bit halves.
     #[inline(always)]
@@ -635,25 +751,45 @@ mod x86 {
             Self(unsafe { _mm512_setzero_ps() })
         }
 
+        type Scales = __m512;
+        const SCALE_BLOCKS: usize = 16;
+
+        /// Sixteen blocks' in one conversion and one multiply; masked loads at a ragged end.
         #[inline(always)]
-        fn per_block(v: [f32; 2]) -> Self {
-            // SAFETY: AVX-512 F is present (see `Avx512`).
-            Self(unsafe { join_ps(_mm256_set1_ps(v[0]), _mm256_set1_ps(v[1])) })
+        fn scales(s: &[[u8; 2]], d: &[f32]) -> __m512 {
+            let n = s.len().min(d.len()).min(16);
+            let mask = ((1u32 << n) - 1) as u16;
+            // SAFETY: AVX-512 F, BW and VL are present (see `Avx512`); the masked loads read the
+            // first `n` values of `s` and of `d` only (masked-off elements are neither read nor
+            // faulted on). The conversion is exact, as `half`'s.
+            unsafe {
+                let s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, s.as_ptr() as *const i16));
+                _mm512_mul_ps(s, _mm512_maskz_loadu_ps(mask, d.as_ptr()))
+            }
         }
 
-        /// One 4-byte load, one conversion and one permute (x86 is little-endian).
+        /// One permute: lanes `0..8` from block `i`, `8..16` from block `i + 1`.
         #[inline(always)]
-        fn per_block_f16(s: &[[u8; 2]]) -> Self {
-            let pair: &[[u8; 2]; 2] = s.first_chunk().expect("two blocks' values");
-            // SAFETY: AVX-512 F and F16C are present (see `Avx512`). The conversion is exact, as
-            // `half`'s.
+        fn scale_at(scales: &__m512, i: usize) -> Self {
+            // SAFETY: AVX-512 F is present (see `Avx512`).
             Self(unsafe {
-                let [[a, b], [c, d]] = *pair;
-                let v = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([a, b, c, d])));
-                _mm512_permutexvar_ps(
-                    _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
-                    _mm512_castps128_ps512(v),
-                )
+                let pair = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+                _mm512_permutexvar_ps(_mm512_add_epi32(pair, _mm512_set1_epi32(i as i32)), *scales)
+            })
+        }
+
+        #[inline(always)]
+        fn mul_add(self, m: Self, acc: Self) -> Self {
+            // SAFETY: AVX-512 F is present (see `Avx512`).
+            Self(unsafe { _mm512_fmadd_ps(self.0, m.0, acc.0) })
+        }
+
+        /// The mask takes the low half's lanes from the fused multiply-add, the rest from `self`.
+        #[inline(always)]
+        fn mul_add_first(self, dot: Self::One, m: Self::One) -> Self {
+            // SAFETY: AVX-512 F is present (see `Avx512`).
+            Self(unsafe {
+                _mm512_mask3_fmadd_ps(_mm512_castps256_ps512(dot.0), _mm512_castps256_ps512(m.0), self.0, 0x00ff)
             })
         }
 
@@ -725,7 +861,7 @@ mod x86 {
             Self(unsafe {
                 let lo = _mm512_cvtepi8_epi16(_mm256_loadu_si256(lo.as_ptr() as *const __m256i));
                 let hi = _mm512_cvtepi8_epi16(_mm256_loadu_si256(hi.as_ptr() as *const __m256i));
-                _mm512_cvtepi32_ps(_mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, x_lo), hi, x_hi))
+                _mm512_cvtepi32_ps(dpwssd(_mm512_madd_epi16(lo, x_lo), hi, x_hi))
             })
         }
 
@@ -741,7 +877,7 @@ mod x86 {
                 let words = _mm512_cvtepu8_epi16(_mm256_loadu_si256(pair.as_ptr() as *const __m256i));
                 let low = _mm512_and_si512(words, _mm512_set1_epi16(15));
                 let high = _mm512_srli_epi16(words, 4);
-                _mm512_cvtepi32_ps(_mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), low, lo), high, hi))
+                _mm512_cvtepi32_ps(dpwssd(_mm512_madd_epi16(low, lo), high, hi))
             })
         }
     }
@@ -749,13 +885,22 @@ mod x86 {
 
 /// Checks `F`'s dot on every row count from 1 to 11 (whole passes and ragged tails): every SIMD
 /// multi-row path the CPU has equals the portable one-row pass bit for bit, and that is the dot of
-/// the dequantized row with A as the format reads it, to float rounding.
+/// the dequantized row with A as the format reads it, to float rounding. Rows of 3 blocks and of
+/// 37 (two whole runs of 16 block scales, then a ragged one ending on an odd block), each block
+/// of W and of A at its own magnitude, so that a block scaled by a neighbour's scale shows.
 #[cfg(test)]
 pub(crate) fn check_dot_rows<F: LaneDot>() {
-    let (k, n) = (96, 11);
-    let (_, q) = super::quantized::test_weights::<F>(n, k);
-    let a: Vec<f32> = (0..k).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05).collect();
-    check_dot_rows_on::<F>(&a, &q);
+    for blocks in [3, 37] {
+        let (k, n) = (blocks * BLOCK, 11);
+        let magnitude = |i: usize, m: usize| (1 + i / BLOCK % m) as f32;
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013 * magnitude(i % k, 7)).collect();
+        let mut q = vec![0u8; n * F::row_bytes(k)];
+        for (src, dst) in w.chunks_exact(k).zip(q.chunks_exact_mut(F::row_bytes(k))) {
+            F::quantize_row(src, dst);
+        }
+        let a: Vec<f32> = (0..k).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05 * magnitude(i, 5)).collect();
+        check_dot_rows_on::<F>(&a, &q);
+    }
 }
 
 /// [`check_dot_rows`] on given A and stored rows.

@@ -10,10 +10,10 @@
 
 use super::f16_params;
 use super::int_gemm::{self, IntWeights, WTile};
-use super::lanes::{self, I16Pair, LaneDot, Lanes};
+use super::lanes::{self, LaneDot, Lanes};
 use super::quantized::BlockFormat;
 pub use super::quantized::BLOCK;
-use super::quantized_a::QuantizedA;
+use super::quantized_a::DotA;
 
 /// Op type in the `kiln` domain.
 pub const MATMUL_Q4: &str = "MatMulQ4";
@@ -80,10 +80,9 @@ impl BlockFormat for Q4 {
     type Prepared = Q4A;
 
     fn prepare(a: &[f32]) -> Q4A {
-        let x = QuantizedA::new(a);
-        let sums = x.0.iter().map(|b| b.scale * b.sum).collect();
-        let pairs = I16Pair::row(&x, elements);
-        Q4A { x, sums, pairs }
+        let a = DotA::new(a, elements);
+        let sums = a.x.0.iter().map(|b| b.scale * b.sum).collect();
+        Q4A { a, sums }
     }
 
     fn dot_rows(a: &Q4A, k: usize, rows: &[u8], out: &mut [f32]) {
@@ -112,19 +111,18 @@ impl IntWeights for Q4 {
 }
 
 impl LaneDot for Q4 {
-    /// The blocks' integers and scales.
-    type A<V: Lanes> = (V::Int16, V);
+    /// The blocks' integers.
+    type A<V: Lanes> = V::Int16;
     type Row<'a> = (&'a [[u8; 2]], &'a [[u8; 2]], &'a [[u8; BLOCK / 2]]);
 
     #[inline(always)]
-    fn a_block<V: Lanes>(a: &Q4A, b: usize) -> Self::A<V> {
-        let [x, y] = lanes::blocks::<V, _>(&a.x.0, b);
-        (V::load_i16(&a.pairs[b / 2], b % 2), V::per_block([x.scale, y.scale]))
+    fn a_block<V: Lanes>(a: &Q4A, b: usize) -> V::Int16 {
+        V::load_i16(&a.a.pairs[b / 2], b % 2)
     }
 
     #[cfg(test)]
     fn a_as_read(a: &Q4A) -> Vec<f32> {
-        a.x.dequantized()
+        a.a.x.dequantized()
     }
 
     #[inline(always)]
@@ -134,11 +132,22 @@ impl LaneDot for Q4 {
         (scales.as_chunks().0, mins.as_chunks().0, quants.as_chunks().0)
     }
 
-    /// `Σ q·x · scale · d` in eight lanes per block, the sums exact integers.
+    /// `Σ q·x` in eight lanes per block, the sums exact integers (scaled by the pass).
     #[inline(always)]
-    fn block<V: Lanes>((x, d): &Self::A<V>, (scales, _, quants): &Self::Row<'_>, b: usize) -> V {
-        let scale = V::per_block_f16(&scales[b..]);
-        V::u4_dot(x, &quants[b..]).mul(scale.mul(*d))
+    fn block<V: Lanes>(x: &V::Int16, (_, _, quants): &Self::Row<'_>, b: usize) -> V {
+        V::u4_dot(x, &quants[b..])
+    }
+
+    const SCALED: bool = true;
+
+    #[inline(always)]
+    fn row_scales<'r>(row: &Self::Row<'r>) -> &'r [[u8; 2]] {
+        row.0
+    }
+
+    #[inline(always)]
+    fn a_scales(a: &Q4A) -> &[f32] {
+        &a.a.d
     }
 
     const ROW_TERM: bool = true;
@@ -158,12 +167,10 @@ fn elements(j: usize) -> (usize, usize) {
     (low, low + 2)
 }
 
-/// A row of A as q4's dot reads it: quantized (each block's `d` and `x`), each block's `d · Σ x`,
-/// and the `x` again as 16-bit integers in pairs of blocks, in the levels' order.
+/// A row of A as q4's dot reads it: as q8's, and each block's `d · Σ x` (the minimums' share).
 pub struct Q4A {
-    x: QuantizedA,
+    a: DotA,
     sums: Vec<f32>,
-    pairs: Vec<I16Pair>,
 }
 
 #[cfg(test)]

@@ -9,10 +9,10 @@
 
 use super::f16_params;
 use super::int_gemm::{self, IntWeights, WTile};
-use super::lanes::{self, I16Pair, LaneDot, Lanes};
+use super::lanes::{self, LaneDot, Lanes};
 use super::quantized::BlockFormat;
 pub use super::quantized::BLOCK;
-use super::quantized_a::QuantizedA;
+use super::quantized_a::DotA;
 
 /// The q8 format.
 pub struct Q8;
@@ -59,15 +59,13 @@ impl BlockFormat for Q8 {
         }
     }
 
-    type Prepared = Q8A;
+    type Prepared = DotA;
 
-    fn prepare(a: &[f32]) -> Q8A {
-        let x = QuantizedA::new(a);
-        let pairs = I16Pair::row(&x, |j| (j, j + BLOCK / 2));
-        Q8A { x, pairs }
+    fn prepare(a: &[f32]) -> DotA {
+        DotA::new(a, |j| (j, j + BLOCK / 2))
     }
 
-    fn dot_rows(a: &Q8A, k: usize, rows: &[u8], out: &mut [f32]) {
+    fn dot_rows(a: &DotA, k: usize, rows: &[u8], out: &mut [f32]) {
         lanes::dot_rows::<Self>(a, k, rows, out)
     }
 
@@ -91,19 +89,18 @@ impl IntWeights for Q8 {
 pub const MATMUL_Q8: &str = "MatMulQ8";
 
 impl LaneDot for Q8 {
-    /// The blocks' integers and scales.
-    type A<V: Lanes> = (V::Int16, V);
+    /// The blocks' integers.
+    type A<V: Lanes> = V::Int16;
     /// Scales, values, blocks.
     type Row<'a> = (&'a [[u8; 2]], &'a [u8], usize);
 
     #[inline(always)]
-    fn a_block<V: Lanes>(a: &Q8A, b: usize) -> Self::A<V> {
-        let [x, y] = lanes::blocks::<V, _>(&a.x.0, b);
-        (V::load_i16(&a.pairs[b / 2], b % 2), V::per_block([x.scale, y.scale]))
+    fn a_block<V: Lanes>(a: &DotA, b: usize) -> V::Int16 {
+        V::load_i16(&a.pairs[b / 2], b % 2)
     }
 
     #[cfg(test)]
-    fn a_as_read(a: &Q8A) -> Vec<f32> {
+    fn a_as_read(a: &DotA) -> Vec<f32> {
         a.x.dequantized()
     }
 
@@ -113,14 +110,25 @@ impl LaneDot for Q8 {
         (scales.as_chunks().0, quants, blocks)
     }
 
-    /// Each block's exact integer `Σ q·x` in eight lanes, times both scales.
+    /// Each block's exact integer `Σ q·x` in eight lanes (scaled by the pass).
     #[inline(always)]
-    fn block<V: Lanes>((x, d): &Self::A<V>, &(scales, quants, blocks): &Self::Row<'_>, b: usize) -> V {
-        let scale = V::per_block_f16(&scales[b..]);
+    fn block<V: Lanes>(x: &V::Int16, &(_, quants, blocks): &Self::Row<'_>, b: usize) -> V {
         // Blocks `b..b + V::BLOCKS`' halves: a whole pair's when `V` takes two (`b` even).
         let (lo, hi) = (position(blocks, b, 0), position(blocks, b, BLOCK / 2));
         let len = BLOCK / 2 * V::BLOCKS;
-        V::i8_dot(x, &quants[lo..lo + len], &quants[hi..hi + len]).mul(scale.mul(*d))
+        V::i8_dot(x, &quants[lo..lo + len], &quants[hi..hi + len])
+    }
+
+    const SCALED: bool = true;
+
+    #[inline(always)]
+    fn row_scales<'r>(row: &Self::Row<'r>) -> &'r [[u8; 2]] {
+        row.0
+    }
+
+    #[inline(always)]
+    fn a_scales(a: &DotA) -> &[f32] {
+        &a.d
     }
 }
 
@@ -143,13 +151,6 @@ fn block_values(quants: &[u8], blocks: usize, b: usize) -> [u8; BLOCK] {
     q[..BLOCK / 2].copy_from_slice(&quants[lo..lo + BLOCK / 2]);
     q[BLOCK / 2..].copy_from_slice(&quants[hi..hi + BLOCK / 2]);
     q
-}
-
-/// A row of A as q8's dot reads it: quantized (each block's `d` and `x`), and the `x` again as
-/// 16-bit integers in pairs of blocks, in the values' order.
-pub struct Q8A {
-    x: QuantizedA,
-    pairs: Vec<I16Pair>,
 }
 
 /// `n` stored rows of `k` weights whose bytes take every value, -128 (which `quantize_row` never

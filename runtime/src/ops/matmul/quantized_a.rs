@@ -8,6 +8,7 @@
 //! A weight block's dot is then exact in 32-bit integers, in any order, and exact again in f32
 //! (every lane's sum stays below 2²⁴), so every CPU's path gives the same bits.
 
+use super::lanes::I16Pair;
 use super::quantized::BLOCK;
 
 /// Largest `|x|`: `255 · 127 + 127`, what `int_gemm`'s byte split and decode's 16-bit words
@@ -28,6 +29,26 @@ pub(crate) struct Block {
 /// One row of A, block by block (one allocation per product: decode makes one per layer's
 /// product per token).
 pub struct QuantizedA(pub(crate) Vec<Block>);
+
+/// A row of A as decode's integer dots read it (q8's and q4's prepared A): quantized, its blocks'
+/// `d` side by side (as a pass converts the weights' scales, many blocks at a time), and its `x`
+/// again as 16-bit integers in pairs of blocks, in the order the format stores its weights.
+pub struct DotA {
+    pub(crate) x: QuantizedA,
+    pub(crate) d: Vec<f32>,
+    pub(crate) pairs: Vec<I16Pair>,
+}
+
+impl DotA {
+    /// Quantizes `a` (`a.len()` a multiple of [`BLOCK`]); `halves(j)` are the elements word `j`
+    /// of each half of a block holds ([`I16Pair`]).
+    pub(crate) fn new(a: &[f32], halves: impl Fn(usize) -> (usize, usize)) -> DotA {
+        let x = QuantizedA::new(a);
+        let d = x.0.iter().map(|b| b.scale).collect();
+        let pairs = I16Pair::row(&x, halves);
+        DotA { x, d, pairs }
+    }
+}
 
 /// Adding then subtracting this rounds an f32 below 2²² in magnitude to the nearest integer (ties
 /// to even) in two vector instructions; `f32::round` is a libm call on baseline x86-64, which
