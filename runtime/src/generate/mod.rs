@@ -22,8 +22,7 @@ use kiln_formats::generation::{GenerationConfig, GENERATION_ENTRY, TOKENIZER_ENT
 use kiln_formats::{DType, Tensor};
 pub use sampler::{Sampler, Sampling};
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokenizers::Tokenizer;
 
@@ -62,41 +61,33 @@ pub struct LanguageModel {
     decode: Option<Arc<Model>>,
 }
 
-/// The tokenizer, or the thread parsing it. Parsing a real `tokenizer.json` is the slowest part
-/// of loading (SmolLM2's 3.5 MB: ~70 ms, against ~15 ms for the bundle and its three programs),
-/// and generating from token ids never needs it, so [`LanguageModel::from_bundle`] starts the
-/// parse on a thread of its own and the first [`LanguageModel::tokenizer`] call waits for it. A
-/// malformed file is reported by that call, as [`GenerateError::Tokenizer`].
+/// The tokenizer, parsed the first time it is asked for. Parsing a real `tokenizer.json` is the
+/// slowest part of loading (SmolLM2's 3.5 MB: ~70 ms, against ~15 ms for the bundle and its three
+/// programs), and generating from token ids never needs it. It used to be parsed on a thread of
+/// its own from [`LanguageModel::from_bundle`] on, which took one of two cores from the first
+/// prompt's products: with an 8-token prompt of ids, 47% of the CPU time from open to the first
+/// token was that parse. A program that wants it ready before its first text calls
+/// [`LanguageModel::tokenizer`] once at start. A malformed file is reported by every call for
+/// it, as [`GenerateError::Tokenizer`].
 struct TokenizerSlot {
+    bytes: Option<kiln_formats::SharedBytes>,
     ready: OnceLock<Result<Option<Tokenizer>, String>>,
-    parsing: Mutex<Option<JoinHandle<Result<Tokenizer, String>>>>,
 }
 
 impl TokenizerSlot {
     fn ready(tokenizer: Option<Tokenizer>) -> TokenizerSlot {
-        TokenizerSlot { ready: OnceLock::from(Ok(tokenizer)), parsing: Mutex::new(None) }
+        TokenizerSlot { bytes: None, ready: OnceLock::from(Ok(tokenizer)) }
     }
 
-    /// Parses `bytes` on a new thread (or here, if no thread can be started).
-    fn parse_in_background(bytes: kiln_formats::SharedBytes) -> TokenizerSlot {
-        let parse = |b: &[u8]| tokenizer::parse(b).map_err(|e| e.to_string());
-        let moved = bytes.clone();
-        match std::thread::Builder::new().name("kiln-tokenizer".into()).spawn(move || parse(moved.as_slice())) {
-            Ok(handle) => TokenizerSlot { ready: OnceLock::new(), parsing: Mutex::new(Some(handle)) },
-            Err(_) => {
-                TokenizerSlot { ready: OnceLock::from(parse(bytes.as_slice()).map(Some)), parsing: Mutex::new(None) }
-            }
-        }
+    /// `bytes`, parsed when first asked for.
+    fn pending(bytes: kiln_formats::SharedBytes) -> TokenizerSlot {
+        TokenizerSlot { bytes: Some(bytes), ready: OnceLock::new() }
     }
 
     fn get(&self) -> Result<Option<&Tokenizer>, GenerateError> {
-        let result = self.ready.get_or_init(|| {
-            let handle = self.parsing.lock().unwrap_or_else(PoisonError::into_inner).take();
-            match handle.map(JoinHandle::join) {
-                Some(Ok(parsed)) => parsed.map(Some),
-                Some(Err(_)) => Err("the thread parsing it stopped".into()),
-                None => Err("it was not parsed".into()),
-            }
+        let result = self.ready.get_or_init(|| match &self.bytes {
+            Some(b) => tokenizer::parse(b.as_slice()).map(Some).map_err(|e| e.to_string()),
+            None => Ok(None),
         });
         result.as_ref().map(Option::as_ref).map_err(|e| GenerateError::Tokenizer(e.clone()))
     }
@@ -155,7 +146,7 @@ impl LanguageModel {
         let config: GenerationConfig =
             serde_json::from_slice(raw.as_slice()).map_err(|e| GenerateError::Config(e.to_string()))?;
         let tokenizer = match bundle.bundle.entry(TOKENIZER_ENTRY) {
-            Some(b) => TokenizerSlot::parse_in_background(b),
+            Some(b) => TokenizerSlot::pending(b),
             None => TokenizerSlot::ready(None),
         };
         let target = target.or_else(|| bundle.entries.first().map(|(ep, _)| ep.target.as_str()));
@@ -208,7 +199,7 @@ impl LanguageModel {
         &self.config
     }
 
-    /// The bundle's tokenizer (waiting for its parse, the first time), or
+    /// The bundle's tokenizer (parsed by the first call), or
     /// [`GenerateError::NoTokenizer`], or [`GenerateError::Tokenizer`] when it is malformed.
     pub fn tokenizer(&self) -> Result<&Tokenizer, GenerateError> {
         self.tokenizer.get()?.ok_or(GenerateError::NoTokenizer)
@@ -441,8 +432,9 @@ mod tests {
         "pre_tokenizer": {"type": "WhitespaceSplit"}}"#;
 
     #[test]
-    fn the_tokenizer_parsed_in_the_background_is_there_when_asked_for() {
-        let slot = TokenizerSlot::parse_in_background(SharedBytes::copy_from(WORDS.as_bytes()));
+    fn the_tokenizer_is_parsed_once_when_first_asked_for() {
+        let slot = TokenizerSlot::pending(SharedBytes::copy_from(WORDS.as_bytes()));
+        assert!(slot.ready.get().is_none(), "not parsed before it is asked for");
         let tok = slot.get().unwrap().unwrap();
         assert_eq!(super::tokenizer::encode(tok, "b a", false).unwrap(), vec![1, 0]);
         assert!(std::ptr::eq(tok, slot.get().unwrap().unwrap()), "parsed once");
@@ -451,7 +443,7 @@ mod tests {
 
     #[test]
     fn a_malformed_tokenizer_is_reported_by_every_call_for_it() {
-        let slot = TokenizerSlot::parse_in_background(SharedBytes::copy_from(b"{\"model\": 3"));
+        let slot = TokenizerSlot::pending(SharedBytes::copy_from(b"{\"model\": 3"));
         for _ in 0..2 {
             let err = slot.get().unwrap_err();
             assert!(matches!(&err, GenerateError::Tokenizer(m) if !m.is_empty()), "{err}");

@@ -1,6 +1,8 @@
 //! Matrix products: MatMul (numpy semantics: 1-D operands promoted, batch dims broadcast) and
 //! Gemm (2-D, optional transposes, `alpha * A'B' + beta * C` with C broadcast to [M, N]).
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx;
 mod f16_params;
 pub(crate) mod gemm;
 pub mod half16;

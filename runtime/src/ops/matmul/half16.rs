@@ -106,6 +106,26 @@ impl<H: Half16> BlockFormat for Half<H> {
     }
 
     /// A as it is: the 16-bit weights are widened to f32.
+    /// bf16 on AMX tiles where the CPU has them (A rounded to bf16, see `amx`).
+    fn native_product(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) -> bool {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        if H::BRAIN && super::amx::available() {
+            super::amx::bf16_product(a, w, k, n, y);
+            return true;
+        }
+        let _ = (a, w, k, n, y);
+        false
+    }
+
+    #[cfg(test)]
+    fn a_as_multiplied(a: f32) -> f32 {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        if H::BRAIN && super::amx::available() {
+            return bf16::from_f32(a).to_f32();
+        }
+        a
+    }
+
     type Prepared = Vec<f32>;
 
     fn prepare(a: &[f32]) -> Vec<f32> {

@@ -165,7 +165,7 @@ thread_local! {
 
 /// C shared by the column tasks, which write disjoint columns of it.
 #[derive(Clone, Copy)]
-struct SharedC(*mut f32);
+pub(super) struct SharedC(pub(super) *mut f32);
 // SAFETY: tasks write disjoint elements (each its own columns) and finish before `product`
 // returns.
 unsafe impl Send for SharedC {}
@@ -174,7 +174,7 @@ unsafe impl Sync for SharedC {}
 
 impl SharedC {
     /// Element `i` (a method, so closures capture the whole wrapper and not its pointer).
-    fn at(self, i: usize) -> *mut f32 {
+    pub(super) fn at(self, i: usize) -> *mut f32 {
         self.0.wrapping_add(i)
     }
 }

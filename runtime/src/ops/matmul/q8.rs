@@ -69,7 +69,7 @@ impl BlockFormat for Q8 {
         lanes::dot_rows::<Self>(a, k, rows, out)
     }
 
-    fn int_product(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) -> bool {
+    fn native_product(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) -> bool {
         int_gemm::product::<Self>(a, w, k, n, Self::row_bytes(k), y)
     }
 }

@@ -2,8 +2,8 @@
 //! `A · Wᵀ` with W's `n` rows of `k` weights stored in blocks of [`BLOCK`], each row one
 //! contiguous run of bytes in the format's layout ([`BlockFormat`]). The kernel reads that form
 //! directly: decode (a few rows of A) takes dot products block by block; longer inputs take the
-//! format's integer product where it has one and the CPU runs it (q8 and q4 with AVX-512 VNNI,
-//! `int_gemm`), else dequantize a panel of W's rows at a time and hand it to the dense product.
+//! format's own product where it has one and the CPU runs it (q8 and q4 with AVX-512 VNNI,
+//! `int_gemm`; bf16 on AMX tiles, `amx`), else dequantize a panel of W's rows at a time and hand it to the dense product.
 
 use super::gemm::{gemm_from, pack_b, BSource, Mat};
 use crate::error::KernelError;
@@ -54,10 +54,16 @@ pub trait BlockFormat: Send + Sync + 'static {
     /// (`row_bytes(k)` bytes each): `out[r]` is the dot product with row `r`, the same bits
     /// whichever SIMD the CPU has and however many rows a call takes.
     fn dot_rows(a: &Self::Prepared, k: usize, rows: &[u8], out: &mut [f32]);
-    /// `y = A · Wᵀ` for many rows of A (`m × k`) and `n` stored rows, in integer arithmetic
-    /// when the format and the CPU have such a product; `false` (and `y` untouched) otherwise.
-    fn int_product(_a: &[f32], _w: &[u8], _k: usize, _n: usize, _y: &mut [f32]) -> bool {
+    /// `y = A · Wᵀ` for many rows of A (`m × k`) and `n` stored rows by the format's own product,
+    /// when it has one the CPU runs (q8 and q4: integer dots on AVX-512 VNNI; bf16: AMX tiles);
+    /// `false` (and `y` untouched) otherwise.
+    fn native_product(_a: &[f32], _w: &[u8], _k: usize, _n: usize, _y: &mut [f32]) -> bool {
         false
+    }
+    /// A value of A as the many-row product multiplies it (tests' references).
+    #[cfg(test)]
+    fn a_as_multiplied(a: f32) -> f32 {
+        a
     }
 }
 
@@ -137,7 +143,7 @@ impl<F: BlockFormat> Kernel for MatMulQuantized<F> {
         }
         if m < PANEL_ROWS {
             dot_rows::<F>(a, w.data, k, n, y);
-        } else if !F::int_product(a, w.data, k, n, y) {
+        } else if !F::native_product(a, w.data, k, n, y) {
             panels::<F>(a, w.data, k, n, y);
         }
         Ok(())
@@ -243,8 +249,11 @@ mod tests {
             for (r, dst) in wd.chunks_exact_mut(k).enumerate() {
                 F::dequantize_row(&q[r * F::row_bytes(k)..(r + 1) * F::row_bytes(k)], dst);
             }
+            // The many-row paths may round A first (bf16 on AMX tiles).
+            let read: Vec<f32> =
+                if m < PANEL_ROWS { a.clone() } else { a.iter().map(|&v| F::a_as_multiplied(v)).collect() };
             let expect: Vec<f32> = (0..m * n)
-                .map(|x| (0..k).map(|t| a[(x / n) * k + t] as f64 * wd[(x % n) * k + t] as f64).sum::<f64>() as f32)
+                .map(|x| (0..k).map(|t| read[(x / n) * k + t] as f64 * wd[(x % n) * k + t] as f64).sum::<f64>() as f32)
                 .collect();
             let got = product::<F>(&a, &q, m, k, n);
             for (g, e) in got.iter().zip(&expect) {
@@ -346,8 +355,8 @@ mod tests {
                     time(reps, || panels::<F>(&a, &q, k, n, &mut y))
                 };
                 let mut int = f64::NAN;
-                if F::int_product(&a, &q, k, n, &mut y) {
-                    int = time(reps, || assert!(F::int_product(&a, &q, k, n, &mut y)));
+                if F::native_product(&a, &q, k, n, &mut y) {
+                    int = time(reps, || assert!(F::native_product(&a, &q, k, n, &mut y)));
                 }
                 let gflops = |t: f64| 2.0 * (m * n * k) as f64 / t / 1e9;
                 println!(

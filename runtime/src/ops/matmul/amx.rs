@@ -1,0 +1,288 @@
+//! Many rows of A times bf16 weights on Intel AMX tiles (`tdpbf16ps`, Sapphire Rapids and later):
+//! prefill's products with `--weights bf16`. A tile instruction multiplies 16 × 32 bf16 by 32 × 16
+//! into 16 × 16 f32 sums, 8192 multiply-adds, where an AVX-512 FMA does 16; the f32 panels the
+//! other CPUs take bound bf16 prefill at 0.7 of onnxruntime's fp32 on such a machine.
+//!
+//! A is rounded to bf16 (nearest, ties to even), as llama.cpp's BF16 products do; the sums are
+//! f32. W is read where it lies: the tile instruction's first operand is 16 rows of 32 k each,
+//! at any row stride, which is W's stored rows as they are (so `C = W · Aᵀ`, transposed into `y`
+//! sixteen by sixteen). Only A is packed, once per product, into the second operand's layout:
+//! for each pair of k, the pair of every row of a group of 16 side by side.
+//!
+//! The tiles are Linux's to save and restore only once the process asks for them
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); [`available`] asks, once.
+
+use super::int_gemm::SharedC;
+use half::bf16;
+use rayon::prelude::*;
+use std::arch::asm;
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// Rows of a tile (W rows, or A rows as lanes), and the bytes of each tile row over 4.
+const TILE: usize = 16;
+/// k per tile instruction.
+const KSTEP: usize = 32;
+
+/// Whether the CPU has AMX-TILE and AMX-BF16 and the kernel lets this process use the tiles.
+pub(crate) fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        use std::arch::x86_64::{__cpuid_count, __get_cpuid_max};
+        #[allow(unused_unsafe)]
+        // SAFETY: `cpuid` is present on every x86-64 CPU; leaf 7 is read only when it exists.
+        let (max, leaf7) = unsafe { (__get_cpuid_max(0).0, __cpuid_count(7, 0)) };
+        let (tile, bf16) = (leaf7.edx >> 24 & 1 == 1, leaf7.edx >> 22 & 1 == 1);
+        max >= 7 && tile && bf16 && request_tile_data()
+    })
+}
+
+/// Asks Linux to save and restore the tile registers for this process (`arch_prctl`, whose
+/// answer is 0 when granted). Written as the system call itself: the workspace has no libc
+/// binding, and this is its only call.
+fn request_tile_data() -> bool {
+    const ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let answer: i64;
+    // SAFETY: `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)` reads no memory and changes
+    // only which state the kernel saves for this process; `syscall` clobbers rcx and r11.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") ARCH_PRCTL => answer,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        )
+    };
+    answer == 0
+}
+
+thread_local! {
+    /// A packed, kept per calling thread as prefill runs hundreds of products.
+    static PACKED: RefCell<Vec<[u32; TILE]>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `y[m×n] = A[m×k] · Wᵀ` with W's `n` rows of `k` little-endian bf16 (`2k` bytes each, `k` a
+/// multiple of 32) in `w`. Call only when [`available`].
+pub(crate) fn bf16_product(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) {
+    let m = a.len() / k;
+    assert!(k.is_multiple_of(KSTEP) && w.len() >= n * 2 * k && y.len() >= m * n, "product shapes");
+    assert!(available(), "AMX tiles");
+    let mut packed = PACKED.with(|p| p.try_borrow_mut().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default());
+    pack_a(a, k, &mut packed);
+    let (groups, packed_ref, c) = (n.div_ceil(TILE), &packed[..], SharedC(y.as_mut_ptr()));
+    // Pairs of W's groups of 16 rows per task, a few tasks per thread.
+    let pairs = groups.div_ceil(2);
+    let per = pairs.div_ceil(rayon::current_num_threads() * 4).max(1);
+    (0..pairs.div_ceil(per)).into_par_iter().for_each(|task| {
+        let first = task * per * 2;
+        let last = ((task + 1) * per * 2).min(groups);
+        // SAFETY: `available` found the tiles and the kernel's permission; the task writes only
+        // y's columns of W's groups `first..last`, which no other task writes.
+        unsafe { groups_times_a(w, k, n, first..last, packed_ref, m, c) };
+    });
+    PACKED.with(|p| {
+        if let Ok(mut slot) = p.try_borrow_mut() {
+            *slot = packed;
+        }
+    });
+}
+
+/// A's rows in groups of 16 as `tdpbf16ps`' second operand: for group `g` and pair `p` of k,
+/// `out[g * k / 2 + p]` holds in lane `r` row `16g + r`'s elements `2p` (low half) and `2p + 1`
+/// (high half) as bf16, zero past A's rows.
+fn pack_a(a: &[f32], k: usize, out: &mut Vec<[u32; TILE]>) {
+    let m = a.len() / k;
+    let pairs = k / 2;
+    out.clear();
+    out.resize(m.div_ceil(TILE) * pairs, [0; TILE]);
+    let bits = |v: f32| bf16::from_f32(v).to_bits() as u32;
+    out.par_chunks_mut(pairs).enumerate().for_each(|(g, group)| {
+        for r in 0..TILE.min(m - g * TILE) {
+            let row = &a[(g * TILE + r) * k..][..k];
+            for (lanes, pair) in group.iter_mut().zip(row.as_chunks::<2>().0) {
+                lanes[r] = bits(pair[0]) | bits(pair[1]) << 16;
+            }
+        }
+    });
+}
+
+/// The tile configuration: palette 1, tiles 0–7 all 16 rows of 64 bytes (C: 16 × 16 f32; W: 16
+/// rows × 32 bf16; A: 16 pairs of k × 16 rows' bf16 pairs).
+#[repr(C, align(64))]
+struct Config([u8; 64]);
+
+impl Config {
+    fn all_full() -> Config {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        for t in 0..8 {
+            c[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
+            c[48 + t] = TILE as u8;
+        }
+        Config(c)
+    }
+}
+
+/// Loads tile `$t` from 16 rows of 64 bytes at `$p`, `$s` bytes apart.
+macro_rules! tile_load {
+    ($t:literal, $p:expr, $s:expr) => {
+        asm!(concat!("tileloadd tmm", $t, ", [{p} + {s}*1]"), p = in(reg) $p, s = in(reg) $s,
+            options(nostack, readonly, preserves_flags))
+    };
+}
+
+/// Tile `$c` += tile `$a` (W) times tile `$b` (A).
+macro_rules! tile_dot {
+    ($c:literal, $a:literal, $b:literal) => {
+        asm!(concat!("tdpbf16ps tmm", $c, ", tmm", $a, ", tmm", $b), options(nomem, nostack, preserves_flags))
+    };
+}
+
+/// Stores tile `$t` as 16 rows of 64 bytes at `$p`.
+macro_rules! tile_store {
+    ($t:literal, $p:expr) => {
+        asm!(concat!("tilestored [{p} + {s}*1], tmm", $t), p = in(reg) $p, s = in(reg) 64usize,
+            options(nostack, preserves_flags))
+    };
+}
+
+/// W's groups `range` (16 rows each, the last possibly fewer) times every group of packed A, two
+/// W groups and two A groups at a time in the four accumulator tiles.
+///
+/// # Safety
+/// [`available`] is true, and no other thread writes y's columns of these W groups meanwhile.
+unsafe fn groups_times_a(
+    w: &[u8],
+    k: usize,
+    n: usize,
+    range: std::ops::Range<usize>,
+    packed: &[[u32; TILE]],
+    m: usize,
+    c: SharedC,
+) {
+    let stride = 2 * k;
+    let (pairs, a_groups) = (k / 2, m.div_ceil(TILE));
+    // The last group's rows copied out beside zero rows, when W ends inside it: tiles read whole.
+    let mut ragged = Vec::new();
+    let group_rows = |g: usize, ragged: &mut Vec<u8>| -> *const u8 {
+        let rows = TILE.min(n - g * TILE);
+        let src = &w[g * TILE * stride..(g * TILE + rows) * stride];
+        if rows == TILE {
+            return src.as_ptr();
+        }
+        ragged.clear();
+        ragged.resize(TILE * stride, 0);
+        ragged[..src.len()].copy_from_slice(src);
+        ragged.as_ptr()
+    };
+    let config = Config::all_full();
+    let mut out = [[0f32; TILE * TILE]; 4];
+    // SAFETY: the tiles are available; every load reads 16 rows of 64 bytes inside `w` (a whole
+    // group, or `ragged`) or inside `packed` (a group's 16 pairs of k from `kk`), every store
+    // writes one `out` tile.
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly, preserves_flags));
+        for g in range.clone().step_by(2) {
+            let two_w = g + 1 < range.end;
+            let w0 = group_rows(g, &mut ragged);
+            // At most one of the two groups is the ragged one: W's last.
+            let w1 = if two_w { group_rows(g + 1, &mut ragged) } else { w0 };
+            for ag in (0..a_groups).step_by(2) {
+                let two_a = ag + 1 < a_groups;
+                let a0 = packed[ag * pairs..].as_ptr() as *const u8;
+                let a1 = if two_a { packed[(ag + 1) * pairs..].as_ptr() as *const u8 } else { a0 };
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nomem, nostack));
+                for kk in 0..k / KSTEP {
+                    let (wo, ao) = (kk * 2 * KSTEP, kk * TILE * 4 * TILE);
+                    tile_load!(4, w0.add(wo), stride);
+                    tile_load!(6, a0.add(ao), 4 * TILE);
+                    tile_dot!(0, 4, 6);
+                    if two_a {
+                        tile_load!(7, a1.add(ao), 4 * TILE);
+                        tile_dot!(1, 4, 7);
+                    }
+                    if two_w {
+                        tile_load!(5, w1.add(wo), stride);
+                        tile_dot!(2, 5, 6);
+                        if two_a {
+                            tile_dot!(3, 5, 7);
+                        }
+                    }
+                }
+                tile_store!(0, out[0].as_mut_ptr());
+                tile_store!(1, out[1].as_mut_ptr());
+                tile_store!(2, out[2].as_mut_ptr());
+                tile_store!(3, out[3].as_mut_ptr());
+                for (t, tile) in out.iter().enumerate() {
+                    let (wg, a_g) = (g + t / 2, ag + t % 2);
+                    if (t / 2 == 1 && !two_w) || (t % 2 == 1 && !two_a) {
+                        continue;
+                    }
+                    // Tile row i is W's row 16·wg + i, column j A's row 16·a_g + j.
+                    for i in 0..TILE.min(n - wg * TILE) {
+                        for j in 0..TILE.min(m - a_g * TILE) {
+                            *c.at((a_g * TILE + j) * n + wg * TILE + i) = tile[i * TILE + j];
+                        }
+                    }
+                }
+            }
+        }
+        asm!("tilerelease", options(nomem, nostack));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tile product against an f64 one over the same bf16 values, on ragged shapes: m and n
+    /// off multiples of 16 (and of the 2 × 2 groups), a single group, k of one and of many steps.
+    #[test]
+    fn the_tile_product_equals_the_bf16_rounded_product() {
+        if !available() {
+            eprintln!("no AMX-BF16 here: tile product not run");
+            return;
+        }
+        for (m, n, k) in [(1, 1, 32), (5, 17, 64), (16, 16, 96), (17, 33, 576), (40, 50, 160), (33, 7, 32)] {
+            let a: Vec<f32> =
+                (0..m * k).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05 * (1 + i / k % 3) as f32).collect();
+            let wf: Vec<bf16> = (0..n * k).map(|i| bf16::from_f32(((i * 37 % 101) as f32 - 50.0) * 0.013)).collect();
+            let w: Vec<u8> = wf.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let mut y = vec![f32::NAN; m * n];
+            bf16_product(&a, &w, k, n, &mut y);
+            for i in 0..m {
+                for j in 0..n {
+                    let terms = (0..k).map(|t| bf16::from_f32(a[i * k + t]).to_f64() * wf[j * k + t].to_f64());
+                    let (exact, size) = terms.fold((0.0, 0.0), |(s, z), v| (s + v, z + v.abs()));
+                    let got = y[i * n + j] as f64;
+                    assert!(
+                        (got - exact).abs() <= 1e-6 * (1.0 + size),
+                        "m={m} n={n} k={k} [{i},{j}]: {got} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_packs_pairs_of_k_side_by_side_and_zeros_past_its_rows() {
+        let (m, k) = (18, 64);
+        let a: Vec<f32> = (0..m * k).map(|i| i as f32).collect();
+        let mut out = Vec::new();
+        pack_a(&a, k, &mut out);
+        assert_eq!(out.len(), 2 * k / 2);
+        let lane = |g: usize, p: usize, r: usize| {
+            let v = out[g * k / 2 + p][r];
+            (bf16::from_bits(v as u16).to_f32(), bf16::from_bits((v >> 16) as u16).to_f32())
+        };
+        let expect = |i: usize, t: usize| bf16::from_f32(a[i * k + t]).to_f32();
+        assert_eq!(lane(0, 5, 3), (expect(3, 10), expect(3, 11)));
+        assert_eq!(lane(1, 31, 1), (expect(17, 62), expect(17, 63)));
+        assert_eq!(lane(1, 7, 2), (0.0, 0.0));
+    }
+}
