@@ -310,9 +310,10 @@ const AHEAD: usize = 2;
 /// its even blocks and one over its odd blocks, each a chain of adds (fused multiply-adds for a
 /// scaled format) in block order, added together at the end: that is the order a 512-bit
 /// register holding two blocks adds in, so every [`Lanes`] gives the same bits. Scaled formats'
-/// block scales are converted [`Lanes::SCALE_BLOCKS`] at a time per row. A's blocks are loaded once for all the rows, and the
-/// rows' chains are independent. With `ahead > 0`, each block also prefetches the same share of
-/// the row `ahead` bytes on (the address may lie past `rows`: a prefetch never faults).
+/// block scales are converted [`Lanes::SCALE_BLOCKS`] at a time per row. A's blocks are loaded
+/// once for all the rows, and the rows' chains are independent. With `ahead > 0`, each block
+/// also prefetches the same share of the row `ahead` bytes on (the address may lie past `rows`:
+/// a prefetch never faults).
 #[inline(always)]
 fn pass<V: Lanes, F: LaneDot, const R: usize>(a: &F::Prepared, k: usize, rows: [&[u8]; R], ahead: usize) -> [f32; R] {
     let blocks = k / BLOCK;
