@@ -7,6 +7,8 @@ mod f16_params;
 pub(crate) mod gemm;
 pub mod half16;
 mod int_gemm;
+#[cfg(target_arch = "x86_64")]
+mod kept;
 mod lanes;
 pub mod packed;
 pub mod q4;

@@ -13,6 +13,7 @@
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); [`available`] asks, once.
 
 use super::int_gemm::SharedC;
+use super::kept::with_kept;
 use rayon::prelude::*;
 use std::arch::asm;
 use std::cell::RefCell;
@@ -71,23 +72,19 @@ pub(crate) fn bf16_product(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32
     let m = a.len() / k;
     assert!(k.is_multiple_of(KSTEP) && w.len() >= n * 2 * k && y.len() >= m * n, "product shapes");
     assert!(available(), "AMX tiles");
-    let mut packed = PACKED.with(|p| p.try_borrow_mut().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default());
-    pack_a(a, k, &mut packed);
-    let (groups, packed_ref, c) = (n.div_ceil(TILE), &packed[..], SharedC(y.as_mut_ptr()));
-    // Pairs of W's groups of 16 rows per task, a few tasks per thread.
-    let pairs = groups.div_ceil(2);
-    let per = pairs.div_ceil(rayon::current_num_threads() * 4).max(1);
-    (0..pairs.div_ceil(per)).into_par_iter().for_each(|task| {
-        let first = task * per * 2;
-        let last = ((task + 1) * per * 2).min(groups);
-        // SAFETY: `available` found the tiles and the kernel's permission; the task writes only
-        // y's columns of W's groups `first..last`, which no other task writes.
-        unsafe { groups_times_a(w, k, n, first..last, packed_ref, m, c) };
-    });
-    PACKED.with(|p| {
-        if let Ok(mut slot) = p.try_borrow_mut() {
-            *slot = packed;
-        }
+    with_kept(&PACKED, |packed| {
+        pack_a(a, k, packed);
+        let (groups, packed, c) = (n.div_ceil(TILE), &packed[..], SharedC(y.as_mut_ptr()));
+        // Pairs of W's groups of 16 rows per task, a few tasks per thread.
+        let pairs = groups.div_ceil(2);
+        let per = pairs.div_ceil(rayon::current_num_threads() * 4).max(1);
+        (0..pairs.div_ceil(per)).into_par_iter().for_each(|task| {
+            let first = task * per * 2;
+            let last = ((task + 1) * per * 2).min(groups);
+            // SAFETY: `available` found the tiles and the kernel's permission; the task writes
+            // only y's columns of W's groups `first..last`, which no other task writes.
+            unsafe { groups_times_a(w, k, n, first..last, packed, m, c) };
+        });
     });
 }
 

@@ -105,11 +105,11 @@ impl<H: Half16> BlockFormat for Half<H> {
         }
     }
 
-    /// A as it is: the 16-bit weights are widened to f32.
     /// bf16 on AMX tiles where the CPU has them (A rounded to bf16, see `amx`).
     fn native_product(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) -> bool {
-        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-        if H::BRAIN && super::amx::available() {
+        if on_tiles::<H>() {
+            // `on_tiles` is never true where the `amx` module is not built.
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             super::amx::bf16_product(a, w, k, n, y);
             return true;
         }
@@ -119,13 +119,14 @@ impl<H: Half16> BlockFormat for Half<H> {
 
     #[cfg(test)]
     fn a_as_multiplied(a: f32) -> f32 {
-        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-        if H::BRAIN && super::amx::available() {
-            return bf16::from_f32(a).to_f32();
+        if on_tiles::<H>() {
+            bf16::from_f32(a).to_f32()
+        } else {
+            a
         }
-        a
     }
 
+    /// A as it is: the 16-bit weights are widened to f32.
     type Prepared = Vec<f32>;
 
     fn prepare(a: &[f32]) -> Vec<f32> {
@@ -135,6 +136,14 @@ impl<H: Half16> BlockFormat for Half<H> {
     fn dot_rows(a: &Vec<f32>, k: usize, rows: &[u8], out: &mut [f32]) {
         lanes::dot_rows::<Self>(a, k, rows, out)
     }
+}
+
+/// Whether `H`'s many-row product runs on AMX tiles here: bf16, on a CPU and kernel that let it.
+fn on_tiles<H: Half16>() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    return H::BRAIN && super::amx::available();
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    false
 }
 
 impl<H: Half16> LaneDot for Half<H> {

@@ -184,13 +184,7 @@ impl SharedC {
 pub(crate) fn product<F: IntWeights>(a: &[f32], w: &[u8], k: usize, n: usize, row_bytes: usize, y: &mut [f32]) -> bool {
     #[cfg(target_arch = "x86_64")]
     if available() {
-        let mut packed = PACKED.with(|p| p.try_borrow_mut().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default());
-        run::<F>(a, w, k, n, row_bytes, y, &mut packed);
-        PACKED.with(|p| {
-            if let Ok(mut slot) = p.try_borrow_mut() {
-                *slot = packed;
-            }
-        });
+        super::kept::with_kept(&PACKED, |packed| run::<F>(a, w, k, n, row_bytes, y, packed));
         return true;
     }
     let _ = (a, w, k, n, row_bytes, y);

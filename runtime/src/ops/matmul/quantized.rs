@@ -3,7 +3,8 @@
 //! contiguous run of bytes in the format's layout ([`BlockFormat`]). The kernel reads that form
 //! directly: decode (a few rows of A) takes dot products block by block; longer inputs take the
 //! format's own product where it has one and the CPU runs it (q8 and q4 with AVX-512 VNNI,
-//! `int_gemm`; bf16 on AMX tiles, `amx`), else dequantize a panel of W's rows at a time and hand it to the dense product.
+//! `int_gemm`; bf16 on AMX tiles, `amx`), else dequantize a panel of W's rows at a time and hand
+//! it to the dense product.
 
 use super::gemm::{gemm_from, pack_b, BSource, Mat};
 use crate::error::KernelError;
