@@ -1,13 +1,22 @@
-//! Many rows of A times bf16 weights on Intel AMX tiles (`tdpbf16ps`, Sapphire Rapids and later):
-//! prefill's products with `--weights bf16`. A tile instruction multiplies 16 × 32 bf16 by 32 × 16
-//! into 16 × 16 f32 sums, 8192 multiply-adds, where an AVX-512 FMA does 16; the f32 panels the
-//! other CPUs take bound bf16 prefill at 0.7 of onnxruntime's fp32 on such a machine.
+//! Many rows of A times bf16 or f16 weights on Intel AMX tiles (`tdpbf16ps`, Sapphire Rapids
+//! and later): prefill's products with `--weights bf16|f16`. A tile instruction multiplies
+//! 16 × 32 bf16 by 32 × 16 into 16 × 16 f32 sums, 8192 multiply-adds, where an AVX-512 FMA does
+//! 16; the f32 panels the other CPUs take bound 16-bit prefill at 0.7–0.8 of onnxruntime's fp32 on
+//! such a machine.
 //!
-//! A is rounded to bf16 (nearest, ties to even), as llama.cpp's BF16 products do; the sums are
-//! f32. W is read where it lies: the tile instruction's first operand is 16 rows of 32 k each,
-//! at any row stride, which is W's stored rows as they are (so `C = W · Aᵀ`, transposed into `y`
-//! sixteen by sixteen). Only A is packed, once per product, into the second operand's layout:
-//! for each pair of k, the pair of every row of a group of 16 side by side.
+//! - **bf16:** A is rounded to bf16 (nearest, ties to even), as llama.cpp's BF16 products do; the
+//!   sums are f32. W is read where it lies: the tile instruction's first operand is 16 rows of
+//!   32 k each, at any row stride, which is W's stored rows as they are (so `C = W · Aᵀ`,
+//!   transposed into `y` sixteen by sixteen).
+//! - **f16:** bf16's 8 significant bits would throw away 3 of each weight's 11 and most of A's,
+//!   which users pick f16 over bf16 to keep. So both are split into a high and a low bf16 part:
+//!   a weight is exactly `hi + lo` (its low 3 bits fit `lo`), A is `hi + lo` within 2⁻¹⁷ of
+//!   itself, and `W·A ≈ Wh·Ah + Wh·Al + Wl·Ah` (the missing `Wl·Al` is within 2⁻¹⁸ of the
+//!   product), three tile products where bf16 takes one. W's groups are split per task, once per
+//!   product, into a buffer the task keeps.
+//!
+//! A is packed once per product into the second operand's layout: for each pair of k, the pair
+//! of every row of a group of 16 side by side.
 //!
 //! The tiles are Linux's to save and restore only once the process asks for them
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); [`available`] asks, once.
@@ -61,19 +70,47 @@ fn request_tile_data() -> bool {
     answer == 0
 }
 
+/// How a format's stored weights become bf16 tile operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Weights {
+    /// bf16 rows, multiplied as they are by A rounded to bf16.
+    Bf16,
+    /// f16 rows, each weight and each value of A split into a high and a low bf16.
+    F16,
+}
+
+impl Weights {
+    /// The bf16 parts a weight, and a value of A, is split into.
+    fn parts(self) -> usize {
+        match self {
+            Weights::Bf16 => 1,
+            Weights::F16 => 2,
+        }
+    }
+
+    /// The (W part, A part) tile products summed: each pair's product is at most 2⁻¹⁸ of the
+    /// whole past the last.
+    fn terms(self) -> &'static [(usize, usize)] {
+        match self {
+            Weights::Bf16 => &[(0, 0)],
+            Weights::F16 => &[(0, 0), (0, 1), (1, 0)],
+        }
+    }
+}
+
 thread_local! {
     /// A packed, kept per calling thread as prefill runs hundreds of products.
     static PACKED: RefCell<Vec<[u32; TILE]>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `y[m×n] = A[m×k] · Wᵀ` with W's `n` rows of `k` little-endian bf16 (`2k` bytes each, `k` a
-/// multiple of 32) in `w`. Call only when [`available`].
-pub(crate) fn bf16_product(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) {
+/// `y[m×n] = A[m×k] · Wᵀ` with W's `n` rows of `k` little-endian 16-bit floats (`2k` bytes
+/// each, `k` a multiple of 32) in `w`, stored as `weights` says. Call only when [`available`].
+pub(crate) fn product(weights: Weights, a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) {
     let m = a.len() / k;
     assert!(k.is_multiple_of(KSTEP) && w.len() >= n * 2 * k && y.len() >= m * n, "product shapes");
     assert!(available(), "AMX tiles");
     with_kept(&PACKED, |packed| {
-        pack_a(a, k, packed);
+        pack_a(a, k, weights.parts(), packed);
         let (groups, packed, c) = (n.div_ceil(TILE), &packed[..], SharedC(y.as_mut_ptr()));
         // Pairs of W's groups of 16 rows per task, a few tasks per thread.
         let pairs = groups.div_ceil(2);
@@ -83,39 +120,57 @@ pub(crate) fn bf16_product(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32
             let last = ((task + 1) * per * 2).min(groups);
             // SAFETY: `available` found the tiles and the kernel's permission; the task writes
             // only y's columns of W's groups `first..last`, which no other task writes.
-            unsafe { groups_times_a(w, k, n, first..last, packed, m, c) };
+            unsafe { groups_times_a(weights, w, k, n, first..last, packed, m, c) };
         });
     });
 }
 
-/// A's rows in groups of 16 as `tdpbf16ps`' second operand: for group `g` and pair `p` of k,
-/// `out[g * k / 2 + p]` holds in lane `r` row `16g + r`'s elements `2p` (low half) and `2p + 1`
-/// (high half) as bf16, zero past A's rows.
-fn pack_a(a: &[f32], k: usize, out: &mut Vec<[u32; TILE]>) {
+/// A value of A as the tile products multiply it: the sum of its parts.
+#[cfg(test)]
+pub(crate) fn a_as_multiplied(weights: Weights, v: f32) -> f32 {
+    let parts = a_parts(v);
+    parts[..weights.parts()].iter().map(|&p| f32::from_bits(p << 16)).sum()
+}
+
+/// A's rows in groups of 16 as `tdpbf16ps`' second operand, each of its `parts` (high, then
+/// low) after the other: for part `q`, group `g` and pair `p` of k, `out[(q·groups + g)·k/2 + p]`
+/// holds in lane `r` row `16g + r`'s elements `2p` (low half) and `2p + 1` (high half) as bf16,
+/// zero past A's rows.
+fn pack_a(a: &[f32], k: usize, parts: usize, out: &mut Vec<[u32; TILE]>) {
     let m = a.len() / k;
-    let pairs = k / 2;
+    let (pairs, groups) = (k / 2, m.div_ceil(TILE));
     out.clear();
-    out.resize(m.div_ceil(TILE) * pairs, [0; TILE]);
-    out.par_chunks_mut(pairs).enumerate().for_each(|(g, group)| {
+    out.resize(parts * groups * pairs, [0; TILE]);
+    out.par_chunks_mut(pairs).enumerate().for_each(|(c, group)| {
+        let (q, g) = (c / groups, c % groups);
         for r in 0..TILE.min(m - g * TILE) {
             // SAFETY: the CPU has AMX, so AVX-512 F and BW (every AMX CPU has them; `available`
             // was checked by the caller).
-            unsafe { pack_row(&a[(g * TILE + r) * k..][..k], r, group) };
+            unsafe { pack_row(&a[(g * TILE + r) * k..][..k], r, q, group) };
         }
     });
 }
 
-/// Row `r` of a group into its lane of `group` (one `[u32; 16]` per pair of k), 32 elements at
-/// a time: converted in vector registers, then stored 16 lanes apart. Element by element through
-/// `half`'s conversion this was half of bf16 prefill's product time.
+/// Part `q` of row `r` of a group into its lane of `group` (one `[u32; 16]` per pair of k), 32
+/// elements at a time: converted in vector registers, then stored 16 lanes apart. Element by
+/// element through `half`'s conversion this was half of bf16 prefill's product time.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_row(row: &[f32], r: usize, group: &mut [[u32; TILE]]) {
+unsafe fn pack_row(row: &[f32], r: usize, q: usize, group: &mut [[u32; TILE]]) {
     for (src, dst) in row.as_chunks::<32>().0.iter().zip(group.chunks_exact_mut(TILE)) {
-        let words: [u32; TILE] = std::array::from_fn(|p| bf16_bits(src[2 * p]) | bf16_bits(src[2 * p + 1]) << 16);
+        let part = |v: f32| if q == 0 { bf16_bits(v) } else { a_parts(v)[1] };
+        let words: [u32; TILE] = std::array::from_fn(|p| part(src[2 * p]) | part(src[2 * p + 1]) << 16);
         for (d, w) in dst.iter_mut().zip(words) {
             d[r] = w;
         }
     }
+}
+
+/// `v` as the bf16 bits of its high part (`v` rounded) and of its low part (what that rounding
+/// left, rounded).
+#[inline(always)]
+fn a_parts(v: f32) -> [u32; 2] {
+    let high = bf16_bits(v);
+    [high, bf16_bits(v - f32::from_bits(high << 16))]
 }
 
 /// `v` as bf16 bits, rounded to nearest, ties to even (NaN stays a quiet NaN): `half`'s
@@ -129,6 +184,45 @@ fn bf16_bits(v: f32) -> u32 {
         b >> 16 | 0x40
     } else {
         rounded
+    }
+}
+
+/// W's rows `rows` (at most 16 of `k` values, `2k` bytes each) as the tile operands' 16 rows of
+/// each part, one part after the other in `out` (`2k` bytes a row), zero past the given rows.
+/// f16 weights split exactly: the high part is the weight's top 8 significant bits, the low one
+/// the 3 left, which bf16 holds exactly at any f16 exponent.
+fn split_group(weights: Weights, rows: &[u8], k: usize, out: &mut [u8]) {
+    let stride = 2 * k;
+    out[rows.len()..TILE * stride].fill(0);
+    match weights {
+        Weights::Bf16 => out[..rows.len()].copy_from_slice(rows),
+        Weights::F16 => {
+            let (high, low) = out.split_at_mut(TILE * stride);
+            low[rows.len()..].fill(0);
+            // SAFETY: the CPU has AMX, so AVX-512 F (every AMX CPU has it; `available` was
+            // checked by the product's caller).
+            unsafe { split_f16(rows, &mut high[..rows.len()], &mut low[..rows.len()]) };
+        }
+    }
+}
+
+/// Splits little-endian f16 `src` into the bf16 `high` and `low` parts (as many bytes each), 16
+/// at a time: widened (exactly), the top 16 bits are the high part, the difference is exact and
+/// fits the low part's 16.
+#[target_feature(enable = "avx512f")]
+unsafe fn split_f16(src: &[u8], high: &mut [u8], low: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let top = _mm512_set1_epi32(0xffff_0000u32 as i32);
+    let chunks = src.as_chunks::<32>().0.iter().zip(high.as_chunks_mut::<32>().0).zip(low.as_chunks_mut::<32>().0);
+    for ((s, h), l) in chunks {
+        // SAFETY: each access is one 32-byte chunk of its slice.
+        unsafe {
+            let v = _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().cast()));
+            let hi = _mm512_and_si512(_mm512_castps_si512(v), top);
+            let lo = _mm512_castps_si512(_mm512_sub_ps(v, _mm512_castsi512_ps(hi)));
+            _mm256_storeu_si256(h.as_mut_ptr().cast(), _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(hi)));
+            _mm256_storeu_si256(l.as_mut_ptr().cast(), _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(lo)));
+        }
     }
 }
 
@@ -172,12 +266,20 @@ macro_rules! tile_store {
     };
 }
 
+thread_local! {
+    /// W's two groups of a step as split tile operands, kept per thread.
+    static SPLIT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// W's groups `range` (16 rows each, the last possibly fewer) times every group of packed A, two
-/// W groups and two A groups at a time in the four accumulator tiles.
+/// W groups and two A groups at a time in the four accumulator tiles, each of `weights`' terms
+/// in turn.
 ///
 /// # Safety
 /// [`available`] is true, and no other thread writes y's columns of these W groups meanwhile.
+#[allow(clippy::too_many_arguments)]
 unsafe fn groups_times_a(
+    weights: Weights,
     w: &[u8],
     k: usize,
     n: usize,
@@ -187,70 +289,86 @@ unsafe fn groups_times_a(
     c: SharedC,
 ) {
     let stride = 2 * k;
-    let (pairs, a_groups) = (k / 2, m.div_ceil(TILE));
-    // The last group's rows copied out beside zero rows, when W ends inside it: tiles read whole.
-    let mut ragged = Vec::new();
-    let group_rows = |g: usize, ragged: &mut Vec<u8>| -> *const u8 {
-        let rows = TILE.min(n - g * TILE);
-        let src = &w[g * TILE * stride..(g * TILE + rows) * stride];
-        if rows == TILE {
-            return src.as_ptr();
-        }
-        ragged.clear();
-        ragged.resize(TILE * stride, 0);
-        ragged[..src.len()].copy_from_slice(src);
-        ragged.as_ptr()
-    };
-    let config = Config::all_full();
-    let mut out = [[0f32; TILE * TILE]; 4];
-    // SAFETY: the tiles are available; every load reads 16 rows of 64 bytes inside `w` (a whole
-    // group, or `ragged`) or inside `packed` (a group's 16 pairs of k from `kk`), every store
-    // writes one `out` tile.
-    unsafe {
-        asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly, preserves_flags));
-        for g in range.clone().step_by(2) {
-            let two_w = g + 1 < range.end;
-            let w0 = group_rows(g, &mut ragged);
-            // At most one of the two groups is the ragged one: W's last.
-            let w1 = if two_w { group_rows(g + 1, &mut ragged) } else { w0 };
-            for ag in (0..a_groups).step_by(2) {
-                let two_a = ag + 1 < a_groups;
-                let a0 = packed[ag * pairs..].as_ptr() as *const u8;
-                let a1 = if two_a { packed[(ag + 1) * pairs..].as_ptr() as *const u8 } else { a0 };
-                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nomem, nostack));
-                for kk in 0..k / KSTEP {
-                    let (wo, ao) = (kk * 2 * KSTEP, kk * TILE * 4 * TILE);
-                    tile_load!(4, w0.add(wo), stride);
-                    tile_load!(6, a0.add(ao), 4 * TILE);
-                    tile_dot!(0, 4, 6);
-                    if two_a {
-                        tile_load!(7, a1.add(ao), 4 * TILE);
-                        tile_dot!(1, 4, 7);
-                    }
-                    if two_w {
-                        tile_load!(5, w1.add(wo), stride);
-                        tile_dot!(2, 5, 6);
-                        if two_a {
-                            tile_dot!(3, 5, 7);
+    let (pairs, a_groups, parts) = (k / 2, m.div_ceil(TILE), weights.parts());
+    let part_bytes = TILE * stride;
+    with_kept(&SPLIT, |split| {
+        split.resize(2 * parts * part_bytes, 0);
+        let (split0, split1) = split.split_at_mut(parts * part_bytes);
+        // Each part's 16 rows of W group `g`: in place when bf16 and whole, else split (or
+        // copied beside zero rows) into `buf`.
+        let group_rows = |g: usize, buf: &mut [u8]| -> *const u8 {
+            let rows = TILE.min(n - g * TILE);
+            let src = &w[g * TILE * stride..(g * TILE + rows) * stride];
+            if rows == TILE && weights == Weights::Bf16 {
+                return src.as_ptr();
+            }
+            split_group(weights, src, k, buf);
+            buf.as_ptr()
+        };
+        let config = Config::all_full();
+        let mut out = [[0f32; TILE * TILE]; 4];
+        // SAFETY: the tiles are available; every load reads 16 rows of 64 bytes inside `w` (a
+        // whole group), inside a part of `split`, or inside `packed` (a part's group's 16 pairs
+        // of k from `kk`); every store writes one `out` tile.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly, preserves_flags));
+            for g in range.clone().step_by(2) {
+                let two_w = g + 1 < range.end;
+                let w0 = group_rows(g, split0);
+                let w1 = if two_w { group_rows(g + 1, split1) } else { w0 };
+                for ag in (0..a_groups).step_by(2) {
+                    let two_a = ag + 1 < a_groups;
+                    let a_at = |q: usize, g: usize| packed[(q * a_groups + g) * pairs..].as_ptr() as *const u8;
+                    asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nomem, nostack));
+                    // Each term's tiles loaded only where the previous term's differ: f16's
+                    // three terms take 10 loads per step where 12 dots need 12 operands, and a
+                    // tile load here costs three dots' time.
+                    for kk in 0..k / KSTEP {
+                        let (wo, ao) = (kk * 2 * KSTEP, kk * TILE * 4 * TILE);
+                        let mut loaded = (usize::MAX, usize::MAX);
+                        for &(wq, aq) in weights.terms() {
+                            if loaded.0 != wq {
+                                tile_load!(4, w0.add(wq * part_bytes + wo), stride);
+                                if two_w {
+                                    tile_load!(5, w1.add(wq * part_bytes + wo), stride);
+                                }
+                            }
+                            if loaded.1 != aq {
+                                tile_load!(6, a_at(aq, ag).add(ao), 4 * TILE);
+                                if two_a {
+                                    tile_load!(7, a_at(aq, ag + 1).add(ao), 4 * TILE);
+                                }
+                            }
+                            loaded = (wq, aq);
+                            tile_dot!(0, 4, 6);
+                            if two_a {
+                                tile_dot!(1, 4, 7);
+                            }
+                            if two_w {
+                                tile_dot!(2, 5, 6);
+                                if two_a {
+                                    tile_dot!(3, 5, 7);
+                                }
+                            }
                         }
                     }
-                }
-                tile_store!(0, out[0].as_mut_ptr());
-                tile_store!(1, out[1].as_mut_ptr());
-                tile_store!(2, out[2].as_mut_ptr());
-                tile_store!(3, out[3].as_mut_ptr());
-                for (t, tile) in out.iter().enumerate() {
-                    let (wg, a_g) = (g + t / 2, ag + t % 2);
-                    if (t / 2 == 1 && !two_w) || (t % 2 == 1 && !two_a) {
-                        continue;
+                    tile_store!(0, out[0].as_mut_ptr());
+                    tile_store!(1, out[1].as_mut_ptr());
+                    tile_store!(2, out[2].as_mut_ptr());
+                    tile_store!(3, out[3].as_mut_ptr());
+                    for (t, tile) in out.iter().enumerate() {
+                        let (wg, a_g) = (g + t / 2, ag + t % 2);
+                        if (t / 2 == 1 && !two_w) || (t % 2 == 1 && !two_a) {
+                            continue;
+                        }
+                        let (w_rows, a_rows) = (TILE.min(n - wg * TILE), TILE.min(m - a_g * TILE));
+                        store_transposed(tile, w_rows, a_rows, c, a_g * TILE * n + wg * TILE, n);
                     }
-                    let (w_rows, a_rows) = (TILE.min(n - wg * TILE), TILE.min(m - a_g * TILE));
-                    store_transposed(tile, w_rows, a_rows, c, a_g * TILE * n + wg * TILE, n);
                 }
             }
+            asm!("tilerelease", options(nomem, nostack));
         }
-        asm!("tilerelease", options(nomem, nostack));
-    }
+    })
 }
 
 /// Writes a stored accumulator tile (row `i` W's row, column `j` A's row) into `y` at `at`, row
@@ -307,34 +425,82 @@ unsafe fn store_transposed(tile: &[f32; TILE * TILE], w_rows: usize, a_rows: usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use half::bf16;
+    use half::{bf16, f16};
 
-    /// The tile product against an f64 one over the same bf16 values, on ragged shapes: m and n
-    /// off multiples of 16 (and of the 2 × 2 groups), a single group, k of one and of many steps.
+    /// The tile product of `weights`' values `wf` (widened to f32) against an f64 product, on
+    /// ragged shapes: m and n off multiples of 16 (and of the 2 × 2 groups), a single group, k of
+    /// one and of many steps. A is taken as `a_as` makes it; the sums may be off by `tolerance`
+    /// of the size of the terms.
+    fn check_tile_product(weights: Weights, store: fn(f32) -> [u8; 2], a_as: fn(f32) -> f64, tolerance: f64) {
+        for (m, n, k) in [(1, 1, 32), (5, 17, 64), (16, 16, 96), (17, 33, 576), (40, 50, 160), (33, 7, 32)] {
+            let a: Vec<f32> =
+                (0..m * k).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.0517 * (1 + i / k % 3) as f32).collect();
+            let w: Vec<u8> = (0..n * k).flat_map(|i| store(((i * 37 % 101) as f32 - 50.0) * 0.0131)).collect();
+            let wf: Vec<f64> = w.as_chunks::<2>().0.iter().map(|b| widen(weights, *b)).collect();
+            let mut y = vec![f32::NAN; m * n];
+            product(weights, &a, &w, k, n, &mut y);
+            for i in 0..m {
+                for j in 0..n {
+                    let terms = (0..k).map(|t| a_as(a[i * k + t]) * wf[j * k + t]);
+                    let (exact, size) = terms.fold((0.0, 0.0), |(s, z), v| (s + v, z + v.abs()));
+                    let got = y[i * n + j] as f64;
+                    assert!(
+                        (got - exact).abs() <= tolerance * (1.0 + size),
+                        "{weights:?} m={m} n={n} k={k} [{i},{j}]: {got} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn widen(weights: Weights, b: [u8; 2]) -> f64 {
+        match weights {
+            Weights::Bf16 => bf16::from_le_bytes(b).to_f64(),
+            Weights::F16 => f16::from_le_bytes(b).to_f64(),
+        }
+    }
+
     #[test]
-    fn the_tile_product_equals_the_bf16_rounded_product() {
+    fn the_bf16_tile_product_equals_the_bf16_rounded_product() {
         if !available() {
             eprintln!("no AMX-BF16 here: tile product not run");
             return;
         }
-        for (m, n, k) in [(1, 1, 32), (5, 17, 64), (16, 16, 96), (17, 33, 576), (40, 50, 160), (33, 7, 32)] {
-            let a: Vec<f32> =
-                (0..m * k).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05 * (1 + i / k % 3) as f32).collect();
-            let wf: Vec<bf16> = (0..n * k).map(|i| bf16::from_f32(((i * 37 % 101) as f32 - 50.0) * 0.013)).collect();
-            let w: Vec<u8> = wf.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let mut y = vec![f32::NAN; m * n];
-            bf16_product(&a, &w, k, n, &mut y);
-            for i in 0..m {
-                for j in 0..n {
-                    let terms = (0..k).map(|t| bf16::from_f32(a[i * k + t]).to_f64() * wf[j * k + t].to_f64());
-                    let (exact, size) = terms.fold((0.0, 0.0), |(s, z), v| (s + v, z + v.abs()));
-                    let got = y[i * n + j] as f64;
-                    assert!(
-                        (got - exact).abs() <= 1e-6 * (1.0 + size),
-                        "m={m} n={n} k={k} [{i},{j}]: {got} vs {exact}"
-                    );
-                }
+        let a_as = |v: f32| bf16::from_f32(v).to_f64();
+        check_tile_product(Weights::Bf16, |v| bf16::from_f32(v).to_le_bytes(), a_as, 1e-6);
+    }
+
+    /// f16 weights against the f64 product with A as it is: the split leaves at most about 2⁻¹⁶
+    /// of each term (bf16 alone: 2⁻⁹, so a term left out fails this).
+    #[test]
+    fn the_f16_tile_product_is_within_2_to_the_minus_16_of_the_exact_one() {
+        if !available() {
+            eprintln!("no AMX-BF16 here: tile product not run");
+            return;
+        }
+        check_tile_product(Weights::F16, |v| f16::from_f32(v).to_le_bytes(), |v| v as f64, 2e-5);
+    }
+
+    /// Every finite f16 is its two bf16 parts' sum, exactly; rows past the given ones are zero.
+    #[test]
+    fn f16_weights_split_exactly_into_two_bf16() {
+        if !available() {
+            return;
+        }
+        let k = 32;
+        let finite: Vec<u16> = (0..=u16::MAX).filter(|&b| f16::from_bits(b).is_finite()).collect();
+        for rows in finite.chunks(TILE * k) {
+            let bytes: Vec<u8> = rows.iter().flat_map(|b| b.to_le_bytes()).collect();
+            let bytes = &bytes[..bytes.len() / (2 * k) * 2 * k];
+            let mut out = vec![0xAAu8; 2 * TILE * 2 * k];
+            split_group(Weights::F16, bytes, k, &mut out);
+            let (high, low) = out.split_at(TILE * 2 * k);
+            for (i, b) in bytes.as_chunks::<2>().0.iter().enumerate() {
+                let parts = [&high[2 * i..], &low[2 * i..]].map(|p| bf16::from_le_bytes([p[0], p[1]]).to_f64());
+                let v = f16::from_le_bytes(*b).to_f64();
+                assert_eq!(parts[0] + parts[1], v, "{:#06x}: {parts:?}", u16::from_le_bytes(*b));
             }
+            assert!(high[bytes.len()..].iter().chain(&low[bytes.len()..]).all(|&b| b == 0));
         }
     }
 
@@ -353,10 +519,10 @@ mod tests {
             return;
         }
         let (m, k) = (18, 64);
-        let a: Vec<f32> = (0..m * k).map(|i| i as f32).collect();
+        let a: Vec<f32> = (0..m * k).map(|i| i as f32 * 0.37 + 0.1).collect();
         let mut out = Vec::new();
-        pack_a(&a, k, &mut out);
-        assert_eq!(out.len(), 2 * k / 2);
+        pack_a(&a, k, 2, &mut out);
+        assert_eq!(out.len(), 2 * 2 * k / 2);
         let lane = |g: usize, p: usize, r: usize| {
             let v = out[g * k / 2 + p][r];
             (bf16::from_bits(v as u16).to_f32(), bf16::from_bits((v >> 16) as u16).to_f32())
@@ -365,5 +531,10 @@ mod tests {
         assert_eq!(lane(0, 5, 3), (expect(3, 10), expect(3, 11)));
         assert_eq!(lane(1, 31, 1), (expect(17, 62), expect(17, 63)));
         assert_eq!(lane(1, 7, 2), (0.0, 0.0));
+        // The low parts, after the high ones: what rounding to bf16 left.
+        let low = |i: usize, t: usize| bf16::from_f32(a[i * k + t] - expect(i, t)).to_f32();
+        assert_eq!(lane(2, 5, 3), (low(3, 10), low(3, 11)));
+        assert_eq!(lane(3, 31, 1), (low(17, 62), low(17, 63)));
+        assert_eq!(lane(3, 7, 2), (0.0, 0.0));
     }
 }

@@ -105,12 +105,13 @@ impl<H: Half16> BlockFormat for Half<H> {
         }
     }
 
-    /// bf16 on AMX tiles where the CPU has them (A rounded to bf16, see `amx`).
+    /// On AMX tiles where the CPU has them (A rounded to bf16 for bf16, split in two bf16s for
+    /// f16; see `amx`).
     fn native_product(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) -> bool {
-        if on_tiles::<H>() {
+        if on_tiles() {
             // `on_tiles` is never true where the `amx` module is not built.
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-            super::amx::bf16_product(a, w, k, n, y);
+            super::amx::product(tile_weights::<H>(), a, w, k, n, y);
             return true;
         }
         let _ = (a, w, k, n, y);
@@ -119,11 +120,11 @@ impl<H: Half16> BlockFormat for Half<H> {
 
     #[cfg(test)]
     fn a_as_multiplied(a: f32) -> f32 {
-        if on_tiles::<H>() {
-            bf16::from_f32(a).to_f32()
-        } else {
-            a
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        if on_tiles() {
+            return super::amx::a_as_multiplied(tile_weights::<H>(), a);
         }
+        a
     }
 
     /// A as it is: the 16-bit weights are widened to f32.
@@ -138,12 +139,23 @@ impl<H: Half16> BlockFormat for Half<H> {
     }
 }
 
-/// Whether `H`'s many-row product runs on AMX tiles here: bf16, on a CPU and kernel that let it.
-fn on_tiles<H: Half16>() -> bool {
+/// Whether the 16-bit formats' many-row products run on AMX tiles here: on a CPU and kernel that
+/// let them.
+fn on_tiles() -> bool {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    return H::BRAIN && super::amx::available();
+    return super::amx::available();
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     false
+}
+
+/// How the tile product takes `H`'s weights.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn tile_weights<H: Half16>() -> super::amx::Weights {
+    if H::BRAIN {
+        super::amx::Weights::Bf16
+    } else {
+        super::amx::Weights::F16
+    }
 }
 
 impl<H: Half16> LaneDot for Half<H> {

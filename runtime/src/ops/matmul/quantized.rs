@@ -56,8 +56,8 @@ pub trait BlockFormat: Send + Sync + 'static {
     /// whichever SIMD the CPU has and however many rows a call takes.
     fn dot_rows(a: &Self::Prepared, k: usize, rows: &[u8], out: &mut [f32]);
     /// `y = A · Wᵀ` for many rows of A (`m × k`) and `n` stored rows by the format's own product,
-    /// when it has one the CPU runs (q8 and q4: integer dots on AVX-512 VNNI; bf16: AMX tiles);
-    /// `false` (and `y` untouched) otherwise.
+    /// when it has one the CPU runs (q8 and q4: integer dots on AVX-512 VNNI; bf16 and f16: AMX
+    /// tiles); `false` (and `y` untouched) otherwise.
     fn native_product(_a: &[f32], _w: &[u8], _k: usize, _n: usize, _y: &mut [f32]) -> bool {
         false
     }
@@ -250,7 +250,7 @@ mod tests {
             for (r, dst) in wd.chunks_exact_mut(k).enumerate() {
                 F::dequantize_row(&q[r * F::row_bytes(k)..(r + 1) * F::row_bytes(k)], dst);
             }
-            // The many-row paths may round A first (bf16 on AMX tiles).
+            // The many-row paths may round A first (bf16 and f16 on AMX tiles).
             let read: Vec<f32> =
                 if m < PANEL_ROWS { a.clone() } else { a.iter().map(|&v| F::a_as_multiplied(v)).collect() };
             let expect: Vec<f32> = (0..m * n)
@@ -332,8 +332,8 @@ mod tests {
     }
 
     /// `cargo test -p kiln-runtime --release prefill_product_speed -- --ignored --nocapture`:
-    /// SmolLM2's prefill shapes (128 rows of A), the f32 panels against the integer product
-    /// (with `KILN_INT_ONLY` set, the integer product alone, for profiling it).
+    /// SmolLM2's prefill shapes (128 rows of A), the f32 panels against the format's native
+    /// product (with `KILN_INT_ONLY` set, the native product alone, for profiling it).
     #[test]
     #[ignore]
     fn prefill_product_speed() {
@@ -344,6 +344,9 @@ mod tests {
             t.elapsed().as_secs_f64() / reps as f64
         }
         fn shapes<F: BlockFormat>() {
+            if std::env::var("KILN_FORMAT").is_ok_and(|f| f != F::NAME) {
+                return;
+            }
             for (k, n) in [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152)] {
                 let m = 128;
                 let (_, q) = test_weights::<F>(n, k);
@@ -361,7 +364,7 @@ mod tests {
                 }
                 let gflops = |t: f64| 2.0 * (m * n * k) as f64 / t / 1e9;
                 println!(
-                    "{} k={k} n={n}: panels {:.3} ms ({:.0} GFLOP/s), integer {:.3} ms ({:.0} GFLOP/s), {:.2}x",
+                    "{} k={k} n={n}: panels {:.3} ms ({:.0} GFLOP/s), native {:.3} ms ({:.0} GFLOP/s), {:.2}x",
                     F::NAME,
                     panel * 1e3,
                     gflops(panel),
@@ -373,6 +376,8 @@ mod tests {
         }
         shapes::<Q8>();
         shapes::<Q4>();
+        shapes::<F16>();
+        shapes::<BF16>();
     }
 
     #[test]
