@@ -25,6 +25,7 @@ use super::int_gemm::SharedC;
 use super::kept::with_kept;
 use rayon::prelude::*;
 use std::arch::asm;
+use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
@@ -316,6 +317,9 @@ unsafe fn groups_times_a(
                 let two_w = g + 1 < range.end;
                 let w0 = group_rows(g, split0);
                 let w1 = if two_w { group_rows(g + 1, split1) } else { w0 };
+                // The next pair's rows, fetched toward the cache a step's columns at a time while
+                // this pair meets the first two groups of A.
+                let next = if g + 2 < range.end { (g + 2) * TILE..((g + 4) * TILE).min(n) } else { 0..0 };
                 for ag in (0..a_groups).step_by(2) {
                     let two_a = ag + 1 < a_groups;
                     let a_at = |q: usize, g: usize| packed[(q * a_groups + g) * pairs..].as_ptr() as *const u8;
@@ -325,6 +329,11 @@ unsafe fn groups_times_a(
                     // tile load here costs three dots' time.
                     for kk in 0..k / KSTEP {
                         let (wo, ao) = (kk * 2 * KSTEP, kk * TILE * 4 * TILE);
+                        if ag == 0 {
+                            for row in next.clone() {
+                                _mm_prefetch::<_MM_HINT_T1>(w.as_ptr().add(row * stride + wo).cast());
+                            }
+                        }
                         let mut loaded = (usize::MAX, usize::MAX);
                         for &(wq, aq) in weights.terms() {
                             if loaded.0 != wq {
