@@ -207,6 +207,17 @@ mod tests {
         assert_eq!(quantize_with::<Q4>(1.0e5), (1, 1), "q4's minimum cannot hold -1e5");
     }
 
+    /// f16 turns a weight past 65504 into infinity: such a product stays f32, as one holding a
+    /// non-finite weight does in every format; bf16 holds f32's range.
+    #[test]
+    fn weights_beyond_f16_stay_f32() {
+        for bad in [1.0e5_f32, f32::NAN, f32::INFINITY] {
+            assert_eq!(quantize_with::<F16>(bad), (1, 1), "f16 with {bad}");
+            assert_eq!(quantize_with::<BF16>(bad), if bad.is_finite() { (2, 0) } else { (1, 1) }, "bf16 with {bad}");
+        }
+        assert_eq!(quantize_with::<F16>(65504.0), (2, 0), "f16's largest");
+    }
+
     /// Two products of k = 64, the second's weights holding `-value` once.
     fn quantize_with<F: BlockFormat>(value: f32) -> (usize, usize) {
         let weight = |name: &str, w: &[f32]| Value {

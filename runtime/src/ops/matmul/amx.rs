@@ -13,7 +13,9 @@
 //!   a weight is exactly `hi + lo` (its low 3 bits fit `lo`), A is `hi + lo` within 2⁻¹⁷ of
 //!   itself, and `W·A ≈ Wh·Ah + Wh·Al + Wl·Ah` (the missing `Wl·Al` is within 2⁻¹⁸ of the
 //!   product), three tile products where bf16 takes one. W's groups are split per task, once per
-//!   product, into a buffer the task keeps.
+//!   product, into a buffer the task keeps. An infinite value would meet a zero part of the other
+//!   operand (`∞ · 0`, NaN) where the f32 product gives ±∞: the caller keeps A with one off the
+//!   tiles, and the compiler keeps such weights f32.
 //!
 //! A is packed once per product into the second operand's layout: for each pair of k, the pair
 //! of every row of a group of 16 side by side.

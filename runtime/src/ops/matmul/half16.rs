@@ -1,8 +1,8 @@
 //! The 16-bit float weight formats (`kiln compile --weights f16|bf16`, ops `kiln::MatMulF16` /
 //! `kiln::MatMulBF16`): a row is its `k` weights as little-endian half floats, rounded to
 //! nearest (ties to even), half of f32's bytes.
-//! - f16 keeps 11 significant bits but only magnitudes up to 65504 (beyond, a weight becomes
-//!   ±inf) and down to 6e-8.
+//! - f16 keeps 11 significant bits but only magnitudes up to 65504 (a product with a weight
+//!   beyond, or a non-finite one, stays f32) and down to 6e-8.
 //! - bf16 (f32's top 16 bits) keeps f32's range but only 8 significant bits.
 //!
 //! The layout has no blocks, but `k` is still a multiple of [`BLOCK`]: the dot takes A a block
@@ -83,6 +83,16 @@ impl<H: Half16> BlockFormat for Half<H> {
         2 * k
     }
 
+    /// Finite weights that stay finite as `H`: an infinite weight (f16's beyond 65504) would be
+    /// stored wrong, and in the AMX split product it would meet zero parts of A (`∞ · 0`).
+    fn fits(w: &[f32]) -> bool {
+        w.iter().all(|&v| {
+            let mut wide = [0f32];
+            H::widen_slice(&[H::from_f32(v)], &mut wide);
+            wide[0].is_finite()
+        })
+    }
+
     fn quantize_row(src: &[f32], dst: &mut [u8]) {
         for (d, &v) in dst.chunks_exact_mut(2).zip(src) {
             d.copy_from_slice(&H::from_f32(v).to_le_bytes());
@@ -106,9 +116,10 @@ impl<H: Half16> BlockFormat for Half<H> {
     }
 
     /// On AMX tiles where the CPU has them (A rounded to bf16 for bf16, split in two bf16s for
-    /// f16; see `amx`).
+    /// f16; see `amx`). f16's split would turn an infinite A into NaN sums (`∞ · 0` against a
+    /// zero low part), so such an A takes the f32 panels.
     fn native_product(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) -> bool {
-        if on_tiles() {
+        if on_tiles() && (H::BRAIN || a.iter().all(|v| v.is_finite())) {
             // `on_tiles` is never true where the `amx` module is not built.
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             super::amx::product(tile_weights::<H>(), a, w, k, n, y);

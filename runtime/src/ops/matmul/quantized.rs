@@ -32,8 +32,9 @@ pub trait BlockFormat: Send + Sync + 'static {
     const LAYOUT: &'static str;
     /// Bytes of one stored row of `k` weights (`k` a multiple of [`BLOCK`]).
     fn row_bytes(k: usize) -> usize;
-    /// Whether the format holds every one of `w` (for q8 and q4: finite, and within their
-    /// half-float block parameters' range): the compiler keeps any other weight in f32.
+    /// Whether the format holds every one of `w` (finite, and for q8 and q4 within their
+    /// half-float block parameters' range, for f16 within its own): the compiler keeps any
+    /// other weight in f32.
     fn fits(_w: &[f32]) -> bool {
         true
     }
@@ -378,6 +379,25 @@ mod tests {
         shapes::<Q4>();
         shapes::<F16>();
         shapes::<BF16>();
+    }
+
+    /// An infinite input gives the f32 product's infinite sums whichever path takes it (f16's
+    /// split tile product would give NaN, so it hands such an A to the panels).
+    #[test]
+    fn an_infinite_input_gives_infinite_sums_with_16_bit_weights() {
+        fn check<F: BlockFormat>() {
+            let (m, k, n) = (16, 32, 16);
+            let mut row = vec![0u8; F::row_bytes(k)];
+            F::quantize_row(&[0.5; 32], &mut row);
+            let w = row.repeat(n);
+            let mut a = vec![1.0f32; m * k];
+            a[3 * k + 4] = f32::INFINITY;
+            let y = product::<F>(&a, &w, m, k, n);
+            assert!(y[3 * n..4 * n].iter().all(|&v| v == f32::INFINITY), "{}: {:?}", F::NAME, &y[3 * n..4 * n]);
+            assert!(y[..3 * n].iter().all(|&v| v == 16.0), "{}", F::NAME);
+        }
+        check::<F16>();
+        check::<BF16>();
     }
 
     #[test]
