@@ -91,8 +91,8 @@ impl Weights {
         }
     }
 
-    /// The (W part, A part) tile products summed: each pair's product is at most 2⁻¹⁸ of the
-    /// whole past the last.
+    /// The (W part, A part) tile products summed, largest first; the one f16 leaves out
+    /// (`Wl·Al`) is within 2⁻¹⁸ of the product.
     fn terms(self) -> &'static [(usize, usize)] {
         match self {
             Weights::Bf16 => &[(0, 0)],
