@@ -107,8 +107,8 @@ fn q4_weights_keep_the_answer_and_report_their_accuracy() {
 /// f16 keeps 11 significant bits of every weight, the head's too (SmolLM2's weights are all
 /// within its range). Measured: 80 of 80 greedy tokens, logits within 0.032 (mean 0.0037),
 /// perplexity 14.393 against f32's 14.405; where prefill's products run on AMX tiles (weights
-/// and A split into two bf16s each), within 0.031 (mean 0.0037), perplexity 14.393. One early flip on a near tie costs a prompt's
-/// remaining tokens, hence the margin.
+/// and A split into two bf16s each), within 0.031 (mean 0.0037), perplexity 14.393. One early
+/// flip on a near tie costs a prompt's remaining tokens, hence the margin.
 #[test]
 fn f16_weights_keep_the_answers_and_report_their_accuracy() {
     quantized_weights_keep_the_answers(WeightFormat::F16, 0.9, 0.005);

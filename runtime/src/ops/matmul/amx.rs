@@ -319,9 +319,9 @@ unsafe fn groups_times_a(
                 let two_w = g + 1 < range.end;
                 let w0 = group_rows(g, split0);
                 let w1 = if two_w { group_rows(g + 1, split1) } else { w0 };
-                // The next pair's rows, fetched toward the cache a step's columns at a time while
-                // this pair meets the first two groups of A.
-                let next = if g + 2 < range.end { (g + 2) * TILE..((g + 4) * TILE).min(n) } else { 0..0 };
+                // The next pair's rows in this task's range, fetched toward the cache a step's
+                // columns at a time while this pair meets the first two groups of A.
+                let next = (g + 2) * TILE..((g + 4).min(range.end) * TILE).min(n);
                 for ag in (0..a_groups).step_by(2) {
                     let two_a = ag + 1 < a_groups;
                     let a_at = |q: usize, g: usize| packed[(q * a_groups + g) * pairs..].as_ptr() as *const u8;
