@@ -38,6 +38,9 @@ const PARALLEL_WORK: usize = 1 << 15;
 /// A group of query heads sharing a kv head is one task when its queries (heads × queries per
 /// head) are at most this many: decode's, which then read each key and value once.
 const GROUP_ROWS: usize = few_queries::MAX_ROWS;
+/// Output rows (queries times heads) up to which a parallel call shares its rows out to the
+/// threads in one contiguous run each, as decode's calls do.
+const SHARED_ROWS: usize = 64;
 
 /// Prepares `kiln::FusedAttention`, or `None` for another kiln op.
 pub fn build_kiln(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
@@ -210,16 +213,27 @@ impl Job {
             }
             return;
         }
-        if group > 0 {
-            // Groups split into runs of rows when there are too few to share out: SmolLM2's three
-            // groups of three heads left one of two threads idle a third of the time; runs of two
-            // and one rows keep most of the sharing and balance.
-            let groups = y.len() / (group * dv);
-            let run = group.min((groups * group).div_ceil(3 * rayon::current_num_threads())).max(1);
-            y.par_chunks_mut(group * dv).enumerate().for_each(|(i, yg)| {
-                yg.par_chunks_mut(run * dv)
-                    .enumerate()
-                    .for_each_init(Vec::new, |scratch, (j, yb)| block(i * group + j * run, yb, scratch));
+        if group > 0 || y.len() / dv <= SHARED_ROWS {
+            // Decode-sized calls: one contiguous share of the rows per thread, each walking its
+            // rows a group (or head) at a time. Nested splits (groups, then runs of a group's
+            // rows) cost more in steals than the few microseconds of work they shared out.
+            let rows = y.len() / dv;
+            let share = rows.div_ceil(rayon::current_num_threads().min(rows));
+            let unit = |row: usize| -> usize {
+                if group > 0 {
+                    return (row / group + 1) * group;
+                }
+                let head = row / s * s;
+                head + s.min((row - head) / QUERY_BLOCK * QUERY_BLOCK + QUERY_BLOCK)
+            };
+            y.par_chunks_mut(share * dv).enumerate().for_each_init(Vec::new, |scratch, (i, ys)| {
+                let (first, end) = (i * share, i * share + ys.len() / dv);
+                let mut row = first;
+                while row < end {
+                    let next = unit(row).min(end);
+                    block(row, &mut ys[(row - first) * dv..(next - first) * dv], scratch);
+                    row = next;
+                }
             });
             return;
         }
@@ -431,9 +445,18 @@ mod tests {
     /// per head here) with a mask that differs per batch, head and query.
     #[test]
     fn grouped_heads_each_read_their_own_mask_rows() {
-        // The last is large enough to run in parallel, its groups split into runs of rows.
-        let shapes =
-            [(2, 6, 2, 1, 9, 8, 12), (2, 6, 2, 2, 9, 12, 40), (1, 8, 1, 1, 5, 16, 16), (1, 9, 3, 1, 300, 64, 64)];
+        // The last four are large enough to run in parallel, each thread taking a share of the
+        // rows that starts or ends inside a group (SmolLM2's decode), a head of plain multi-head
+        // attention (GPT-2's), a head's two queries, or a head's second query block.
+        let shapes = [
+            (2, 6, 2, 1, 9, 8, 12),
+            (2, 6, 2, 2, 9, 12, 40),
+            (1, 8, 1, 1, 5, 16, 16),
+            (1, 9, 3, 1, 300, 64, 64),
+            (1, 12, 12, 1, 300, 64, 64),
+            (1, 4, 2, 5, 300, 16, 16),
+            (1, 1, 1, 40, 300, 16, 16),
+        ];
         for (b, h, g, s, t, d, dv) in shapes {
             let q = values(b * h * s * d, 1, 1.0);
             let k = values(b * g * t * d, 2, 1.0);
