@@ -220,8 +220,8 @@ impl Job {
             let rows = y.len() / dv;
             let share = rows.div_ceil(rayon::current_num_threads().min(rows));
             let unit = |row: usize| -> usize {
-                if group > 0 {
-                    return (row / group + 1) * group;
+                if let Some(g) = row.checked_div(group) {
+                    return (g + 1) * group;
                 }
                 let head = row / s * s;
                 head + s.min((row - head) / QUERY_BLOCK * QUERY_BLOCK + QUERY_BLOCK)
