@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod const_fold;
 pub mod dce;
+pub mod gemm;
 pub mod grouped_query;
 pub mod identity_cast;
 pub mod infer;
@@ -25,7 +26,8 @@ use crate::error::CompileError;
 use crate::ir::Graph;
 
 /// Shape inference (following shape arithmetic symbolically, folding constants as it goes), then
-/// removal of folded nodes and of casts to the type a value already has, fusion of transposed weights into their products, products over
+/// removal of folded nodes and of casts to the type a value already has, plain `Gemm`s as
+/// `MatMul` and `Add`, fusion of transposed weights into their products, products over
 /// grouped-query KV heads without the repeat, RMS normalisations as one node, transposes of unit
 /// axes as reshapes (views), chains of reshapes as one, and removal of dead nodes.
 pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
@@ -33,6 +35,7 @@ pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
     infer::infer(g)?;
     const_fold::remove_folded(g);
     identity_cast::bypass(g);
+    gemm::to_matmul(g);
     transposed_weight::fuse(g);
     grouped_query::fold(g);
     rms_norm::fuse(g);
