@@ -22,9 +22,9 @@ kv_heads = heads. The layers follow what torch.onnx writes for transformers'
 GPT2LMHeadModel (see tests/fixtures/gpt2-ts-kv): LayerNormalization nodes,
 the fused c_attn product split into q, k, v, gelu_new as elementwise ops,
 learned positions gathered by position_ids, and the lm_head tied to wte
-through a Transpose node. Linears are MatMul + Add with [in, out] weights
-under their HF names (GPT-2's Conv1D stores them that way); torch.onnx writes
-them as Reshape to 2-D, Gemm, Reshape back, which --gemm reproduces.
+through a Transpose node. Linears are written as both torch exporters write
+GPT-2's Conv1D: Reshape to 2-D, Gemm with the [in, out] weight under its HF
+name, Reshape back; --matmul writes MatMul + Add instead.
 
 Usage:
     python gpt2_random.py --out DIR [--check]                              # GPT-2 124M, ~500 MB
@@ -71,7 +71,7 @@ class Gpt2Params:
     vocab: int = 50257
     positions: int = 1024
     eps: float = 1e-5
-    gemm: bool = False  # linears as torch.onnx writes Conv1D, see linear()
+    gemm: bool = True  # linears as torch.onnx writes Conv1D, see linear()
 
     @property
     def head_dim(self) -> int:
@@ -263,13 +263,13 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=defaults.heads)
     parser.add_argument("--vocab", type=int, default=defaults.vocab, help="the last id is bos/eos")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--gemm", action="store_true", help="linears as Reshape, Gemm, Reshape (torch.onnx's Conv1D)")
+    parser.add_argument("--matmul", action="store_true", help="linears as MatMul + Add, not torch.onnx's Gemm")
     parser.add_argument("--check", action="store_true", help="cached decoding vs recomputing, in onnxruntime")
     args = parser.parse_args()
     if args.hidden % args.heads:
         parser.error(f"--hidden {args.hidden} is not a multiple of --heads {args.heads}")
 
-    p = Gpt2Params(layers=args.layers, hidden=args.hidden, heads=args.heads, vocab=args.vocab, gemm=args.gemm)
+    p = Gpt2Params(layers=args.layers, hidden=args.hidden, heads=args.heads, vocab=args.vocab, gemm=not args.matmul)
     export(p, args.seed, args.out)
     if args.check:
         start = time.perf_counter()
