@@ -63,7 +63,8 @@ pub fn to_matmul(g: &mut Graph) -> usize {
         let b = if trans_b {
             let bv = &g.values[b];
             let shape = bv.shape.as_ref().map(|s| s.iter().rev().cloned().collect::<Vec<Dim>>());
-            let bt = push(g, Value { name: format!("{}.T", bv.name), dtype: bv.dtype, shape, ..Default::default() });
+            let bt =
+                g.add_value(Value { name: format!("{}.T", bv.name), dtype: bv.dtype, shape, ..Default::default() });
             nodes.push(node("Transpose", vec![b], bt, vec![Attribute::ints("perm", vec![1, 0])]));
             bt
         } else {
@@ -75,15 +76,12 @@ pub fn to_matmul(g: &mut Graph) -> usize {
             continue;
         };
         let yv = &g.values[y];
-        let product = push(
-            g,
-            Value {
-                name: format!("{}.product", yv.name),
-                dtype: yv.dtype,
-                shape: yv.shape.clone(),
-                ..Default::default()
-            },
-        );
+        let product = g.add_value(Value {
+            name: format!("{}.product", yv.name),
+            dtype: yv.dtype,
+            shape: yv.shape.clone(),
+            ..Default::default()
+        });
         nodes.push(node("MatMul", vec![a, b], product, vec![]));
         nodes.push(node("Add", vec![product, c], y, vec![]));
         replaced[i] = Some(nodes);
@@ -96,11 +94,6 @@ pub fn to_matmul(g: &mut Graph) -> usize {
         }
     }
     found.len()
-}
-
-fn push(g: &mut Graph, v: Value) -> ValueId {
-    g.values.push(v);
-    g.values.len() - 1
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod const_fold;
 pub mod dce;
+pub mod gelu_tanh;
 pub mod gemm;
 pub mod grouped_query;
 pub mod identity_cast;
@@ -48,8 +49,8 @@ pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
 /// Rewrites for the CPU backend: with `merge_weights`, products of one input by several weights
 /// as one product and a split (new weights, which a GPU plan of the same bundle would not share);
 /// and fusions whose kernels only the CPU backend has: rotary embeddings, SiLU (gated or not),
-/// attention's scale-mask-softmax, and then attention as a whole (scores, softmax and the product
-/// with v), as one step each. Run after [`optimize`] for CPU targets; a GPU program keeps the
+/// tanh GELU, attention's scale-mask-softmax, and then attention as a whole (scores, softmax and
+/// the product with v), as one step each. Run after [`optimize`] for CPU targets; a GPU program keeps the
 /// separate ops, which all have GPU kernels.
 pub fn fuse_for_cpu(g: &mut Graph, merge_weights: bool) {
     if merge_weights {
@@ -57,6 +58,7 @@ pub fn fuse_for_cpu(g: &mut Graph, merge_weights: bool) {
     }
     rotate_half::fuse(g);
     silu::fuse(g);
+    gelu_tanh::fuse(g);
     scaled_softmax::fuse(g);
     dce::eliminate(g);
     attention::fuse(g);

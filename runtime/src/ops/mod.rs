@@ -40,6 +40,7 @@ pub fn build(spec: &OpSpec) -> Result<Box<dyn Kernel>, KernelError> {
             .or_else(|| kv_cache::build_kiln(spec))
             .or_else(|| transfer::build_kiln(spec))
             .or_else(|| unary::silu::build_kiln(spec))
+            .or_else(|| unary::gelu_tanh::build_kiln(spec))
             .or_else(|| attention::build_kiln(spec))
             .or_else(|| norm::scaled_softmax::build_kiln(spec))
             .unwrap_or_else(|| Err(KernelError::unsupported(format!("op {}::{}", spec.domain, spec.op))));

@@ -2,6 +2,7 @@
 
 mod erf;
 pub(crate) mod expf;
+pub mod gelu_tanh;
 pub mod silu;
 
 use crate::error::KernelError;
