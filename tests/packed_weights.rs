@@ -37,25 +37,3 @@ fn only_cpu_only_bundles_pack_their_weights_and_neither_stores_a_weight_twice() 
         cpu.weight_bytes
     );
 }
-
-/// GPT-2's linears, which both torch exporters write as `Gemm` on the flattened activations,
-/// take the same weight paths as MatMul linears: packed f32 panels, or q8 blocks. They used to
-/// stay general f32 products (one of the 9 products of this export was quantized).
-#[test]
-fn gemm_linears_of_a_torch_gpt2_export_are_packed_and_quantized() {
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2-ts-kv");
-    let dir = tempfile::tempdir().unwrap();
-    let src = ModelSource::resolve(&fixture).unwrap();
-    let mut opts = CompileOptions::default();
-    opts.dim_bounds.insert("batch".into(), 1);
-    let f32 = compile_bundle(&src, &opts, &[TargetLimits::cpu()], &dir.path().join("f32.kiln")).unwrap();
-    opts.weights = kiln_compiler::passes::quantize::WeightFormat::Q8;
-    let q8 = compile_bundle(&src, &opts, &[TargetLimits::cpu()], &dir.path().join("q8.kiln")).unwrap();
-    for (summary, format) in [(&f32, "f32"), (&q8, "q8")] {
-        assert_eq!(ops(summary, "cpu", "Gemm"), 0, "{format}: no Gemm left");
-    }
-    let plans = f32.compiled.iter().filter(|c| c.target == "cpu").count();
-    // Two layers of four linears and the head, per plan.
-    assert_eq!(ops(&f32, "cpu", "MatMulPacked"), 9 * plans);
-    assert_eq!(ops(&q8, "cpu", "MatMulQ8"), 9 * plans);
-}
