@@ -1,17 +1,18 @@
 //! `Gemm(A, B, C)` with `alpha = beta = 1` and `A` not transposed becomes `MatMul(A, B)` (with
-//! `transB`, `MatMul(A, Transpose(B))`) and then `Add(·, C)`: the same arithmetic, spelled as the
-//! passes after it look for products.
+//! `transB`, `kiln::MatMulTransB(A, B)`) and then `Add(·, C)`: the same arithmetic, spelled as
+//! the weight passes look for products.
 //!
 //! Both torch exporters write every linear of GPT-2 (transformers' `Conv1D`, `addmm` on the
 //! flattened activations) as `Gemm`, as they do any `addmm`. Left as `Gemm`, those products
 //! reached none of the weight passes: f32 weights were not packed into the kernel's panels,
 //! `--weights q8|q4|f16|bf16` left them f32 (one of a real GPT-2 export's 49 products was
-//! quantized), and decode ran them through the general product at half the speed.
+//! quantized), and decode ran them through the general product at half the speed. CPU only: the
+//! GPU backend has a Gemm kernel, and no packed or quantized products.
 
 use super::pattern;
 use crate::ir::{Graph, Node, Value, ValueId};
-use kiln_formats::program::{AttrKind, Attribute};
-use kiln_formats::Dim;
+use kiln_formats::program::AttrKind;
+use kiln_runtime::ops::KILN_DOMAIN;
 
 /// A float attribute of `n`, or `default` when absent; `None` when it is not a float.
 fn float_attr(n: &Node, name: &str, default: f32) -> Option<f32> {
@@ -48,31 +49,24 @@ pub fn to_matmul(g: &mut Graph) -> usize {
     }
     let mut replaced: Vec<Option<Vec<Node>>> = vec![None; g.nodes.len()];
     for &(i, a, b, c, trans_b) in &found {
-        let gemm = g.nodes[i].clone();
-        let y = gemm.outputs[0];
-        let node = |op: &str, inputs: Vec<ValueId>, out: ValueId, attrs: Vec<Attribute>| Node {
-            name: format!("{}/{op}", gemm.name),
+        let gemm = &g.nodes[i];
+        let (name, opset, y) = (gemm.name.clone(), gemm.opset, gemm.outputs[0]);
+        // B read in place, transposed or not, as the weight passes after this one expect.
+        let (op, domain, op_opset) = match trans_b {
+            false => ("MatMul", "", opset),
+            true => ("MatMulTransB", KILN_DOMAIN, 1),
+        };
+        let node = |op: &str, domain: &str, opset: i64, inputs: [ValueId; 2], out: ValueId| Node {
+            name: format!("{name}/{op}"),
             op: op.into(),
-            domain: String::new(),
-            opset: gemm.opset,
-            attrs,
-            inputs: inputs.into_iter().map(Some).collect(),
+            domain: domain.into(),
+            opset,
+            attrs: Vec::new(),
+            inputs: inputs.map(Some).to_vec(),
             outputs: vec![out],
         };
-        let mut nodes = Vec::new();
-        let b = if trans_b {
-            let bv = &g.values[b];
-            let shape = bv.shape.as_ref().map(|s| s.iter().rev().cloned().collect::<Vec<Dim>>());
-            let bt =
-                g.add_value(Value { name: format!("{}.T", bv.name), dtype: bv.dtype, shape, ..Default::default() });
-            nodes.push(node("Transpose", vec![b], bt, vec![Attribute::ints("perm", vec![1, 0])]));
-            bt
-        } else {
-            b
-        };
         let Some(c) = c else {
-            nodes.push(node("MatMul", vec![a, b], y, vec![]));
-            replaced[i] = Some(nodes);
+            replaced[i] = Some(vec![node(op, domain, op_opset, [a, b], y)]);
             continue;
         };
         let yv = &g.values[y];
@@ -82,9 +76,7 @@ pub fn to_matmul(g: &mut Graph) -> usize {
             shape: yv.shape.clone(),
             ..Default::default()
         });
-        nodes.push(node("MatMul", vec![a, b], product, vec![]));
-        nodes.push(node("Add", vec![product, c], y, vec![]));
-        replaced[i] = Some(nodes);
+        replaced[i] = Some(vec![node(op, domain, op_opset, [a, b], product), node("Add", "", opset, [product, c], y)]);
     }
     let old = std::mem::take(&mut g.nodes);
     for (n, with) in old.into_iter().zip(replaced) {
@@ -99,7 +91,8 @@ pub fn to_matmul(g: &mut Graph) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_formats::{DType, SharedBytes};
+    use kiln_formats::program::Attribute;
+    use kiln_formats::{DType, Dim, SharedBytes};
 
     /// `y = Gemm(x [2, 4], w, c [3])` with `w` a constant [4, 3] (or [3, 4] with `transB`).
     fn graph(attrs: Vec<Attribute>, with_c: bool) -> Graph {
@@ -149,16 +142,12 @@ mod tests {
     }
 
     #[test]
-    fn a_transposed_weight_is_transposed_for_the_product_and_no_bias_means_no_add() {
+    fn a_transposed_weight_is_read_in_place_and_no_bias_means_no_add() {
         let mut g = graph(vec![Attribute::int("transB", 1)], false);
         assert_eq!(to_matmul(&mut g), 1);
-        assert_eq!(ops(&g), ["Transpose", "MatMul"]);
-        let wt = g.nodes[0].outputs[0];
-        assert_eq!(g.values[wt].shape, Some(vec![Dim::Known(4), Dim::Known(3)]));
-        assert_eq!(g.nodes[1].inputs, vec![Some(0), Some(wt)]);
-        assert_eq!(g.nodes[1].outputs, vec![3]);
-        // The transposed_weight pass then reads the weight in place.
-        assert_eq!(crate::passes::transposed_weight::fuse(&mut g), 1);
+        assert_eq!(ops(&g), ["MatMulTransB"]);
+        let n = &g.nodes[0];
+        assert_eq!((n.domain.as_str(), &n.inputs, &n.outputs), (KILN_DOMAIN, &vec![Some(0), Some(1)], &vec![3]));
     }
 
     #[test]

@@ -27,16 +27,15 @@ use crate::error::CompileError;
 use crate::ir::Graph;
 
 /// Shape inference (following shape arithmetic symbolically, folding constants as it goes), then
-/// removal of folded nodes and of casts to the type a value already has, plain `Gemm`s as
-/// `MatMul` and `Add`, fusion of transposed weights into their products, products over
-/// grouped-query KV heads without the repeat, RMS normalisations as one node, transposes of unit
-/// axes as reshapes (views), chains of reshapes as one, and removal of dead nodes.
+/// removal of folded nodes and of casts to the type a value already has, fusion of transposed
+/// weights into their products, products over grouped-query KV heads without the repeat, RMS
+/// normalisations as one node, transposes of unit axes as reshapes (views), chains of reshapes as
+/// one, and removal of dead nodes.
 pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
     infer::check_supported(g)?;
     infer::infer(g)?;
     const_fold::remove_folded(g);
     identity_cast::bypass(g);
-    gemm::to_matmul(g);
     transposed_weight::fuse(g);
     grouped_query::fold(g);
     rms_norm::fuse(g);
@@ -46,13 +45,15 @@ pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
     Ok(())
 }
 
-/// Rewrites for the CPU backend: with `merge_weights`, products of one input by several weights
-/// as one product and a split (new weights, which a GPU plan of the same bundle would not share);
-/// and fusions whose kernels only the CPU backend has: rotary embeddings, SiLU (gated or not),
-/// tanh GELU, attention's scale-mask-softmax, and then attention as a whole (scores, softmax and
-/// the product with v), as one step each. Run after [`optimize`] for CPU targets; a GPU program keeps the
-/// separate ops, which all have GPU kernels.
+/// Rewrites for the CPU backend: plain `Gemm`s as products and bias adds, which the weight passes
+/// then pack or quantize; with `merge_weights`, products of one input by several weights as one
+/// product and a split (new weights, which a GPU plan of the same bundle would not share); and
+/// fusions whose kernels only the CPU backend has: rotary embeddings, SiLU (gated or not), tanh
+/// GELU, attention's scale-mask-softmax, and then attention as a whole (scores, softmax and the
+/// product with v), as one step each. Run after [`optimize`] for CPU targets; a GPU program keeps
+/// the separate ops, which all have GPU kernels.
 pub fn fuse_for_cpu(g: &mut Graph, merge_weights: bool) {
+    gemm::to_matmul(g);
     if merge_weights {
         merge_products::merge(g);
     }
