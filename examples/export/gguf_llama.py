@@ -572,15 +572,8 @@ def check(out: Path, p: LlamaParams, expect: str | None) -> None:
 # ----------------------------------------------------------------------- main
 
 
-def export(gguf_path: Path, out: Path) -> LlamaParams:
-    start = time.perf_counter()
-    reader = GGUFReader(gguf_path)
-    meta = read_metadata(reader)
-    p = llama_params(meta)
-    weights = hf_weights(reader, p)
-    log(f"export: read + dequantized {len(weights)} tensors in {time.perf_counter() - start:.1f}s ({p})")
-
-    model = build_model(p, weights)
+def save_model(model: onnx.ModelProto, out: Path) -> None:
+    """Writes out/model.onnx with its weights in out/model.onnx.data, replacing both, and checks it."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("model.onnx", "model.onnx.data"):
         (out / stale).unlink(missing_ok=True)  # external data is appended to, never truncated
@@ -593,6 +586,16 @@ def export(gguf_path: Path, out: Path) -> LlamaParams:
     ops = Counter(n.op_type for n in model.graph.node)
     log(f"export: {len(model.graph.node)} nodes {dict(sorted(ops.items()))}")
 
+
+def export(gguf_path: Path, out: Path) -> LlamaParams:
+    start = time.perf_counter()
+    reader = GGUFReader(gguf_path)
+    meta = read_metadata(reader)
+    p = llama_params(meta)
+    weights = hf_weights(reader, p)
+    log(f"export: read + dequantized {len(weights)} tensors in {time.perf_counter() - start:.1f}s ({p})")
+
+    save_model(build_model(p, weights), out)
     write_json(out / "config.json", hf_config(p, tied="lm_head.weight" not in weights))
     write_json(out / "generation_config.json", generation_config(p))
     write_tokenizer(meta, p, out)

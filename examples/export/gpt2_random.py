@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +53,7 @@ from gguf_llama import (
     greedy,
     io_specs,
     log,
+    save_model,
     split_heads,
     write_json,
 )
@@ -220,18 +220,7 @@ def generation_config(p: Gpt2Params) -> dict:
 
 def export(p: Gpt2Params, seed: int, out: Path) -> None:
     start = time.perf_counter()
-    model = build_model(p, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in ("model.onnx", "model.onnx.data"):
-        (out / stale).unlink(missing_ok=True)  # external data is appended to, never truncated
-    onnx.save(
-        model, str(out / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-        location="model.onnx.data",
-    )
-    (out / "model.onnx.data").chmod(0o644)  # onnx creates it owner-only
-    onnx.checker.check_model(str(out / "model.onnx"))
-    ops = Counter(n.op_type for n in model.graph.node)
-    log(f"export: {len(model.graph.node)} nodes {dict(sorted(ops.items()))}")
+    save_model(build_model(p, seed), out)
     write_json(out / "config.json", hf_config(p))
     write_json(out / "generation_config.json", generation_config(p))
     log(f"export: wrote {out} in {time.perf_counter() - start:.1f}s ({p})")
