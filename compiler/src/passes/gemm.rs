@@ -6,8 +6,9 @@
 //! flattened activations) as `Gemm`, as they do any `addmm`. Left as `Gemm`, those products
 //! reached none of the weight passes: f32 weights were not packed into the kernel's panels,
 //! `--weights q8|q4|f16|bf16` left them f32 (one of a real GPT-2 export's 49 products was
-//! quantized), and decode ran them through the general product at half the speed. CPU only: the
-//! GPU backend has a Gemm kernel, and no packed or quantized products.
+//! quantized), and decode ran them through the general product at half the speed. CPU-only
+//! bundles only: the GPU backend has a Gemm kernel, and a GPU plan in the same bundle reads the
+//! weight as the Gemm holds it, which the CPU plan then shares instead of storing it transposed.
 
 use super::pattern;
 use crate::ir::{Graph, Node, Value, ValueId};

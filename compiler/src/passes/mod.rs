@@ -45,16 +45,17 @@ pub fn optimize(g: &mut Graph) -> Result<(), CompileError> {
     Ok(())
 }
 
-/// Rewrites for the CPU backend: plain `Gemm`s as products and bias adds, which the weight passes
-/// then pack or quantize; with `merge_weights`, products of one input by several weights as one
-/// product and a split (new weights, which a GPU plan of the same bundle would not share); and
+/// Rewrites for the CPU backend: with `merge_weights`, plain `Gemm`s as products and bias adds,
+/// which the weight passes then pack or quantize, and products of one input by several weights as
+/// one product and a split (both make new weights, which a GPU plan of the same bundle would not
+/// share); and
 /// fusions whose kernels only the CPU backend has: rotary embeddings, SiLU (gated or not), tanh
 /// GELU, attention's scale-mask-softmax, and then attention as a whole (scores, softmax and the
 /// product with v), as one step each. Run after [`optimize`] for CPU targets; a GPU program keeps
 /// the separate ops, which all have GPU kernels.
 pub fn fuse_for_cpu(g: &mut Graph, merge_weights: bool) {
-    gemm::to_matmul(g);
     if merge_weights {
+        gemm::to_matmul(g);
         merge_products::merge(g);
     }
     rotate_half::fuse(g);
