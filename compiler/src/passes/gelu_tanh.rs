@@ -52,7 +52,7 @@ pub fn fuse(g: &mut Graph) -> usize {
 fn matched(g: &Graph, index: &Index, end: usize, h: ValueId, p: ValueId) -> Option<Match> {
     let (x, half) = with_constant(g, index.private(g, h, "Mul")?)?;
     let (t, one) = with_constant(g, index.private(g, p, "Add")?)?;
-    let m = single_input(index.private(g, t, "Tanh")?)?;
+    let [m] = pattern::inputs::<1>(index.private(g, t, "Tanh")?)?;
     let (inner, scale) = with_constant(g, index.private(g, m, "Mul")?)?;
     let [a, b] = pattern::inputs::<2>(index.private(g, inner, "Add")?)?;
     let q = [(a, b), (b, a)].into_iter().find_map(|(v, q)| (v == x).then_some(q))?;
@@ -80,10 +80,6 @@ fn with_constant(g: &Graph, n: &Node) -> Option<(ValueId, f64)> {
         let constant = g.values[c].constant.is_some() && g.values[v].constant.is_none();
         constant.then(|| pattern::scalar(g, c).map(|k| (v, k))).flatten()
     })
-}
-
-fn single_input(n: &Node) -> Option<ValueId> {
-    pattern::inputs::<1>(n).map(|[x]| x)
 }
 
 #[cfg(test)]

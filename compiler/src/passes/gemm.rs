@@ -12,16 +12,7 @@
 
 use super::pattern;
 use crate::ir::{Graph, Node, Value, ValueId};
-use kiln_formats::program::AttrKind;
 use kiln_runtime::ops::KILN_DOMAIN;
-
-/// A float attribute of `n`, or `default` when absent; `None` when it is not a float.
-fn float_attr(n: &Node, name: &str, default: f32) -> Option<f32> {
-    match n.attrs.iter().find(|a| a.name == name) {
-        None => Some(default),
-        Some(a) => (a.kind == AttrKind::Float as i32).then_some(a.f),
-    }
-}
 
 /// The operands (A, B, C) and `transB` of a `Gemm` this pass rewrites.
 fn plain_gemm(g: &Graph, n: &Node) -> Option<(ValueId, ValueId, Option<ValueId>, bool)> {
@@ -31,7 +22,8 @@ fn plain_gemm(g: &Graph, n: &Node) -> Option<(ValueId, ValueId, Option<ValueId>,
     let (a, b) = (n.inputs[0]?, n.inputs[1]?);
     let c = n.inputs.get(2).copied().flatten();
     let float = |v: ValueId| g.values[v].dtype.is_some_and(|d| d.is_float());
-    let scaled = float_attr(n, "alpha", 1.0)? != 1.0 || (c.is_some() && float_attr(n, "beta", 1.0)? != 1.0);
+    let scaled =
+        pattern::float_attr(n, "alpha", 1.0)? != 1.0 || (c.is_some() && pattern::float_attr(n, "beta", 1.0)? != 1.0);
     let trans_b = match (pattern::int_attr(n, "transA", 0)?, pattern::int_attr(n, "transB", 0)?) {
         (0, 0) => false,
         (0, 1) => true,

@@ -112,6 +112,14 @@ pub fn int_attr(n: &Node, name: &str, default: i64) -> Option<i64> {
     }
 }
 
+/// A float attribute of `n`, or `default` when absent; `None` when it is not a float.
+pub fn float_attr(n: &Node, name: &str, default: f32) -> Option<f32> {
+    match n.attrs.iter().find(|a| a.name == name) {
+        None => Some(default),
+        Some(a) => (a.kind == kiln_formats::program::AttrKind::Float as i32).then_some(a.f),
+    }
+}
+
 /// An ints attribute of `n`, if present.
 pub fn ints_attr<'n>(n: &'n Node, name: &str) -> Option<&'n [i64]> {
     let a = n.attrs.iter().find(|a| a.name == name)?;

@@ -198,43 +198,37 @@ impl Job {
         // Tasks are runs of whole rows of y (one query of one head each) that read one kv head.
         let group = if rep > 1 && rep * s <= GROUP_ROWS { rep * s } else { 0 };
         let block = |row0: usize, yb: &mut [T], scratch: &mut Vec<T>| self.block(q, k, v, mask, row0, yb, scratch);
+        // The end of the task holding `row`: its group's, or its head's query block's.
+        let unit = |row: usize| -> usize {
+            if let Some(g) = row.checked_div(group) {
+                return (g + 1) * group;
+            }
+            let head = row / s * s;
+            head + s.min((row - head) / QUERY_BLOCK * QUERY_BLOCK + QUERY_BLOCK)
+        };
+        // The rows of `ys`, output rows `first..`, one task after another on this thread.
+        let walk = |first: usize, ys: &mut [T], scratch: &mut Vec<T>| {
+            let end = first + ys.len() / dv;
+            let mut row = first;
+            while row < end {
+                let next = unit(row).min(end);
+                block(row, &mut ys[(row - first) * dv..(next - first) * dv], scratch);
+                row = next;
+            }
+        };
         if work < PARALLEL_WORK {
-            let mut scratch = Vec::new();
-            if group > 0 {
-                for (i, yb) in y.chunks_mut(group * dv).enumerate() {
-                    block(i * group, yb, &mut scratch);
-                }
-                return;
-            }
-            for (bh, yh) in y.chunks_mut(s * dv).enumerate() {
-                for (blk, yb) in yh.chunks_mut(QUERY_BLOCK * dv).enumerate() {
-                    block(bh * s + blk * QUERY_BLOCK, yb, &mut scratch);
-                }
-            }
+            walk(0, y, &mut Vec::new());
             return;
         }
         if group > 0 || y.len() / dv <= SHARED_ROWS {
-            // Decode-sized calls: one contiguous share of the rows per thread, each walking its
-            // rows a group (or head) at a time. Nested splits (groups, then runs of a group's
-            // rows) cost more in steals than the few microseconds of work they shared out.
+            // Decode-sized calls: one contiguous share of the rows per thread. Nested splits
+            // (groups, then runs of a group's rows) cost more in steals than the few microseconds
+            // of work they shared out.
             let rows = y.len() / dv;
             let share = rows.div_ceil(rayon::current_num_threads().min(rows));
-            let unit = |row: usize| -> usize {
-                if let Some(g) = row.checked_div(group) {
-                    return (g + 1) * group;
-                }
-                let head = row / s * s;
-                head + s.min((row - head) / QUERY_BLOCK * QUERY_BLOCK + QUERY_BLOCK)
-            };
-            y.par_chunks_mut(share * dv).enumerate().for_each_init(Vec::new, |scratch, (i, ys)| {
-                let (first, end) = (i * share, i * share + ys.len() / dv);
-                let mut row = first;
-                while row < end {
-                    let next = unit(row).min(end);
-                    block(row, &mut ys[(row - first) * dv..(next - first) * dv], scratch);
-                    row = next;
-                }
-            });
+            y.par_chunks_mut(share * dv)
+                .enumerate()
+                .for_each_init(Vec::new, |scratch, (i, ys)| walk(i * share, ys, scratch));
             return;
         }
         y.par_chunks_mut(s * dv).enumerate().for_each(|(bh, yh)| {
