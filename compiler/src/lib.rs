@@ -132,6 +132,9 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
         passes::quantize::WeightFormat::F16 => Some(passes::quantize::quantize::<half16::F16>(&mut g)),
         passes::quantize::WeightFormat::BF16 => Some(passes::quantize::quantize::<half16::BF16>(&mut g)),
     };
+    if on_cpu {
+        passes::product_bias::fuse(&mut g);
+    }
     let ops_after = g.op_counts();
     let Lowered { mut program, weights } = lower::lower(&g, &opts.dim_bounds)?;
     let placement = (opts.target.name == "gpu").then(|| placement::place(&mut program));

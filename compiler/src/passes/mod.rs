@@ -12,6 +12,7 @@ pub mod kv_cache;
 pub mod last_position;
 pub mod merge_products;
 pub mod pattern;
+pub mod product_bias;
 pub mod quantize;
 pub mod reshape_chain;
 pub mod rms_norm;

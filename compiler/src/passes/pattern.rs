@@ -50,6 +50,11 @@ impl Index {
         (ours && self.readers[v] == 1).then_some(n)
     }
 
+    /// The index of the node making `v`, if a node does.
+    pub fn producer(&self, v: ValueId) -> Option<usize> {
+        self.producer[v]
+    }
+
     /// How many nodes (and graph outputs) read `v`.
     pub fn readers(&self, v: ValueId) -> usize {
         self.readers[v]

@@ -3,6 +3,7 @@
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod amx;
+pub mod bias;
 mod f16_params;
 pub(crate) mod gemm;
 pub mod half16;

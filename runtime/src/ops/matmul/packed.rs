@@ -5,6 +5,7 @@
 //! about as much per call as a tenth of the product); decode reads each panel as one sequential
 //! stream.
 
+use super::bias;
 use super::gemm::{gemm_from, has_avx2, BSource};
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
@@ -77,6 +78,7 @@ impl Kernel for MatMulPacked {
                 return Err(KernelError::input(0, format!("last dim {last} is not the panels' k = {k}")));
             }
         }
+        bias::infer(inputs, &Dim::Known(self.n as i64))?;
         let mut shape: Vec<Dim> = a.shape[..a.shape.len() - 1].to_vec();
         shape.push(Dim::Known(self.n as i64));
         Ok(vec![OutputInfo::new(DType::F32, shape)])
@@ -94,9 +96,11 @@ impl Kernel for MatMulPacked {
             return Err(KernelError::input(1, format!("{} floats are not the panels' shape", panels.len())));
         }
         let n = self.n;
+        let bias = bias::values(inputs, n)?;
         let y = outputs.get_mut(0).ok_or_else(|| KernelError::invalid("missing output"))?.typed::<f32>()?;
         if k == 0 {
             y.iter_mut().for_each(|v| *v = 0.0);
+            bias::add_rows(y, bias);
             return Ok(());
         }
         let m = a.len() / k;
@@ -108,9 +112,10 @@ impl Kernel for MatMulPacked {
         }
         if m >= BLOCKED_ROWS {
             gemm_from(m, n, k, a, &Panels { data: panels, k }, y);
+            bias::add_rows(y, bias);
         } else {
             for (ar, yr) in a.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
-                row(ar, panels, k, yr);
+                row(ar, panels, k, bias, yr);
             }
         }
         Ok(())
@@ -149,12 +154,13 @@ impl BSource<f32> for Panels<'_> {
     }
 }
 
-/// One row of A times every panel: `y[j] = Σ_kk a[kk] · W[kk][j]`, each output summed over k in
-/// order with plain multiplies and adds, so every CPU (and the AVX2 build) gives the same bits.
-fn row(a: &[f32], panels: &[f32], k: usize, y: &mut [f32]) {
+/// One row of A times every panel, plus the bias: `y[j] = Σ_kk a[kk] · W[kk][j] + b[j]`, each
+/// output summed over k in order with plain multiplies and adds, so every CPU (and the AVX2
+/// build) gives the same bits.
+fn row(a: &[f32], panels: &[f32], k: usize, bias: Option<&[f32]>, y: &mut [f32]) {
     let n = y.len();
     let per_panel = k * PANEL;
-    let body = |(ys, ps): (&mut [f32], &[f32])| {
+    let products = |ys: &mut [f32], ps: &[f32]| {
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
             // SAFETY: the CPU has AVX2.
@@ -162,12 +168,21 @@ fn row(a: &[f32], panels: &[f32], k: usize, y: &mut [f32]) {
         }
         row_panels(a, ps, k, ys)
     };
+    let body = |(first, (ys, ps)): (usize, (&mut [f32], &[f32]))| {
+        products(ys, ps);
+        if let Some(b) = bias {
+            bias::add(ys, &b[first..first + ys.len()]);
+        }
+    };
     if n * k >= PAR_WORK && rayon::current_num_threads() > 1 {
         // Whole panels per chunk, about four chunks per thread.
         let chunk = n.div_ceil(PANEL).div_ceil(rayon::current_num_threads() * 4).max(1) * PANEL;
-        y.par_chunks_mut(chunk).zip(panels.par_chunks(chunk / PANEL * per_panel)).for_each(body);
+        y.par_chunks_mut(chunk)
+            .zip(panels.par_chunks(chunk / PANEL * per_panel))
+            .enumerate()
+            .for_each(|(i, pair)| body((i * chunk, pair)));
     } else {
-        body((y, panels));
+        body((0, (y, panels)));
     }
 }
 
@@ -199,6 +214,17 @@ mod tests {
     use kiln_formats::program::Attribute;
 
     fn run(a: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Result<Vec<f32>, KernelError> {
+        run_with_bias(a, w, None, m, k, n)
+    }
+
+    fn run_with_bias(
+        a: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<Vec<f32>, KernelError> {
         let mut p = vec![0f32; n.div_ceil(PANEL) * k * PANEL];
         pack(w, k, n, &mut p);
         let attrs = [Attribute::int("n", n as i64)];
@@ -206,14 +232,31 @@ mod tests {
         let kernel = build_kiln(&spec).unwrap()?;
         let mut y = vec![f32::NAN; m * n];
         let (a_shape, p_shape, y_shape) = ([m, k], [n.div_ceil(PANEL), k, PANEL], [m, n]);
+        let b_shape = [bias.map_or(0, <[f32]>::len)];
         kernel.run(
             &[
                 Some(TensorRef { dtype: DType::F32, shape: &a_shape, data: bytemuck::cast_slice(a) }),
                 Some(TensorRef { dtype: DType::F32, shape: &p_shape, data: bytemuck::cast_slice(&p) }),
+                bias.map(|b| TensorRef { dtype: DType::F32, shape: &b_shape, data: bytemuck::cast_slice(b) }),
             ],
             &mut [TensorMut { dtype: DType::F32, shape: &y_shape, data: bytemuck::cast_slice_mut(&mut y) }],
         )?;
         Ok(y)
+    }
+
+    #[test]
+    fn the_bias_is_added_to_each_finished_sum() {
+        // One row serially and across threads' panel chunks (n·k over PAR_WORK), a few rows, and
+        // the blocked product with enough outputs to add the bias across threads.
+        for (m, k, n) in [(1, 70, 300), (1, 576, 300), (3, 33, 65), (4, 5, 7), (130, 64, 300)] {
+            let (a, w) = (data(m * k, 0.01), data(k * n, 0.02));
+            let bias = data(n, 0.3);
+            let mut want = run(&a, &w, m, k, n).unwrap();
+            bias::add(&mut want, &bias);
+            assert_eq!(run_with_bias(&a, &w, Some(&bias), m, k, n).unwrap(), want, "{m}x{k}x{n}");
+        }
+        let err = run_with_bias(&[0.0; 8], &[0.0; 8 * 40], Some(&[0.0; 39]), 1, 8, 40).unwrap_err();
+        assert!(err.to_string().contains("bias"), "{err}");
     }
 
     fn data(len: usize, s: f32) -> Vec<f32> {
@@ -245,7 +288,7 @@ mod tests {
         let mut portable = vec![0f32; n];
         row_panels(&a, &p, k, &mut portable);
         let mut dispatched = vec![0f32; n];
-        row(&a, &p, k, &mut dispatched);
+        row(&a, &p, k, None, &mut dispatched);
         assert_eq!(portable, dispatched);
     }
 

@@ -6,6 +6,7 @@
 //! `int_gemm`; bf16 on AMX tiles, `amx`), else dequantize a panel of W's rows at a time and hand
 //! it to the dense product.
 
+use super::bias;
 use super::gemm::{gemm_from, pack_b, BSource, Mat};
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
@@ -114,6 +115,7 @@ impl<F: BlockFormat> Kernel for MatMulQuantized<F> {
         if bytes.known().is_some_and(|b| b != F::row_bytes(self.k) as i64) {
             return Err(KernelError::input(1, format!("rows of {bytes} bytes do not hold k = {} weights", self.k)));
         }
+        bias::infer(inputs, n)?;
         let mut shape: Vec<Dim> = a.shape[..a.shape.len() - 1].to_vec();
         shape.push(n.clone());
         Ok(vec![OutputInfo::new(DType::F32, shape)])
@@ -133,6 +135,7 @@ impl<F: BlockFormat> Kernel for MatMulQuantized<F> {
                 a.shape, w.shape
             )));
         }
+        let bias = bias::values(inputs, n)?;
         let a = a.typed::<f32>()?;
         let out = outputs.get_mut(0).ok_or_else(|| KernelError::invalid("missing output"))?;
         let m = a.len() / k;
@@ -144,23 +147,31 @@ impl<F: BlockFormat> Kernel for MatMulQuantized<F> {
             return Ok(());
         }
         if m < PANEL_ROWS {
-            dot_rows::<F>(a, w.data, k, n, y);
-        } else if !F::native_product(a, w.data, k, n, y) {
-            panels::<F>(a, w.data, k, n, y);
+            dot_rows::<F>(a, w.data, k, n, bias, y);
+        } else {
+            if !F::native_product(a, w.data, k, n, y) {
+                panels::<F>(a, w.data, k, n, y);
+            }
+            bias::add_rows(y, bias);
         }
         Ok(())
     }
 }
 
-/// Few rows of A (decode's one): every output is a dot product over blocks, W streamed once per
-/// row of A in column chunks across threads.
-fn dot_rows<F: BlockFormat>(a: &[f32], w: &[u8], k: usize, n: usize, y: &mut [f32]) {
+/// Few rows of A (decode's one): every output is a dot product over blocks (plus its bias), W
+/// streamed once per row of A in column chunks across threads.
+fn dot_rows<F: BlockFormat>(a: &[f32], w: &[u8], k: usize, n: usize, bias: Option<&[f32]>, y: &mut [f32]) {
     let rb = F::row_bytes(k);
     // A multiple of 8 rows per chunk: whole multi-row passes, a ragged one only at the end.
     let chunk = n.div_ceil(rayon::current_num_threads() * 4).max(16).next_multiple_of(8);
     for (ar, yr) in a.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
         let ar = F::prepare(ar);
-        yr.par_chunks_mut(chunk).zip(w.par_chunks(chunk * rb)).for_each(|(out, rows)| F::dot_rows(&ar, k, rows, out));
+        yr.par_chunks_mut(chunk).zip(w.par_chunks(chunk * rb)).enumerate().for_each(|(i, (out, rows))| {
+            F::dot_rows(&ar, k, rows, out);
+            if let Some(b) = bias {
+                bias::add(out, &b[i * chunk..i * chunk + out.len()]);
+            }
+        });
     }
 }
 
@@ -225,21 +236,55 @@ mod tests {
     use kiln_formats::program::Attribute;
 
     fn product<F: BlockFormat>(a: &[f32], q: &[u8], m: usize, k: usize, n: usize) -> Vec<f32> {
+        product_with_bias::<F>(a, q, None, m, k, n).unwrap()
+    }
+
+    fn product_with_bias<F: BlockFormat>(
+        a: &[f32],
+        q: &[u8],
+        bias: Option<&[f32]>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<Vec<f32>, KernelError> {
         let attrs = [Attribute::int("k", k as i64)];
         let spec = OpSpec { op: F::OP, domain: crate::ops::KILN_DOMAIN, opset: F::VERSION, attrs: Attrs(&attrs) };
         let kernel = build_kiln::<F>(&spec).unwrap().unwrap();
         let mut y = vec![0f32; m * n];
         let (a_shape, w_shape, y_shape) = ([m, k], [n, F::row_bytes(k)], [m, n]);
-        kernel
-            .run(
-                &[
-                    Some(TensorRef { dtype: DType::F32, shape: &a_shape, data: bytemuck::cast_slice(a) }),
-                    Some(TensorRef { dtype: DType::U8, shape: &w_shape, data: q }),
-                ],
-                &mut [TensorMut { dtype: DType::F32, shape: &y_shape, data: bytemuck::cast_slice_mut(&mut y) }],
-            )
-            .unwrap();
-        y
+        let b_shape = [bias.map_or(0, <[f32]>::len)];
+        kernel.run(
+            &[
+                Some(TensorRef { dtype: DType::F32, shape: &a_shape, data: bytemuck::cast_slice(a) }),
+                Some(TensorRef { dtype: DType::U8, shape: &w_shape, data: q }),
+                bias.map(|b| TensorRef { dtype: DType::F32, shape: &b_shape, data: bytemuck::cast_slice(b) }),
+            ],
+            &mut [TensorMut { dtype: DType::F32, shape: &y_shape, data: bytemuck::cast_slice_mut(&mut y) }],
+        )?;
+        Ok(y)
+    }
+
+    #[test]
+    fn the_bias_is_added_to_each_finished_sum_in_every_format() {
+        fn check<F: BlockFormat>() {
+            // Decode's row and its thread chunks (n = 300), a few rows, and the many-row paths.
+            for (m, k, n) in [(1, 64, 300), (3, 96, 37), (5, 64, 130), (40, 128, 300)] {
+                let (_, q) = test_weights::<F>(n, k);
+                let a: Vec<f32> = (0..m * k).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05).collect();
+                let bias: Vec<f32> = (0..n).map(|j| (j % 17) as f32 * 0.25 - 2.0).collect();
+                let mut want = product::<F>(&a, &q, m, k, n);
+                bias::add(&mut want, &bias);
+                let got = product_with_bias::<F>(&a, &q, Some(&bias), m, k, n).unwrap();
+                assert_eq!(got, want, "{} m={m} k={k} n={n}", F::NAME);
+            }
+            let (_, q) = test_weights::<F>(8, 32);
+            let err = product_with_bias::<F>(&[0.0; 32], &q, Some(&[0.0; 7]), 1, 32, 8).unwrap_err();
+            assert!(err.to_string().contains("bias"), "{err}");
+        }
+        check::<Q8>();
+        check::<Q4>();
+        check::<F16>();
+        check::<BF16>();
     }
 
     fn dot_and_panel_paths_equal_the_dequantized_product<F: BlockFormat>() {
