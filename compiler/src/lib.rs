@@ -123,8 +123,9 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     splits.extend(passes::split::split_outputs(&mut g, limit, &bytes)?);
     // CPU plans of f32 weights store them in the micro-kernel's panels; the GPU reads them
     // transposed, and the other formats quantize the transposed rows.
-    let pack_f32 = opts.pack_weights && opts.weights == passes::quantize::WeightFormat::F32 && on_cpu;
-    passes::transposed_weight::pretranspose_or_pack(&mut g, pack_f32);
+    let pack_f32 = opts.pack_weights && on_cpu;
+    let f32_weights = opts.weights == passes::quantize::WeightFormat::F32;
+    passes::transposed_weight::pretranspose_or_pack(&mut g, pack_f32 && f32_weights);
     let quantized = match opts.weights {
         passes::quantize::WeightFormat::F32 => None,
         passes::quantize::WeightFormat::Q8 => Some(passes::quantize::quantize::<q8::Q8>(&mut g)),
@@ -132,6 +133,11 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
         passes::quantize::WeightFormat::F16 => Some(passes::quantize::quantize::<half16::F16>(&mut g)),
         passes::quantize::WeightFormat::BF16 => Some(passes::quantize::quantize::<half16::BF16>(&mut g)),
     };
+    if pack_f32 && !f32_weights {
+        // Weights the format cannot hold (k not a multiple of 32, values out of its range) stay
+        // f32: packed, as in an f32 bundle, rather than read through the general product.
+        passes::transposed_weight::pretranspose_or_pack(&mut g, true);
+    }
     if on_cpu {
         passes::product_bias::fuse(&mut g);
     }

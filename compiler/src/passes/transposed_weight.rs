@@ -9,6 +9,7 @@ use kiln_formats::bytes::ByteOwner;
 use kiln_formats::{AlignedBuf, DType, Dim, SharedBytes};
 use kiln_runtime::ops::matmul::packed;
 use kiln_runtime::ops::KILN_DOMAIN;
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 /// A 2-D constant stored transposed, made on first read (planning never reads weights).
@@ -45,11 +46,13 @@ impl ByteOwner for Transposed {
     }
 }
 
-/// A 2-D f32 constant `W` (`k × n`) packed as `kiln::MatMulPacked` reads it, made on first read.
+/// A 2-D f32 constant `W` (`k × n`, or with `transposed` its `n × k` transpose) packed as
+/// `kiln::MatMulPacked` reads it, made on first read.
 struct Packed {
     src: SharedBytes,
     k: usize,
     n: usize,
+    transposed: bool,
     copy: OnceLock<AlignedBuf>,
 }
 
@@ -60,15 +63,15 @@ impl ByteOwner for Packed {
                 let (k, n) = (self.k, self.n);
                 let mut out = AlignedBuf::zeroed(n.div_ceil(packed::PANEL) * k * packed::PANEL * 4);
                 // ONNX constants need not be 4-aligned: such a weight is copied first.
-                let copied: Vec<f32>;
-                let w: &[f32] = match bytemuck::try_cast_slice(self.src.as_slice()) {
-                    Ok(w) => w,
-                    Err(_) => {
-                        copied = bytemuck::pod_collect_to_vec(self.src.as_slice());
-                        &copied
-                    }
+                let stored: Cow<[f32]> = match bytemuck::try_cast_slice(self.src.as_slice()) {
+                    Ok(w) => Cow::Borrowed(w),
+                    Err(_) => Cow::Owned(bytemuck::pod_collect_to_vec(self.src.as_slice())),
                 };
-                packed::pack(w, k, n, bytemuck::cast_slice_mut(out.as_mut_slice()));
+                let w = match self.transposed {
+                    false => stored,
+                    true => Cow::Owned((0..k * n).map(|i| stored[(i % n) * k + i / n]).collect()),
+                };
+                packed::pack(&w, k, n, bytemuck::cast_slice_mut(out.as_mut_slice()));
                 out
             })
             .as_slice()
@@ -78,6 +81,15 @@ impl ByteOwner for Packed {
 /// (A, B) of a two-operand `MatMul` in the default domain.
 fn matmul_operands(n: &Node) -> Option<(ValueId, ValueId)> {
     if n.op != "MatMul" || !matches!(n.domain.as_str(), "" | "ai.onnx") || n.inputs.len() != 2 {
+        return None;
+    }
+    Some((n.inputs[0]?, n.inputs[1]?))
+}
+
+/// (A, Wᵀ) of a `kiln::MatMulTransB` over a matrix stored as is (not a KV cache read in place).
+fn trans_b_operands(n: &Node) -> Option<(ValueId, ValueId)> {
+    let plain = n.attrs.iter().all(|a| a.name != "b_pitch");
+    if n.op != "MatMulTransB" || n.domain != KILN_DOMAIN || n.inputs.len() != 2 || !plain {
         return None;
     }
     Some((n.inputs[0]?, n.inputs[1]?))
@@ -101,8 +113,10 @@ pub fn pretranspose(g: &mut Graph) -> usize {
 
 /// [`pretranspose`], except that with `pack_f32` an f32 weight is stored instead in the
 /// micro-kernel's column panels and read by `kiln::MatMulPacked` (attribute `n`, the weight's
-/// columns): CPU plans of f32 weights, whose prefill then packs nothing. Returns how many
-/// weights were stored transposed or packed.
+/// columns): CPU plans of f32 weights, whose prefill then packs nothing. That includes a weight
+/// a `kiln::MatMulTransB` reads (a `Gemm` with `transB`, or a `MatMul` of a `Transpose`) when
+/// nothing else reads it: the tied head, which `Gather` reads too, keeps its one copy. Returns
+/// how many weights were stored transposed or packed.
 pub fn pretranspose_or_pack(g: &mut Graph, pack_f32: bool) -> usize {
     let mut readers = vec![0usize; g.values.len()];
     for n in &g.nodes {
@@ -115,7 +129,11 @@ pub fn pretranspose_or_pack(g: &mut Graph, pack_f32: bool) -> usize {
     }
     let mut done = 0;
     for i in 0..g.nodes.len() {
-        let Some((a, w)) = matmul_operands(&g.nodes[i]) else { continue };
+        let (a, w, transposed) = match (matmul_operands(&g.nodes[i]), trans_b_operands(&g.nodes[i])) {
+            (Some((a, w)), _) => (a, w, false),
+            (None, Some((a, wt))) if pack_f32 => (a, wt, true),
+            _ => continue,
+        };
         let wv = &g.values[w];
         let (Some(bytes), Some(dtype), Some(shape)) = (wv.constant.clone(), wv.dtype, wv.known_shape()) else {
             continue;
@@ -129,14 +147,15 @@ pub fn pretranspose_or_pack(g: &mut Graph, pack_f32: bool) -> usize {
             continue;
         }
         if pack_f32 && dtype == DType::F32 && g.values[a].dtype == Some(DType::F32) {
-            let panels = cols.div_ceil(packed::PANEL);
-            let owner = Packed { src: bytes, k: rows, n: cols, copy: OnceLock::new() };
+            let (k, n_cols) = if transposed { (cols, rows) } else { (rows, cols) };
+            let panels = n_cols.div_ceil(packed::PANEL);
+            let owner = Packed { src: bytes, k, n: n_cols, transposed, copy: OnceLock::new() };
             let id = g.values.len();
             g.values.push(Value {
                 name: format!("{}.packed", wv.name),
                 dtype: Some(dtype),
-                shape: Some([panels, rows, packed::PANEL].map(|d| Dim::Known(d as i64)).to_vec()),
-                constant: Some(SharedBytes::lazy(Arc::new(owner), panels * rows * packed::PANEL * 4)),
+                shape: Some([panels, k, packed::PANEL].map(|d| Dim::Known(d as i64)).to_vec()),
+                constant: Some(SharedBytes::lazy(Arc::new(owner), panels * k * packed::PANEL * 4)),
                 sym_value: None,
             });
             let n = &mut g.nodes[i];
@@ -144,8 +163,11 @@ pub fn pretranspose_or_pack(g: &mut Graph, pack_f32: bool) -> usize {
             n.domain = KILN_DOMAIN.into();
             n.opset = 1;
             n.inputs = vec![Some(a), Some(id)];
-            n.attrs = vec![kiln_formats::program::Attribute::int("n", cols as i64)];
+            n.attrs = vec![kiln_formats::program::Attribute::int("n", n_cols as i64)];
             done += 1;
+            continue;
+        }
+        if transposed {
             continue;
         }
         let owner = Transposed { src: bytes, rows, cols, elem: dtype.size(), copy: OnceLock::new() };
@@ -291,6 +313,42 @@ mod tests {
                 assert_eq!(got[(j / 32) * k * 32 + kk * 32 + j % 32], want, "({kk}, {j})");
             }
         }
+    }
+
+    #[test]
+    fn a_weight_read_transposed_is_packed_for_the_cpu_and_kept_otherwise() {
+        // MatMulTransB(x, Wt) with Wt: n = 34 rows of k = 3 (a Gemm with transB).
+        let (k, n) = (3, 34);
+        let wt: Vec<f32> = (0..n * k).map(|i| i as f32).collect();
+        let make = || {
+            let mut g = graph(2);
+            g.values[1].shape = Some(vec![Dim::Known(n as i64), Dim::Known(k as i64)]);
+            g.values[1].constant = Some(SharedBytes::copy_from(bytemuck::cast_slice(&wt)));
+            g.nodes.remove(0);
+            into_trans_b(&mut g.nodes[0], 0, 1);
+            g
+        };
+        let mut g = make();
+        assert_eq!(pretranspose_or_pack(&mut g, false), 0, "quantized and GPU plans read it as it is");
+        assert_eq!(g.nodes[0].op, "MatMulTransB");
+        let mut g = make();
+        assert_eq!(pretranspose_or_pack(&mut g, true), 1);
+        let node = &g.nodes[0];
+        assert_eq!((node.op.as_str(), node.domain.as_str()), (packed::MATMUL_PACKED, KILN_DOMAIN));
+        assert_eq!(node.attrs, vec![kiln_formats::program::Attribute::int("n", n as i64)]);
+        let p = &g.values[node.inputs[1].unwrap()];
+        assert_eq!(p.shape, Some(vec![Dim::Known(2), Dim::Known(k as i64), Dim::Known(32)]));
+        let got: &[f32] = bytemuck::cast_slice(p.constant.as_ref().unwrap().as_slice());
+        for kk in 0..k {
+            for j in 0..64 {
+                let want = if j < n { wt[j * k + kk] } else { 0.0 };
+                assert_eq!(got[(j / 32) * k * 32 + kk * 32 + j % 32], want, "({kk}, {j})");
+            }
+        }
+        // Read by something else too (the tied head's table, which Gather reads): kept.
+        let mut g = make();
+        g.outputs.push(1);
+        assert_eq!(pretranspose_or_pack(&mut g, true), 0);
     }
 
     #[test]
