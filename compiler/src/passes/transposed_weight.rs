@@ -300,6 +300,11 @@ mod tests {
         g.nodes.remove(0);
         g.nodes[0].inputs = vec![Some(0), Some(1)];
         assert_eq!(pretranspose_or_pack(&mut g, true), 1);
+        assert_packed(&g, k, n, |kk, j| w[kk * n + j]);
+    }
+
+    /// The graph's one node reads W (`k × n`, `w(kk, j)`) from two panels, as `kiln::MatMulPacked`.
+    fn assert_packed(g: &Graph, k: usize, n: usize, w: impl Fn(usize, usize) -> f32) {
         let node = &g.nodes[0];
         assert_eq!((node.op.as_str(), node.domain.as_str()), (packed::MATMUL_PACKED, KILN_DOMAIN));
         assert_eq!(node.attrs, vec![kiln_formats::program::Attribute::int("n", n as i64)]);
@@ -309,7 +314,7 @@ mod tests {
         assert_eq!(got.len(), 2 * k * 32);
         for kk in 0..k {
             for j in 0..64 {
-                let want = if j < n { w[kk * n + j] } else { 0.0 };
+                let want = if j < n { w(kk, j) } else { 0.0 };
                 assert_eq!(got[(j / 32) * k * 32 + kk * 32 + j % 32], want, "({kk}, {j})");
             }
         }
@@ -333,18 +338,7 @@ mod tests {
         assert_eq!(g.nodes[0].op, "MatMulTransB");
         let mut g = make();
         assert_eq!(pretranspose_or_pack(&mut g, true), 1);
-        let node = &g.nodes[0];
-        assert_eq!((node.op.as_str(), node.domain.as_str()), (packed::MATMUL_PACKED, KILN_DOMAIN));
-        assert_eq!(node.attrs, vec![kiln_formats::program::Attribute::int("n", n as i64)]);
-        let p = &g.values[node.inputs[1].unwrap()];
-        assert_eq!(p.shape, Some(vec![Dim::Known(2), Dim::Known(k as i64), Dim::Known(32)]));
-        let got: &[f32] = bytemuck::cast_slice(p.constant.as_ref().unwrap().as_slice());
-        for kk in 0..k {
-            for j in 0..64 {
-                let want = if j < n { wt[j * k + kk] } else { 0.0 };
-                assert_eq!(got[(j / 32) * k * 32 + kk * 32 + j % 32], want, "({kk}, {j})");
-            }
-        }
+        assert_packed(&g, k, n, |kk, j| wt[j * k + kk]);
         // Read by something else too (the tied head's table, which Gather reads): kept.
         let mut g = make();
         g.outputs.push(1);
