@@ -1,10 +1,10 @@
 //! Linear layers as exporters write them (`Gemm` with `transB` and a bias, as torch does for
 //! `nn.Linear` on 2-D input; `Gemm` without it, as for GPT-2's `Conv1D`; `MatMul` + `Add`) reach
-//! the CPU's stored-weight products with their biases inside, in f32 (packed) and in every
-//! `--weights` format, and compute the layers. The last layer's depth (40) is not a multiple of the
+//! the CPU's stored-weight products with their biases (and the residual connection after the
+//! last) inside, in f32 (packed) and in every `--weights` format, and compute the layers. The last layer's depth (40) is not a multiple of the
 //! formats' block of 32, so it stays f32, packed. Before, a transposed f32 weight, and an f32
-//! weight left in a quantized bundle, were read through the general product, and every bias was a
-//! separate `Add`.
+//! weight left in a quantized bundle, were read through the general product, and every bias and the
+//! residual were separate `Add`s.
 
 mod common;
 use common::{f32_tensor, model, node, save, value_info};
@@ -45,7 +45,8 @@ fn weights() -> Weights {
     }
 }
 
-/// y = (relu(x · w1ᵀ + b1) · w2 + b2) · w3 + b3, the three linears written three ways.
+/// z = relu(x · w1ᵀ + b1) · w2 + b2, y = z · w3 + b3 + z: three linears written three ways and
+/// a residual connection.
 fn mlp(dir: &std::path::Path, w: &Weights) -> std::path::PathBuf {
     let mut trans_b = AttributeProto::new();
     trans_b.name = "transB".into();
@@ -58,7 +59,8 @@ fn mlp(dir: &std::path::Path, w: &Weights) -> std::path::PathBuf {
         node("Relu", &["h"], &["r"]),
         node("Gemm", &["r", "w2", "b2"], &["z"]),
         node("MatMul", &["z", "w3"], &["p"]),
-        node("Add", &["b3", "p"], &["y"]),
+        node("Add", &["b3", "p"], &["q"]),
+        node("Add", &["q", "z"], &["y"]),
     ];
     let m = model(
         nodes,
@@ -92,7 +94,8 @@ fn reference(x: &[f32], w: &Weights) -> Vec<f64> {
             .map(|j| (0..HIDDEN).map(|t| h[t] * w.w2[t * D_OUT + j] as f64).sum::<f64>() + w.b2[j] as f64)
             .collect();
         y.extend(
-            (0..D_OUT).map(|j| (0..D_OUT).map(|t| z[t] * w.w3[t * D_OUT + j] as f64).sum::<f64>() + w.b3[j] as f64),
+            (0..D_OUT)
+                .map(|j| (0..D_OUT).map(|t| z[t] * w.w3[t * D_OUT + j] as f64).sum::<f64>() + w.b3[j] as f64 + z[j]),
         );
     }
     y

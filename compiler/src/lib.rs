@@ -140,6 +140,7 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     }
     if on_cpu {
         passes::product_bias::fuse(&mut g);
+        passes::product_residual::fuse(&mut g);
     }
     let ops_after = g.op_counts();
     let Lowered { mut program, weights } = lower::lower(&g, &opts.dim_bounds)?;

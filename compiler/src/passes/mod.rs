@@ -13,6 +13,7 @@ pub mod last_position;
 pub mod merge_products;
 pub mod pattern;
 pub mod product_bias;
+pub mod product_residual;
 pub mod quantize;
 pub mod reshape_chain;
 pub mod rms_norm;

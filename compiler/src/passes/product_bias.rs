@@ -11,10 +11,10 @@ use crate::ir::{Graph, ValueId};
 use kiln_formats::{DType, Dim};
 use kiln_runtime::ops::matmul::half16::{BF16, F16};
 use kiln_runtime::ops::matmul::quantized::BlockFormat;
-use kiln_runtime::ops::matmul::{bias, packed, q4::Q4, q8::Q8};
+use kiln_runtime::ops::matmul::{epilogue, packed, q4::Q4, q8::Q8};
 
 /// Products whose kernels take a bias.
-const PRODUCTS: [&str; 5] = [packed::MATMUL_PACKED, Q8::OP, Q4::OP, F16::OP, BF16::OP];
+pub(crate) const PRODUCTS: [&str; 5] = [packed::MATMUL_PACKED, Q8::OP, Q4::OP, F16::OP, BF16::OP];
 
 /// Folds every such bias into its product; returns how many.
 pub fn fuse(g: &mut Graph) -> usize {
@@ -28,7 +28,7 @@ pub fn fuse(g: &mut Graph) -> usize {
             let [a, b] = pattern::inputs::<2>(n)?;
             let (product, bias) = [(a, b), (b, a)].into_iter().find_map(|(p, b)| {
                 let made_by = PRODUCTS.iter().find_map(|op| index.private_kiln(g, p, op))?;
-                (made_by.inputs.len() == bias::INPUT && is_bias(g, b, p)).then(|| (index.producer(p), b))
+                (made_by.inputs.len() == epilogue::BIAS && is_bias(g, b, p)).then(|| (index.producer(p), b))
             })?;
             Some((product?, add, bias))
         })

@@ -3,7 +3,7 @@
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod amx;
-pub mod bias;
+pub mod epilogue;
 mod f16_params;
 pub(crate) mod gemm;
 pub mod half16;

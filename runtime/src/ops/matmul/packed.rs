@@ -5,7 +5,7 @@
 //! about as much per call as a tenth of the product); decode reads each panel as one sequential
 //! stream.
 
-use super::bias;
+use super::epilogue::{self, Epilogue};
 use super::gemm::{gemm_from, has_avx2, BSource};
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
@@ -78,7 +78,7 @@ impl Kernel for MatMulPacked {
                 return Err(KernelError::input(0, format!("last dim {last} is not the panels' k = {k}")));
             }
         }
-        bias::infer(inputs, &Dim::Known(self.n as i64))?;
+        epilogue::infer(inputs, &Dim::Known(self.n as i64))?;
         let mut shape: Vec<Dim> = a.shape[..a.shape.len() - 1].to_vec();
         shape.push(Dim::Known(self.n as i64));
         Ok(vec![OutputInfo::new(DType::F32, shape)])
@@ -96,26 +96,26 @@ impl Kernel for MatMulPacked {
             return Err(KernelError::input(1, format!("{} floats are not the panels' shape", panels.len())));
         }
         let n = self.n;
-        let bias = bias::values(inputs, n)?;
         let y = outputs.get_mut(0).ok_or_else(|| KernelError::invalid("missing output"))?.typed::<f32>()?;
-        if k == 0 {
-            y.iter_mut().for_each(|v| *v = 0.0);
-            bias::add_rows(y, bias);
-            return Ok(());
-        }
-        let m = a.len() / k;
+        let m = a.len().checked_div(k).unwrap_or(y.len() / n);
         if y.len() != m * n {
             return Err(KernelError::invalid("output does not match the product"));
+        }
+        let epilogue = Epilogue::new(inputs, m, n)?;
+        if k == 0 {
+            y.iter_mut().for_each(|v| *v = 0.0);
+            epilogue.apply_rows(y);
+            return Ok(());
         }
         if m == 0 {
             return Ok(());
         }
         if m >= BLOCKED_ROWS {
             gemm_from(m, n, k, a, &Panels { data: panels, k }, y);
-            bias::add_rows(y, bias);
+            epilogue.apply_rows(y);
         } else {
-            for (ar, yr) in a.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
-                row(ar, panels, k, bias, yr);
+            for (i, (ar, yr)) in a.chunks_exact(k).zip(y.chunks_exact_mut(n)).enumerate() {
+                row(ar, panels, k, |first, ys| epilogue.apply(i, first, ys), yr);
             }
         }
         Ok(())
@@ -154,10 +154,10 @@ impl BSource<f32> for Panels<'_> {
     }
 }
 
-/// One row of A times every panel, plus the bias: `y[j] = Σ_kk a[kk] · W[kk][j] + b[j]`, each
-/// output summed over k in order with plain multiplies and adds, so every CPU (and the AVX2
-/// build) gives the same bits.
-fn row(a: &[f32], panels: &[f32], k: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+/// One row of A times every panel: `y[j] = Σ_kk a[kk] · W[kk][j]`, each output summed over k in
+/// order with plain multiplies and adds, so every CPU (and the AVX2 build) gives the same bits;
+/// then `finish(first, outputs)` on each chunk of outputs (the epilogue, while they are in cache).
+fn row(a: &[f32], panels: &[f32], k: usize, finish: impl Fn(usize, &mut [f32]) + Sync, y: &mut [f32]) {
     let n = y.len();
     let per_panel = k * PANEL;
     let products = |ys: &mut [f32], ps: &[f32]| {
@@ -170,9 +170,7 @@ fn row(a: &[f32], panels: &[f32], k: usize, bias: Option<&[f32]>, y: &mut [f32])
     };
     let body = |(first, (ys, ps)): (usize, (&mut [f32], &[f32]))| {
         products(ys, ps);
-        if let Some(b) = bias {
-            bias::add(ys, &b[first..first + ys.len()]);
-        }
+        finish(first, ys);
     };
     if n * k >= PAR_WORK && rayon::current_num_threads() > 1 {
         // Whole panels per chunk, about four chunks per thread.
@@ -214,13 +212,14 @@ mod tests {
     use kiln_formats::program::Attribute;
 
     fn run(a: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Result<Vec<f32>, KernelError> {
-        run_with_bias(a, w, None, m, k, n)
+        run_with(a, w, None, None, m, k, n)
     }
 
-    fn run_with_bias(
+    fn run_with(
         a: &[f32],
         w: &[f32],
         bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
         m: usize,
         k: usize,
         n: usize,
@@ -232,35 +231,38 @@ mod tests {
         let kernel = build_kiln(&spec).unwrap()?;
         let mut y = vec![f32::NAN; m * n];
         let (a_shape, p_shape, y_shape) = ([m, k], [n.div_ceil(PANEL), k, PANEL], [m, n]);
-        let b_shape = [bias.map_or(0, <[f32]>::len)];
+        let (b_shape, r_shape) = ([bias.map_or(0, <[f32]>::len)], [m, n]);
         kernel.run(
             &[
                 Some(TensorRef { dtype: DType::F32, shape: &a_shape, data: bytemuck::cast_slice(a) }),
                 Some(TensorRef { dtype: DType::F32, shape: &p_shape, data: bytemuck::cast_slice(&p) }),
                 bias.map(|b| TensorRef { dtype: DType::F32, shape: &b_shape, data: bytemuck::cast_slice(b) }),
+                residual.map(|r| TensorRef { dtype: DType::F32, shape: &r_shape, data: bytemuck::cast_slice(r) }),
             ],
             &mut [TensorMut { dtype: DType::F32, shape: &y_shape, data: bytemuck::cast_slice_mut(&mut y) }],
         )?;
         Ok(y)
     }
 
-    #[test]
-    fn the_bias_is_added_to_each_finished_sum() {
-        // One row serially and across threads' panel chunks (n·k over PAR_WORK), a few rows, and
-        // the blocked product with enough outputs to add the bias across threads.
-        for (m, k, n) in [(1, 70, 300), (1, 576, 300), (3, 33, 65), (4, 5, 7), (130, 64, 300)] {
-            let (a, w) = (data(m * k, 0.01), data(k * n, 0.02));
-            let bias = data(n, 0.3);
-            let mut want = run(&a, &w, m, k, n).unwrap();
-            bias::add(&mut want, &bias);
-            assert_eq!(run_with_bias(&a, &w, Some(&bias), m, k, n).unwrap(), want, "{m}x{k}x{n}");
-        }
-        let err = run_with_bias(&[0.0; 8], &[0.0; 8 * 40], Some(&[0.0; 39]), 1, 8, 40).unwrap_err();
-        assert!(err.to_string().contains("bias"), "{err}");
-    }
-
     fn data(len: usize, s: f32) -> Vec<f32> {
         (0..len).map(|i| ((i * 37 % 101) as f32 - 50.0) * s).collect()
+    }
+
+    #[test]
+    fn the_bias_and_residual_are_added_to_each_finished_sum() {
+        // One row serially and across threads' panel chunks (n·k over PAR_WORK), a few rows, and
+        // the blocked product with enough outputs to add them across threads.
+        for (m, k, n) in [(1, 70, 300), (1, 576, 300), (3, 33, 65), (4, 5, 7), (130, 64, 300)] {
+            let (a, w) = (data(m * k, 0.01), data(k * n, 0.02));
+            let (bias, residual) = (data(n, 0.3), data(m * n, 0.07));
+            let plain = run(&a, &w, m, k, n).unwrap();
+            for (b, r) in [(Some(&bias[..]), None), (None, Some(&residual[..])), (Some(&bias), Some(&residual))] {
+                let want = epilogue::reference(&plain, b, r);
+                assert_eq!(run_with(&a, &w, b, r, m, k, n).unwrap(), want, "{m}x{k}x{n}");
+            }
+        }
+        let err = run_with(&[0.0; 8], &[0.0; 8 * 40], Some(&[0.0; 39]), None, 1, 8, 40).unwrap_err();
+        assert!(err.to_string().contains("bias"), "{err}");
     }
 
     #[test]
@@ -288,7 +290,7 @@ mod tests {
         let mut portable = vec![0f32; n];
         row_panels(&a, &p, k, &mut portable);
         let mut dispatched = vec![0f32; n];
-        row(&a, &p, k, None, &mut dispatched);
+        row(&a, &p, k, |_, _| {}, &mut dispatched);
         assert_eq!(portable, dispatched);
     }
 

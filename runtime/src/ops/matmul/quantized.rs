@@ -6,7 +6,7 @@
 //! `int_gemm`; bf16 on AMX tiles, `amx`), else dequantize a panel of W's rows at a time and hand
 //! it to the dense product.
 
-use super::bias;
+use super::epilogue::{self, Epilogue};
 use super::gemm::{gemm_from, pack_b, BSource, Mat};
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
@@ -115,7 +115,7 @@ impl<F: BlockFormat> Kernel for MatMulQuantized<F> {
         if bytes.known().is_some_and(|b| b != F::row_bytes(self.k) as i64) {
             return Err(KernelError::input(1, format!("rows of {bytes} bytes do not hold k = {} weights", self.k)));
         }
-        bias::infer(inputs, n)?;
+        epilogue::infer(inputs, n)?;
         let mut shape: Vec<Dim> = a.shape[..a.shape.len() - 1].to_vec();
         shape.push(n.clone());
         Ok(vec![OutputInfo::new(DType::F32, shape)])
@@ -135,7 +135,6 @@ impl<F: BlockFormat> Kernel for MatMulQuantized<F> {
                 a.shape, w.shape
             )));
         }
-        let bias = bias::values(inputs, n)?;
         let a = a.typed::<f32>()?;
         let out = outputs.get_mut(0).ok_or_else(|| KernelError::invalid("missing output"))?;
         let m = a.len() / k;
@@ -143,34 +142,33 @@ impl<F: BlockFormat> Kernel for MatMulQuantized<F> {
         if y.len() != m * n {
             return Err(KernelError::invalid("output does not match the product"));
         }
+        let epilogue = Epilogue::new(inputs, m, n)?;
         if m == 0 || n == 0 {
             return Ok(());
         }
         if m < PANEL_ROWS {
-            dot_rows::<F>(a, w.data, k, n, bias, y);
+            dot_rows::<F>(a, w.data, k, n, &epilogue, y);
         } else {
             if !F::native_product(a, w.data, k, n, y) {
                 panels::<F>(a, w.data, k, n, y);
             }
-            bias::add_rows(y, bias);
+            epilogue.apply_rows(y);
         }
         Ok(())
     }
 }
 
-/// Few rows of A (decode's one): every output is a dot product over blocks (plus its bias), W
-/// streamed once per row of A in column chunks across threads.
-fn dot_rows<F: BlockFormat>(a: &[f32], w: &[u8], k: usize, n: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+/// Few rows of A (decode's one): every output is a dot product over blocks (then its bias and
+/// residual), W streamed once per row of A in column chunks across threads.
+fn dot_rows<F: BlockFormat>(a: &[f32], w: &[u8], k: usize, n: usize, epilogue: &Epilogue, y: &mut [f32]) {
     let rb = F::row_bytes(k);
     // A multiple of 8 rows per chunk: whole multi-row passes, a ragged one only at the end.
     let chunk = n.div_ceil(rayon::current_num_threads() * 4).max(16).next_multiple_of(8);
-    for (ar, yr) in a.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
+    for (row, (ar, yr)) in a.chunks_exact(k).zip(y.chunks_exact_mut(n)).enumerate() {
         let ar = F::prepare(ar);
         yr.par_chunks_mut(chunk).zip(w.par_chunks(chunk * rb)).enumerate().for_each(|(i, (out, rows))| {
             F::dot_rows(&ar, k, rows, out);
-            if let Some(b) = bias {
-                bias::add(out, &b[i * chunk..i * chunk + out.len()]);
-            }
+            epilogue.apply(row, i * chunk, out);
         });
     }
 }
@@ -236,13 +234,14 @@ mod tests {
     use kiln_formats::program::Attribute;
 
     fn product<F: BlockFormat>(a: &[f32], q: &[u8], m: usize, k: usize, n: usize) -> Vec<f32> {
-        product_with_bias::<F>(a, q, None, m, k, n).unwrap()
+        product_with::<F>(a, q, None, None, m, k, n).unwrap()
     }
 
-    fn product_with_bias<F: BlockFormat>(
+    fn product_with<F: BlockFormat>(
         a: &[f32],
         q: &[u8],
         bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
         m: usize,
         k: usize,
         n: usize,
@@ -252,12 +251,13 @@ mod tests {
         let kernel = build_kiln::<F>(&spec).unwrap().unwrap();
         let mut y = vec![0f32; m * n];
         let (a_shape, w_shape, y_shape) = ([m, k], [n, F::row_bytes(k)], [m, n]);
-        let b_shape = [bias.map_or(0, <[f32]>::len)];
+        let (b_shape, r_shape) = ([bias.map_or(0, <[f32]>::len)], [m, n]);
         kernel.run(
             &[
                 Some(TensorRef { dtype: DType::F32, shape: &a_shape, data: bytemuck::cast_slice(a) }),
                 Some(TensorRef { dtype: DType::U8, shape: &w_shape, data: q }),
                 bias.map(|b| TensorRef { dtype: DType::F32, shape: &b_shape, data: bytemuck::cast_slice(b) }),
+                residual.map(|r| TensorRef { dtype: DType::F32, shape: &r_shape, data: bytemuck::cast_slice(r) }),
             ],
             &mut [TensorMut { dtype: DType::F32, shape: &y_shape, data: bytemuck::cast_slice_mut(&mut y) }],
         )?;
@@ -265,20 +265,23 @@ mod tests {
     }
 
     #[test]
-    fn the_bias_is_added_to_each_finished_sum_in_every_format() {
+    fn the_bias_and_residual_are_added_to_each_finished_sum_in_every_format() {
         fn check<F: BlockFormat>() {
             // Decode's row and its thread chunks (n = 300), a few rows, and the many-row paths.
             for (m, k, n) in [(1, 64, 300), (3, 96, 37), (5, 64, 130), (40, 128, 300)] {
                 let (_, q) = test_weights::<F>(n, k);
                 let a: Vec<f32> = (0..m * k).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05).collect();
                 let bias: Vec<f32> = (0..n).map(|j| (j % 17) as f32 * 0.25 - 2.0).collect();
-                let mut want = product::<F>(&a, &q, m, k, n);
-                bias::add(&mut want, &bias);
-                let got = product_with_bias::<F>(&a, &q, Some(&bias), m, k, n).unwrap();
-                assert_eq!(got, want, "{} m={m} k={k} n={n}", F::NAME);
+                let residual: Vec<f32> = (0..m * n).map(|j| (j % 11) as f32 * 0.5 - 3.0).collect();
+                let plain = product::<F>(&a, &q, m, k, n);
+                for (b, r) in [(Some(&bias[..]), None), (None, Some(&residual[..])), (Some(&bias), Some(&residual))] {
+                    let want = epilogue::reference(&plain, b, r);
+                    let got = product_with::<F>(&a, &q, b, r, m, k, n).unwrap();
+                    assert_eq!(got, want, "{} m={m} k={k} n={n}", F::NAME);
+                }
             }
             let (_, q) = test_weights::<F>(8, 32);
-            let err = product_with_bias::<F>(&[0.0; 32], &q, Some(&[0.0; 7]), 1, 32, 8).unwrap_err();
+            let err = product_with::<F>(&[0.0; 32], &q, Some(&[0.0; 7]), None, 1, 32, 8).unwrap_err();
             assert!(err.to_string().contains("bias"), "{err}");
         }
         check::<Q8>();
