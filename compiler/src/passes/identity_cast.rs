@@ -43,8 +43,7 @@ pub fn bypass(g: &mut Graph) -> usize {
         now[y] = x;
         dead[i] = true;
     }
-    let mut dead = dead.into_iter();
-    g.nodes.retain(|_| !dead.next().unwrap_or(false));
+    super::pattern::remove_nodes(g, &dead);
     found.len()
 }
 

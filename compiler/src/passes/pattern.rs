@@ -61,6 +61,21 @@ impl Index {
     }
 }
 
+/// The default-domain `op` nodes of one output and two present inputs: (index, [a, b]).
+pub fn binary_nodes<'g>(g: &'g Graph, op: &'g str) -> impl Iterator<Item = (usize, [ValueId; 2])> + 'g {
+    g.nodes
+        .iter()
+        .enumerate()
+        .filter(move |(_, n)| n.op == op && is_default(n) && n.outputs.len() == 1)
+        .filter_map(|(i, n)| Some((i, inputs::<2>(n)?)))
+}
+
+/// Removes the nodes whose index `removed` marks (a fused node took over their outputs).
+pub fn remove_nodes(g: &mut Graph, removed: &[bool]) {
+    let mut removed = removed.iter();
+    g.nodes.retain(|_| !removed.next().copied().unwrap_or(false));
+}
+
 /// Whether `n` is in the default ONNX domain.
 pub fn is_default(n: &Node) -> bool {
     matches!(n.domain.as_str(), "" | "ai.onnx")

@@ -19,13 +19,8 @@ pub(crate) const PRODUCTS: [&str; 5] = [packed::MATMUL_PACKED, Q8::OP, Q4::OP, F
 /// Folds every such bias into its product; returns how many.
 pub fn fuse(g: &mut Graph) -> usize {
     let index = Index::new(g);
-    let found: Vec<(usize, usize, ValueId)> = g
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| n.op == "Add" && pattern::is_default(n) && n.outputs.len() == 1)
-        .filter_map(|(add, n)| {
-            let [a, b] = pattern::inputs::<2>(n)?;
+    let found: Vec<(usize, usize, ValueId)> = pattern::binary_nodes(g, "Add")
+        .filter_map(|(add, [a, b])| {
             let (product, bias) = [(a, b), (b, a)].into_iter().find_map(|(p, b)| {
                 let made_by = PRODUCTS.iter().find_map(|op| index.private_kiln(g, p, op))?;
                 (made_by.inputs.len() == epilogue::BIAS && is_bias(g, b, p)).then(|| (index.producer(p), b))
@@ -41,11 +36,7 @@ pub fn fuse(g: &mut Graph) -> usize {
         n.outputs[0] = out;
         removed[add] = true;
     }
-    let mut i = 0;
-    g.nodes.retain(|_| {
-        i += 1;
-        !removed[i - 1]
-    });
+    pattern::remove_nodes(g, &removed);
     found.len()
 }
 

@@ -24,15 +24,8 @@ struct Found {
 /// Folds every such residual into its product; returns how many.
 pub fn fuse(g: &mut Graph) -> usize {
     let index = Index::new(g);
-    let found: Vec<Found> = g
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| n.op == "Add" && pattern::is_default(n) && n.outputs.len() == 1)
-        .filter_map(|(add, n)| {
-            let [a, b] = pattern::inputs::<2>(n)?;
-            [(a, b), (b, a)].into_iter().find_map(|(p, r)| matched(g, &index, add, p, r))
-        })
+    let found: Vec<Found> = pattern::binary_nodes(g, "Add")
+        .filter_map(|(add, [a, b])| [(a, b), (b, a)].into_iter().find_map(|(p, r)| matched(g, &index, add, p, r)))
         .collect();
     let mut removed = vec![false; g.nodes.len()];
     for f in &found {
@@ -44,11 +37,7 @@ pub fn fuse(g: &mut Graph) -> usize {
         g.nodes[last].outputs[0] = out;
         removed[f.add] = true;
     }
-    let mut i = 0;
-    g.nodes.retain(|_| {
-        i += 1;
-        !removed[i - 1]
-    });
+    pattern::remove_nodes(g, &removed);
     found.len()
 }
 
