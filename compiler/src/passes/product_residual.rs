@@ -61,13 +61,9 @@ fn matched(g: &Graph, index: &Index, add: usize, p: ValueId, r: ValueId) -> Opti
     let no_residual = n.inputs.len() <= epilogue::RESIDUAL;
     // R must exist when the product runs, which is earlier than the Add.
     let ready = index.producer(r).is_none_or(|at| at < product);
-    let same = r != p && g.values[r].dtype == Some(DType::F32) && pattern::same_type(g, p, r);
-    (no_residual && ready && same && g.values[p].dtype == Some(DType::F32)).then_some(Found {
-        product,
-        reshape,
-        add,
-        residual: r,
-    })
+    // One dtype and shape: the Add broadcasts nothing. (R cannot be P: P has one reader.)
+    let same = pattern::same_type(g, p, r) && g.values[p].dtype == Some(DType::F32);
+    (no_residual && ready && same).then_some(Found { product, reshape, add, residual: r })
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub fn infer(inputs: &[Option<ShapeInput>], n: &Dim) -> Result<(), KernelError> 
 }
 
 /// A product's bias and residual, checked against its `m` rows of `n` outputs.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct Epilogue<'a> {
     bias: Option<&'a [f32]>,
     residual: Option<&'a [f32]>,
