@@ -190,3 +190,25 @@ fn a_stateful_entry_point_run_alone_starts_from_an_empty_cache() {
     let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     assert!(worst < 1e-4, "prefill and decode of one token differ by {worst}");
 }
+
+/// `--kv-cache f16`: every state of the generation entry points is f16 (each tiny model's
+/// attention is fused, so only fused attention reads the cache), and greedy generation still
+/// gives the f32 reference's ids.
+#[test]
+fn an_f16_cache_generates_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in KV_LMS {
+        let out = dir.path().join(format!("{name}-f16-cache.kiln"));
+        let opts = CompileOptions { half_kv_cache: true, ..Default::default() };
+        let source = ModelSource::resolve(&fixture(name)).unwrap();
+        let summary = compile_bundle(&source, &opts, &[TargetLimits::cpu()], &out).unwrap();
+        let states: Vec<_> = summary.compiled.iter().flat_map(|c| c.compiled.program.states.iter()).collect();
+        assert!(!states.is_empty(), "{name}: the cache is kept in place");
+        let f16 = kiln_formats::DType::F16.onnx_code();
+        assert!(states.iter().all(|s| s.dtype == f16), "{name}: every state is f16");
+        let loaded = LoadedBundle::open(&out, OpenOptions::default()).unwrap();
+        let lm = Arc::new(LanguageModel::from_bundle(&loaded, None).unwrap());
+        let (prompt, expected) = reference(name);
+        assert_eq!(greedy(&lm, &prompt, expected.len()), expected, "{name}: f16 cache");
+    }
+}

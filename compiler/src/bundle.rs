@@ -163,7 +163,7 @@ pub fn compile_bundle(
     // Generation's entry points keep the cache in place; `main` keeps the exported signature
     // (past in, present out) for callers that run tensors.
     let mut kv_pairs = generation.as_ref().map(|g| g.kv.clone()).unwrap_or_default();
-    let compile_all = |kv_pairs: &[KvPair]| -> Result<Vec<CompiledEntry>, CompileError> {
+    let compile_all = |kv_pairs: &[KvPair], half_kv_cache: bool| -> Result<Vec<CompiledEntry>, CompileError> {
         let mut compiled = Vec::new();
         for spec in &specs {
             let mut g = graph.clone();
@@ -183,6 +183,7 @@ pub fn compile_bundle(
                     require_bounds: true,
                     dim_bounds: dim_bounds.clone(),
                     kv_cache,
+                    half_kv_cache,
                     // A GPU plan reads f32 weights transposed; both plans share that copy.
                     pack_weights: opts.pack_weights && targets.iter().all(|t| t.name == "cpu"),
                     ..opts.clone()
@@ -196,7 +197,8 @@ pub fn compile_bundle(
         }
         Ok(compiled)
     };
-    let mut compiled = compile_all(&kv_pairs)?;
+    let mut half_kv_cache = opts.half_kv_cache;
+    let mut compiled = compile_all(&kv_pairs, half_kv_cache)?;
     // Prefill and decode append to one cache, so they must keep the same tensors in place: when
     // an entry point could not keep one the others kept, all copy it.
     let kept = |c: &CompiledEntry| c.compiled.program.states.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
@@ -209,7 +211,16 @@ pub fn compile_bundle(
                 .map(|p| format!("KV cache copied for {}: not every entry point could keep it in place", p.present)),
         );
         kv_pairs = keep;
-        compiled = compile_all(&kv_pairs)?;
+        compiled = compile_all(&kv_pairs, half_kv_cache)?;
+    }
+    // The same holds for the states' types, within one target (each target has its own cache).
+    let types = |c: &CompiledEntry| c.compiled.program.states.iter().map(|s| s.dtype).collect::<Vec<_>>();
+    let stateful: Vec<&CompiledEntry> = compiled.iter().filter(|c| c.compiled.kv_cache.is_some()).collect();
+    let differ = stateful.iter().any(|a| stateful.iter().any(|b| a.target == b.target && types(a) != types(b)));
+    if half_kv_cache && differ {
+        notes.push("KV cache kept f32: not every entry point could read it as f16".into());
+        half_kv_cache = false;
+        compiled = compile_all(&kv_pairs, half_kv_cache)?;
     }
     notes.extend(kv_cache_notes(&compiled));
     if let Some((q, kept)) = compiled.first().and_then(|c| c.compiled.quantized) {
@@ -282,8 +293,13 @@ fn kv_cache_notes(compiled: &[CompiledEntry]) -> Vec<String> {
     for ce in compiled {
         let Some(r) = &ce.compiled.kv_cache else { continue };
         let total = r.in_place + r.copied.len();
+        let half = match r.half {
+            0 => String::new(),
+            n if n == r.in_place => " (f16)".to_string(),
+            n => format!(" ({n} of them f16)"),
+        };
         let mut lines = vec![match r.copied.len() {
-            0 => format!("KV cache kept in place: {total} tensors, each step writes only its new positions"),
+            0 => format!("KV cache kept in place: {total} tensors{half}, each step writes only its new positions"),
             n => format!("KV cache: {} of {total} tensors kept in place; {n} copied every step (below)", r.in_place),
         }];
         lines.extend(r.copied.iter().map(|c| format!("KV cache copied for {c}")));

@@ -40,6 +40,8 @@ pub struct CompileOptions {
     pub kv_cache: Option<(Vec<kiln_formats::generation::KvPair>, u64)>,
     /// How products' weights are stored (`--weights`).
     pub weights: passes::quantize::WeightFormat,
+    /// CPU plans store the KV cache states only fused attention reads as f16 (`--kv-cache f16`).
+    pub half_kv_cache: bool,
     /// CPU plans store weights in layouts of their own: f32 weights in the micro-kernel's panels
     /// (`kiln::MatMulPacked`), and the weights of products of one input side by side as one.
     /// Off when a bundle also holds a GPU plan, which reads the weights as the model has them
@@ -61,6 +63,7 @@ impl Default for CompileOptions {
             prefill_max: None,
             kv_cache: None,
             weights: passes::quantize::WeightFormat::F32,
+            half_kv_cache: false,
             pack_weights: true,
             max_memory: None,
         }
@@ -105,8 +108,11 @@ pub fn compile_graph(mut g: Graph, opts: &CompileOptions) -> Result<Compiled, Co
     if on_cpu {
         passes::fuse_for_cpu(&mut g, opts.pack_weights);
     }
-    let kv_cache =
-        opts.kv_cache.as_ref().map(|(pairs, capacity)| passes::kv_cache::keep_in_place(&mut g, pairs, *capacity));
+    let half_kv = opts.half_kv_cache && on_cpu;
+    let kv_cache = opts
+        .kv_cache
+        .as_ref()
+        .map(|(pairs, capacity)| passes::kv_cache::keep_in_place(&mut g, pairs, *capacity, half_kv));
     check_sizes(&g, opts)?;
     let limit = opts.target.largest_buffer();
     let mut splits = passes::split::split_oversized(&mut g, limit)?;

@@ -35,6 +35,11 @@ pub struct Args {
     /// embeddings and norms stay f32.
     #[arg(long, value_enum, default_value = "f32")]
     weights: Weights,
+    /// Causal LMs on CPU: how the KV cache is stored. f16 halves its memory and the bytes
+    /// attention reads per token, the new positions rounded to nearest; states a product rather
+    /// than fused attention reads stay f32.
+    #[arg(long, value_enum, default_value = "f32")]
+    kv_cache: KvCache,
     /// Largest arena one entry point's plan may need, e.g. 8GiB (default: half the machine's
     /// physical memory); a larger plan is refused, naming both numbers.
     #[arg(long, value_name = "SIZE")]
@@ -45,6 +50,13 @@ pub struct Args {
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// `--kv-cache` values.
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum KvCache {
+    F32,
+    F16,
 }
 
 /// `--weights` values.
@@ -69,6 +81,7 @@ pub fn main(args: Args) -> Result<()> {
         Weights::F16 => WeightFormat::F16,
         Weights::BF16 => WeightFormat::BF16,
     };
+    opts.half_kv_cache = args.kv_cache == KvCache::F16;
     opts.max_memory = match &args.max_memory {
         Some(s) => Some(parse_size(s).map_err(anyhow::Error::msg).context("--max-memory")?),
         None => physical_memory().map(|m| m / 2),

@@ -10,10 +10,15 @@
 //! cache is read only by `Shape`, as the B operand of products, or as fused attention's k or v. Anything else (a sliding
 //! window that crops `present`, an elementwise op over the cache) keeps the copying path, and
 //! the report says why.
+//!
+//! With `half` (`--kv-cache f16`), a state only fused attention reads is stored as f16: the
+//! append rounds the new positions and attention widens them as it reads, so a decoded token
+//! reads half the cache bytes. A state a product reads stays f32 (the products take f32 only).
 
 use crate::ir::{Graph, Node, ValueId};
 use kiln_formats::generation::KvPair;
 use kiln_formats::program::Attribute;
+use kiln_formats::DType;
 use kiln_runtime::ops::kv_cache::{pitch_attr as pitch_attr_of, KV_APPEND};
 use kiln_runtime::ops::KILN_DOMAIN;
 
@@ -32,17 +37,23 @@ pub struct KvState {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct KvCacheReport {
     pub in_place: usize,
+    /// Of those, the states stored as f16.
+    pub half: usize,
     /// One line per pair left on the copying path.
     pub copied: Vec<String>,
 }
 
-/// Rewrites every pair it can prove safe into a state of `capacity` positions ([`Graph::states`]);
-/// the others are left as they are. Run after shape inference.
-pub fn keep_in_place(g: &mut Graph, pairs: &[KvPair], capacity: u64) -> KvCacheReport {
+/// Rewrites every pair it can prove safe into a state of `capacity` positions ([`Graph::states`]),
+/// stored as f16 when `half` and only fused attention reads it; the others are left as they
+/// are. Run after shape inference.
+pub fn keep_in_place(g: &mut Graph, pairs: &[KvPair], capacity: u64, half: bool) -> KvCacheReport {
     let mut report = KvCacheReport::default();
     for pair in pairs {
-        match rewrite(g, pair, capacity) {
-            Ok(()) => report.in_place += 1,
+        match rewrite(g, pair, capacity, half) {
+            Ok(narrowed) => {
+                report.in_place += 1;
+                report.half += usize::from(narrowed);
+            }
             Err(why) => report.copied.push(format!("{}: {why}", pair.present)),
         }
     }
@@ -81,7 +92,8 @@ fn pitch_attr(n: &Node, input: usize) -> Option<&'static str> {
     }
 }
 
-fn rewrite(g: &mut Graph, pair: &KvPair, capacity: u64) -> Result<(), String> {
+/// Keeps `pair` in place; whether its state is f16.
+fn rewrite(g: &mut Graph, pair: &KvPair, capacity: u64, half: bool) -> Result<bool, String> {
     let find = |ids: &[ValueId], name: &str| ids.iter().copied().find(|&v| g.values[v].name == name);
     let past = find(&g.inputs, &pair.past).ok_or_else(|| format!("no input '{}'", pair.past))?;
     let present = find(&g.outputs, &pair.present).ok_or_else(|| format!("no output '{}'", pair.present))?;
@@ -147,6 +159,8 @@ fn rewrite(g: &mut Graph, pair: &KvPair, capacity: u64) -> Result<(), String> {
     if v.dtype.is_none() {
         return Err("its type is unknown".into());
     }
+    let attention_only = products.iter().all(|&(_, attr)| matches!(attr, "k_pitch" | "v_pitch"));
+    let narrowed = half && attention_only && v.dtype == Some(DType::F32);
 
     let c = &mut g.nodes[concat];
     c.op = KV_APPEND.into();
@@ -168,15 +182,20 @@ fn rewrite(g: &mut Graph, pair: &KvPair, capacity: u64) -> Result<(), String> {
     }
     g.inputs.retain(|&i| i != past);
     g.outputs.retain(|&o| o != present);
+    if narrowed {
+        for s in [past, present] {
+            g.values[s].dtype = Some(DType::F16);
+        }
+    }
     g.states.push(KvState { past, present, axis: pair.axis, dims });
-    Ok(())
+    Ok(narrowed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ir::Value;
-    use kiln_formats::{DType, Dim};
+    use kiln_formats::Dim;
 
     fn value(name: &str, seq: Dim) -> Value {
         let shape = vec![Dim::Known(1), Dim::Known(2), seq, Dim::Known(4)];
@@ -224,8 +243,8 @@ mod tests {
     #[test]
     fn the_concat_becomes_an_append_and_attention_reads_the_state() {
         let mut g = attention();
-        let report = keep_in_place(&mut g, &[pair()], 64);
-        assert_eq!(report, KvCacheReport { in_place: 1, copied: vec![] });
+        let report = keep_in_place(&mut g, &[pair()], 64, false);
+        assert_eq!(report, KvCacheReport { in_place: 1, half: 0, copied: vec![] });
         assert_eq!(g.states, vec![KvState { past: 0, present: 2, axis: 2, dims: vec![1, 2, 64, 4] }]);
         assert_eq!(
             (g.inputs.clone(), g.outputs.clone()),
@@ -243,7 +262,7 @@ mod tests {
         g.values.push(value("relu", Dim::sym("t")));
         g.nodes.push(node("Relu", "", &[2], 5, vec![]));
         g.outputs.push(5);
-        let report = keep_in_place(&mut g, &[pair()], 64);
+        let report = keep_in_place(&mut g, &[pair()], 64, false);
         assert_eq!(report.in_place, 0);
         assert!(report.copied[0].contains("Relu 'Relu_5'"), "{:?}", report.copied);
         assert!(g.states.is_empty() && g.nodes[0].op == "Concat", "the graph is left as it was");
@@ -258,14 +277,33 @@ mod tests {
         g.outputs = vec![4, 5];
         g.values[5].name = "present.0".into();
         g.values[2].name = "full".into();
-        let report = keep_in_place(&mut g, &[pair()], 64);
+        let report = keep_in_place(&mut g, &[pair()], 64, false);
         assert!(report.copied[0].contains("made by Slice"), "{:?}", report.copied);
         // The past also feeding something else than the concat or a Shape.
         let mut g = attention();
         g.values.push(value("neg", Dim::sym("past")));
         g.nodes.push(node("Neg", "", &[0], 5, vec![]));
         g.outputs.push(5);
-        let report = keep_in_place(&mut g, &[pair()], 64);
+        let report = keep_in_place(&mut g, &[pair()], 64, false);
         assert!(report.copied[0].contains("past is also read by Neg"), "{:?}", report.copied);
+    }
+
+    /// `present` read as fused attention's k: with `half`, an f16 state; read by a product, f32.
+    #[test]
+    fn a_state_only_attention_reads_is_stored_as_f16() {
+        let fused = kiln_runtime::ops::attention::fused::FUSED_ATTENTION;
+        let mut g = attention();
+        g.nodes[1] = node(fused, KILN_DOMAIN, &[3, 2, 2], 4, vec![]);
+        let report = keep_in_place(&mut g, &[pair()], 64, true);
+        assert_eq!((report.in_place, report.half), (1, 1));
+        assert_eq!((g.values[0].dtype, g.values[2].dtype), (Some(DType::F16), Some(DType::F16)), "past and present");
+        assert_eq!(g.values[1].dtype, Some(DType::F32), "the new positions stay f32");
+        let pitches: Vec<_> = g.nodes[1].attrs.iter().map(|a| (a.name.as_str(), a.i)).collect();
+        assert_eq!(pitches, [("k_pitch", 64), ("v_pitch", 64)]);
+
+        let mut g = attention();
+        let report = keep_in_place(&mut g, &[pair()], 64, true);
+        assert_eq!((report.in_place, report.half), (1, 0));
+        assert_eq!(g.values[2].dtype, Some(DType::F32), "a product reads it");
     }
 }

@@ -7,11 +7,17 @@
 //! Contract with the executor: input 0 (`past`) carries only its shape (how many positions are
 //! filled); its bytes are the state's, which output 0 covers whole: the output view's shape is
 //! `past + new` positions, its data the full buffer with `capacity` positions along `axis`.
+//!
+//! A cache may be stored narrower than the values appended to it: an f16 state takes f32
+//! positions, rounded to nearest (`--kv-cache f16`), which halves the bytes attention reads per
+//! decoded token.
 
 use crate::error::KernelError;
 use crate::kernel::{normalize_axis, required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
 use crate::view::{TensorMut, TensorRef};
-use kiln_formats::Dim;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use kiln_formats::{DType, Dim};
 
 /// Op type of the append in the `kiln` domain.
 pub const KV_APPEND: &str = "KvAppend";
@@ -33,6 +39,12 @@ pub fn build_kiln(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>>
     (spec.op == KV_APPEND).then(|| KvAppend::new(spec).map(|k| Box::new(k) as Box<dyn Kernel>))
 }
 
+/// Whether positions of type `new` can be appended to a cache of type `cache`: the same type, or
+/// f32 into an f16 cache.
+pub fn appendable(cache: DType, new: DType) -> bool {
+    cache == new || (cache == DType::F16 && new == DType::F32)
+}
+
 /// Appends `new` after the filled positions of a state buffer.
 pub struct KvAppend {
     axis: i64,
@@ -52,7 +64,7 @@ impl Kernel for KvAppend {
     fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let past = required(inputs, 0)?;
         let new = required(inputs, 1)?;
-        if past.dtype != new.dtype {
+        if !appendable(past.dtype, new.dtype) {
             return Err(KernelError::input(1, format!("is {} but the cache is {}", new.dtype, past.dtype)));
         }
         if past.shape.len() != new.shape.len() {
@@ -87,7 +99,10 @@ impl Kernel for KvAppend {
         let (Some(filled), Some(adding)) = (filled, adding) else {
             return Err(KernelError::invalid("the cache and the new positions differ in rank"));
         };
-        if out.dtype != new.dtype || out.shape.get(axis) != Some(&(filled + adding)) {
+        if out.dtype != past.dtype
+            || !appendable(out.dtype, new.dtype)
+            || out.shape.get(axis) != Some(&(filled + adding))
+        {
             return Err(KernelError::invalid("the output view does not cover past + new positions"));
         }
         if filled + adding > self.capacity {
@@ -97,24 +112,35 @@ impl Kernel for KvAppend {
                 filled + adding
             )));
         }
-        let es = out.dtype.size();
         let outer: usize = out.shape[..axis].iter().product();
-        let inner: usize = out.shape[axis + 1..].iter().product::<usize>() * es;
+        let inner: usize = out.shape[axis + 1..].iter().product::<usize>();
         if new.shape[..axis] != out.shape[..axis] || new.shape[axis + 1..] != out.shape[axis + 1..] {
             return Err(KernelError::input(1, format!("shape {:?} does not fit the cache {:?}", new.shape, out.shape)));
         }
+        // In elements: a block of new positions per row, and a row of the state.
         let (block, row) = (adding * inner, self.capacity * inner);
-        if new.data.len() != outer * block || out.data.len() != outer * row {
+        if new.data.len() != outer * block * new.dtype.size() || out.data.len() != outer * row * out.dtype.size() {
             return Err(KernelError::invalid(format!(
-                "{} new bytes or a {}-byte state do not match {outer} rows of {block} (capacity {})",
+                "{} new bytes or a {}-byte state do not match {outer} rows of {block} elements (capacity {})",
                 new.data.len(),
                 out.data.len(),
                 self.capacity
             )));
         }
+        let place = |o: usize| (o * row + filled * inner, o * block);
+        if out.dtype == new.dtype {
+            let es = out.dtype.size();
+            for o in 0..outer {
+                let (at, from) = place(o);
+                out.data[at * es..(at + block) * es].copy_from_slice(&new.data[from * es..(from + block) * es]);
+            }
+            return Ok(());
+        }
+        let new: &[f32] = new.typed()?;
+        let state: &mut [f16] = out.typed()?;
         for o in 0..outer {
-            let at = o * row + filled * inner;
-            out.data[at..at + block].copy_from_slice(&new.data[o * block..(o + 1) * block]);
+            let (at, from) = place(o);
+            state[at..at + block].convert_from_f32_slice(&new[from..from + block]);
         }
         Ok(())
     }
@@ -125,7 +151,6 @@ mod tests {
     use super::*;
     use crate::kernel::Attrs;
     use kiln_formats::program::Attribute;
-    use kiln_formats::DType;
 
     fn kernel(capacity: i64) -> KvAppend {
         let attrs = [Attribute::int("axis", 2), Attribute::int("capacity", capacity)];
@@ -168,5 +193,32 @@ mod tests {
         assert_eq!(out[0].shape[2], Dim::sym("past").add(&Dim::Known(1)));
         let heads = [Dim::Known(1), Dim::Known(3), Dim::Known(1), Dim::Known(3)];
         assert!(kernel(4).infer(&[Some(shape(&p)), Some(shape(&heads))], &mut crate::kernel::RunCx).is_err());
+    }
+
+    #[test]
+    fn f32_positions_land_rounded_in_an_f16_cache() {
+        let mut state = vec![f16::ZERO; 2 * 4 * 3];
+        let new: Vec<f32> = (0..12).map(|i| i as f32 / 3.0 + 1000.0).collect();
+        let (past, add, total) = ([1, 2, 1, 3], [1, 2, 2, 3], [1, 2, 3, 3]);
+        let inputs = [
+            Some(TensorRef { dtype: DType::F16, shape: &past, data: &[] }),
+            Some(TensorRef { dtype: DType::F32, shape: &add, data: bytemuck::cast_slice(&new) }),
+        ];
+        let mut out = [TensorMut { dtype: DType::F16, shape: &total, data: bytemuck::cast_slice_mut(&mut state) }];
+        kernel(4).run(&inputs, &mut out).unwrap();
+        for h in 0..2 {
+            let want: Vec<f16> = new[h * 6..h * 6 + 6].iter().map(|&v| f16::from_f32(v)).collect();
+            assert_eq!(state[h * 12 + 3..h * 12 + 9], want[..], "head {h}: positions 1 and 2");
+            assert_eq!(state[h * 12..h * 12 + 3], [f16::ZERO; 3], "head {h}: position 0 untouched");
+        }
+        let p = [Dim::Known(1), Dim::Known(2), Dim::sym("past"), Dim::Known(3)];
+        let n = [Dim::Known(1), Dim::Known(2), Dim::Known(1), Dim::Known(3)];
+        let shape = |dtype, s| ShapeInput { dtype, shape: s, value: None, data: None };
+        let out =
+            kernel(4).infer(&[Some(shape(DType::F16, &p)), Some(shape(DType::F32, &n))], &mut crate::kernel::RunCx);
+        assert_eq!(out.unwrap()[0].dtype, DType::F16, "the output is the cache's type");
+        let narrowing =
+            kernel(4).infer(&[Some(shape(DType::F32, &p)), Some(shape(DType::F16, &n))], &mut crate::kernel::RunCx);
+        assert!(narrowing.is_err(), "f16 positions into an f32 cache");
     }
 }

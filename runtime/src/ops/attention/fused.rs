@@ -5,7 +5,10 @@
 //! with `divide`), as `kiln::ScaledSoftmax` does.
 //!
 //! With `k_pitch` (`v_pitch`) non-zero, k (v) is a KV cache state read in place: each `[T, d]`
-//! matrix is stored in `k_pitch` rows of which the first `T` are filled.
+//! matrix is stored in `k_pitch` rows of which the first `T` are filled. With f32 queries, k and
+//! v may be an f16 cache (`--kv-cache f16`): each task widens the one kv head it reads into its
+//! scratch, so memory traffic is halved and the arithmetic is the f32 path's on the rounded
+//! values.
 //!
 //! Exporters write this as five to nine steps per layer (the scores product, reshapes between
 //! grouped and per-head views, scale, mask, softmax, the product with v); at decode each is a
@@ -15,7 +18,7 @@
 //! in a per-thread buffer. The scale, mask and softmax round as the separate kernels do; the
 //! products are the dense product's arithmetic, so results match the unfused steps to rounding.
 
-use super::few_queries;
+use super::few_queries::{self, KvRows};
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
 use crate::ops::broadcast::{broadcast_strides, fits_in};
@@ -25,6 +28,9 @@ use crate::ops::norm::softmax::{row, Mode};
 use crate::ops::num::num_like::AccFloat;
 use crate::ops::num::Float;
 use crate::view::{TensorMut, TensorRef};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use kiln_formats::DType;
 use rayon::prelude::*;
 
 /// The op's name in the kiln domain.
@@ -71,11 +77,16 @@ impl Kernel for FusedAttention {
     fn infer(&self, inputs: &[Option<ShapeInput>], _cx: &mut dyn InferCx) -> Result<Vec<OutputInfo>, KernelError> {
         let [q, k, v] = [0, 1, 2].map(|i| required(inputs, i));
         let (q, k, v) = (q?, k?, v?);
+        let cache = cache_type(q.dtype, k.dtype);
         for (i, t) in [&q, &k, &v].into_iter().enumerate() {
-            if t.dtype != q.dtype || !t.dtype.is_float() || t.shape.len() != 4 {
+            let want = if i == 0 { q.dtype } else { cache };
+            if t.dtype != want || !t.dtype.is_float() || t.shape.len() != 4 {
                 return Err(KernelError::input(
                     i,
-                    format!("{} {:?} is not a 4-D float tensor of q's type", t.dtype, t.shape),
+                    format!(
+                        "{} {:?} is not a 4-D float tensor of q's type (or, for f32 q, an f16 cache)",
+                        t.dtype, t.shape
+                    ),
                 ));
             }
         }
@@ -105,8 +116,11 @@ impl Kernel for FusedAttention {
     fn run(&self, inputs: &[Option<TensorRef>], outputs: &mut [TensorMut]) -> Result<(), KernelError> {
         let [q, k, v] = [0, 1, 2].map(|i| required(inputs, i));
         let (q, k, v) = (q?, k?, v?);
-        if [&q, &k, &v].iter().any(|t| t.dtype != q.dtype || t.shape.len() != 4) {
-            return Err(KernelError::invalid("q, k and v must be 4-D tensors of one type"));
+        let cache = cache_type(q.dtype, k.dtype);
+        if q.shape.len() != 4 || [&k, &v].iter().any(|t| t.dtype != cache || t.shape.len() != 4) {
+            return Err(KernelError::invalid(
+                "q, k and v must be 4-D tensors of one type (or f32 q over an f16 cache)",
+            ));
         }
         let [b, h, s, d] = [q.shape[0], q.shape[1], q.shape[2], q.shape[3]];
         let [g, t, dv] = [k.shape[1], k.shape[2], v.shape[3]];
@@ -139,10 +153,58 @@ impl Kernel for FusedAttention {
             divide: self.divide,
             mask_strides: [mask_strides[0], mask_strides[1], mask_strides[2], mask_strides[3]],
         };
-        crate::with_float!(q.dtype, T => job.run::<T>(q.typed()?, k.typed()?, v.typed()?,
+        if cache != q.dtype {
+            let mask = mask.map(|m| m.typed()).transpose()?;
+            job.run::<f32, f16>(q.typed()?, k.typed()?, v.typed()?, mask, out.typed()?);
+            return Ok(());
+        }
+        crate::with_float!(q.dtype, T => job.run::<T, T>(q.typed()?, k.typed()?, v.typed()?,
                 mask.map(|m| m.typed()).transpose()?, out.typed()?),
             _ => return Err(KernelError::unsupported(format!("FusedAttention on {}", q.dtype))));
         Ok(())
+    }
+}
+
+/// The type k and v must have with queries of type `q`, where k is of type `k`: q's own, or an
+/// f16 cache under f32 queries.
+fn cache_type(q: DType, k: DType) -> DType {
+    if q == DType::F32 && k == DType::F16 {
+        DType::F16
+    } else {
+        q
+    }
+}
+
+/// How a task reads one kv head's matrix: in place when it is stored as the queries' type,
+/// widened into the task's scratch when it is an f16 cache under f32 queries.
+trait CacheElem<T>: Copy + Send + Sync + 'static {
+    fn matrix<'a>(src: &'a [Self], scratch: &'a mut Vec<T>) -> &'a [T];
+}
+
+impl<T: Copy + Send + Sync + 'static> CacheElem<T> for T {
+    fn matrix<'a>(src: &'a [T], _scratch: &'a mut Vec<T>) -> &'a [T] {
+        src
+    }
+}
+
+impl CacheElem<f32> for f16 {
+    fn matrix<'a>(src: &'a [f16], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        scratch.resize(src.len(), 0.0);
+        src.convert_to_f32_slice(scratch);
+        scratch
+    }
+}
+
+/// A task's buffers, reused across its blocks: the scores and probabilities, and the widened kv
+/// matrix of an f16 cache.
+struct Scratch<T> {
+    scores: Vec<T>,
+    kv: Vec<T>,
+}
+
+impl<T> Default for Scratch<T> {
+    fn default() -> Self {
+        Scratch { scores: Vec::new(), kv: Vec::new() }
     }
 }
 
@@ -185,7 +247,7 @@ struct Job {
 }
 
 impl Job {
-    fn run<T: Float>(&self, q: &[T], k: &[T], v: &[T], mask: Option<&[T]>, y: &mut [T])
+    fn run<T: Float, C: CacheElem<T>>(&self, q: &[T], k: &[C], v: &[C], mask: Option<&[T]>, y: &mut [T])
     where
         T::Acc: GAcc,
     {
@@ -197,7 +259,7 @@ impl Job {
         let work = heads * s * t * (d + dv);
         // Tasks are runs of whole rows of y (one query of one head each) that read one kv head.
         let group = if rep > 1 && rep * s <= GROUP_ROWS { rep * s } else { 0 };
-        let block = |row0: usize, yb: &mut [T], scratch: &mut Vec<T>| self.block(q, k, v, mask, row0, yb, scratch);
+        let block = |row0: usize, yb: &mut [T], scratch: &mut Scratch<T>| self.block(q, k, v, mask, row0, yb, scratch);
         // The end of the task holding `row`: its group's, or its head's query block's.
         let unit = |row: usize| -> usize {
             if let Some(g) = row.checked_div(group) {
@@ -207,7 +269,7 @@ impl Job {
             head + s.min((row - head) / QUERY_BLOCK * QUERY_BLOCK + QUERY_BLOCK)
         };
         // The rows of `ys`, output rows `first..`, one task after another on this thread.
-        let walk = |first: usize, ys: &mut [T], scratch: &mut Vec<T>| {
+        let walk = |first: usize, ys: &mut [T], scratch: &mut Scratch<T>| {
             let end = first + ys.len() / dv;
             let mut row = first;
             while row < end {
@@ -217,7 +279,7 @@ impl Job {
             }
         };
         if work < PARALLEL_WORK {
-            walk(0, y, &mut Vec::new());
+            walk(0, y, &mut Scratch::default());
             return;
         }
         if group > 0 || y.len() / dv <= SHARED_ROWS {
@@ -228,28 +290,28 @@ impl Job {
             let share = rows.div_ceil(rayon::current_num_threads().min(rows));
             y.par_chunks_mut(share * dv)
                 .enumerate()
-                .for_each_init(Vec::new, |scratch, (i, ys)| walk(i * share, ys, scratch));
+                .for_each_init(Scratch::default, |scratch, (i, ys)| walk(i * share, ys, scratch));
             return;
         }
         y.par_chunks_mut(s * dv).enumerate().for_each(|(bh, yh)| {
             yh.par_chunks_mut(QUERY_BLOCK * dv)
                 .enumerate()
-                .for_each_init(Vec::new, |scratch, (blk, yb)| block(bh * s + blk * QUERY_BLOCK, yb, scratch));
+                .for_each_init(Scratch::default, |scratch, (blk, yb)| block(bh * s + blk * QUERY_BLOCK, yb, scratch));
         });
     }
 
     /// Rows `row0..` of the output (row `(batch · H + head) · S + query`), as many as `y` has:
     /// queries of one head, or whole heads of one group, so that all read one kv head.
     #[allow(clippy::too_many_arguments)]
-    fn block<T: Float>(
+    fn block<T: Float, C: CacheElem<T>>(
         &self,
         q: &[T],
-        k: &[T],
-        v: &[T],
+        k: &[C],
+        v: &[C],
         mask: Option<&[T]>,
         row0: usize,
         y: &mut [T],
-        scratch: &mut Vec<T>,
+        scratch: &mut Scratch<T>,
     ) where
         T::Acc: GAcc,
     {
@@ -262,20 +324,20 @@ impl Job {
         }
         let (batch, head0) = (row0 / s / h, row0 / s % h);
         let kv = batch * (h / rep) + head0 / rep;
-        scratch.resize(2 * rows * t, T::from_acc(T::Acc::ZERO));
-        let (scores, probs) = scratch.split_at_mut(rows * t);
-        let (qb, kb) = (&q[row0 * d..], &k[kv * k_stride..]);
-        match (f32s(qb), f32s(kb), f32s_mut(scores)) {
-            (Some(qf), Some(kf), Some(sf)) if rows <= few_queries::MAX_ROWS => {
-                few_queries::scores(qf, rows, d, kf, t, sf)
-            }
+        scratch.scores.resize(2 * rows * t, T::from_acc(T::Acc::ZERO));
+        let (scores, probs) = scratch.scores.split_at_mut(rows * t);
+        let qb = &q[row0 * d..];
+        let (kc, vc) = (&k[kv * k_stride..kv * k_stride + t * d], &v[kv * v_stride..kv * v_stride + t * dv]);
+        let few = rows <= few_queries::MAX_ROWS;
+        match (f32s(qb), KvRows::of(kc), f32s_mut(scores)) {
+            (Some(qf), Some(kf), Some(sf)) if few => few_queries::scores(qf, rows, d, kf, t, sf),
             _ => gemm(
                 rows,
                 t,
                 d,
                 1.0,
                 Mat { data: qb, rs: d, cs: 1 },
-                Mat { data: kb, rs: 1, cs: d },
+                Mat { data: C::matrix(kc, &mut scratch.kv), rs: 1, cs: d },
                 scores,
                 false,
                 false,
@@ -296,18 +358,15 @@ impl Job {
             }
             row(pr, sr, Mode::Soft);
         }
-        let vb = &v[kv * v_stride..];
-        match (f32s(scores), f32s(vb), f32s_mut(y)) {
-            (Some(pf), Some(vf), Some(yf)) if rows <= few_queries::MAX_ROWS => {
-                few_queries::weighted_values(pf, rows, t, vf, dv, yf)
-            }
+        match (f32s(scores), KvRows::of(vc), f32s_mut(y)) {
+            (Some(pf), Some(vf), Some(yf)) if few => few_queries::weighted_values(pf, rows, t, vf, dv, yf),
             _ => gemm(
                 rows,
                 dv,
                 t,
                 1.0,
                 Mat { data: &*scores, rs: t, cs: 1 },
-                Mat { data: vb, rs: dv, cs: 1 },
+                Mat { data: C::matrix(vc, &mut scratch.kv), rs: dv, cs: 1 },
                 y,
                 false,
                 false,
@@ -319,8 +378,9 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::RunCx;
     use kiln_formats::program::Attribute;
-    use kiln_formats::DType;
+    use kiln_formats::Dim;
 
     fn values(n: usize, seed: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|i| ((((i + seed) * 7919) % 211) as f32 / 105.0 - 1.0) * scale).collect()
@@ -512,5 +572,56 @@ mod tests {
         assert!(err.unwrap_err().to_string().contains("matrices need"), "two pitched matrices need 20 elements");
         let err = run(&*plain, (&q, [1, 2, 1, 4]), (&kv, [1, 1, 3, 4]), (&kv, [1, 1, 2, 6]), None, [1, 2, 1, 6]);
         assert!(err.is_err(), "k and v lengths differ");
+    }
+
+    /// An f16 cache under f32 queries gives the bits of the f32 path over the cache's rounded
+    /// values: decode with grouped and plain heads (run in parallel), a prefill of several query
+    /// blocks, pitched states, and a mask.
+    #[test]
+    fn an_f16_cache_reads_as_its_rounded_values() {
+        let pitch = 301;
+        for (h, g, s, t, d) in [(9, 3, 1, 300, 64), (12, 12, 1, 300, 64), (4, 2, 70, 80, 16), (2, 1, 3, 5, 12)] {
+            let q = values(h * s * d, 1, 1.0);
+            let rounded = |x: Vec<f32>| x.into_iter().map(|v| f16::from_f32(v).to_f32()).collect::<Vec<_>>();
+            let (k, v) = (rounded(values(g * t * d, 2, 3.0)), rounded(values(g * t * d, 3, 2.0)));
+            // Each kv head's t rows, then pitch - t rows the kernel must not read.
+            let state = |dense: &[f32]| -> Vec<f16> {
+                let pad = std::iter::repeat_n(f16::NAN, (pitch - t) * d);
+                dense.chunks(t * d).flat_map(|m| m.iter().map(|&x| f16::from_f32(x)).chain(pad.clone())).collect()
+            };
+            let (ks, vs) = (state(&k), state(&v));
+            let mask: Vec<f32> = (0..h * s * t).map(|i| (i % 5) as f32 * 0.25).collect();
+            let attrs = |pitch: i64| {
+                let mut a = vec![Attribute::float("scale", 0.125)];
+                a.extend([Attribute::int("k_pitch", pitch), Attribute::int("v_pitch", pitch)]);
+                a
+            };
+            let (qs, ks_shape) = ([1, h, s, d], [1, g, t, d]);
+            let mask_shape = [1, h, s, t];
+            let want =
+                run(&*kernel(attrs(0)), (&q, qs), (&k, ks_shape), (&v, ks_shape), Some((&mask, &mask_shape)), qs);
+            let mut got = vec![0f32; h * s * d];
+            let mut om = TensorMut { dtype: DType::F32, shape: &qs, data: bytemuck::cast_slice_mut(&mut got) };
+            let inputs = [
+                Some(tensor(&qs, &q)),
+                Some(TensorRef { dtype: DType::F16, shape: &ks_shape, data: bytemuck::cast_slice(&ks) }),
+                Some(TensorRef { dtype: DType::F16, shape: &ks_shape, data: bytemuck::cast_slice(&vs) }),
+                Some(tensor(&mask_shape, &mask)),
+            ];
+            kernel(attrs(pitch as i64)).run(&inputs, std::slice::from_mut(&mut om)).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want.unwrap()), "h={h} g={g} s={s} t={t}");
+        }
+    }
+
+    #[test]
+    fn an_f16_cache_needs_f32_queries_and_both_operands_cached() {
+        let ones = [Dim::Known(1), Dim::Known(1), Dim::Known(1), Dim::Known(1)];
+        let shape = |dtype| ShapeInput { dtype, shape: &ones, value: None, data: None };
+        let infer = |q, k, v| kernel(vec![]).infer(&[Some(shape(q)), Some(shape(k)), Some(shape(v))], &mut RunCx);
+        assert_eq!(infer(DType::F32, DType::F16, DType::F16).unwrap()[0].dtype, DType::F32);
+        assert!(infer(DType::F32, DType::F16, DType::F32).is_err(), "v must be f16 too");
+        assert!(infer(DType::F64, DType::F16, DType::F16).is_err(), "only under f32 queries");
+        assert!(infer(DType::F16, DType::F16, DType::F16).is_ok(), "the plain f16 path");
     }
 }
