@@ -5,9 +5,11 @@
 #   bash bench/compare.sh                 # SmolLM2-135M-Instruct, then GPT-2 124M (made if missing)
 #   THREADS=1 PROMPT_LEN=64 GEN=32 FORMATS='f32 q8' MODELS=smollm2 bash bench/compare.sh
 #
+# FORMATS are `--weights` values; `+f16kv` after one adds `--kv-cache f16` (q4+f16kv).
+#
 # MODELS: smollm2 (scripts/fetch-smollm2.sh) and gpt2 (scripts/fetch-gpt2.sh: GPT-2 small's shapes,
 # random weights, which speed does not depend on). Uses the venv of scripts/py-gen.sh (onnxruntime
-# from PyPI) and caches the compiled bundles in $KILN_CACHE/bench as <model>-<weights>.kiln.
+# from PyPI) and caches the compiled bundles in $KILN_CACHE/bench as <model>-<format>.kiln.
 # Results go to stdout as one markdown table per model.
 set -euo pipefail
 
@@ -20,7 +22,7 @@ GEN="${GEN:-64}"
 REPEATS="${REPEATS:-3}"
 # A short prompt, for the time from opening the model to the first token of an interactive turn.
 SHORT_LEN="${SHORT_LEN:-8}"
-FORMATS="${FORMATS:-f32 f16 bf16 q8 q4}"
+FORMATS="${FORMATS:-f32 f16 bf16 q8 q4 q8+f16kv q4+f16kv}"
 
 for name in $MODELS; do
     case "$name" in
@@ -35,11 +37,14 @@ mkdir -p "$CACHE/bench"
 
 # One table: the model's name, its export folder, the title line's model description.
 compare() {
-    local name="$1" model="$2" title="$3" weights bundle ort ort_short full bare
-    for weights in $FORMATS; do
-        bundle="$CACHE/bench/$name-$weights.kiln"
+    local name="$1" model="$2" title="$3" weights format bundle ort ort_short full bare cache
+    for format in $FORMATS; do
+        bundle="$CACHE/bench/$name-$format.kiln"
+        weights="${format%%+*}" cache=f32
+        [[ "$format" == *+f16kv ]] && cache=f16
         if [[ ! -f "$bundle" || "$kiln" -nt "$bundle" || "$model/model.onnx" -nt "$bundle" ]]; then
-            "$kiln" --quiet compile "$model" -o "$bundle" --max-context 512 --weights "$weights" >&2
+            "$kiln" --quiet compile "$model" -o "$bundle" --max-context 512 --weights "$weights" \
+                --kv-cache "$cache" >&2
         fi
     done
 
@@ -48,15 +53,15 @@ compare() {
     ort_short="$("$python" "$ROOT/bench/ort_bench.py" --model "$model/model.onnx" --prompt-len "$SHORT_LEN" \
         --gen 2 --threads "$THREADS" --repeats 1)"
     local results=()
-    for weights in $FORMATS; do
-        bundle="$CACHE/bench/$name-$weights.kiln"
+    for format in $FORMATS; do
+        bundle="$CACHE/bench/$name-$format.kiln"
         full="$("$kiln" --quiet bench "$bundle" --prompt-len "$PROMPT_LEN" --gen "$GEN" --repeats "$REPEATS" \
             --threads "$THREADS" --json 2>/dev/null)"
         # Load, and the first token of a short prompt, without hashing the weights: onnxruntime does
         # not checksum its input either.
         bare="$("$kiln" --quiet bench "$bundle" --prompt-len "$SHORT_LEN" --gen 2 --repeats 1 --threads "$THREADS" \
             --no-verify-checksums --json 2>/dev/null)"
-        results+=("$weights" "$full" "$bare")
+        results+=("$format" "$full" "$bare")
     done
 
     "$python" - "$title" "$ort" "$ort_short" "$THREADS" "$PROMPT_LEN" "$GEN" "$SHORT_LEN" "${results[@]}" <<'PY'
