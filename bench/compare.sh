@@ -55,8 +55,9 @@ compare() {
     local results=()
     for format in $FORMATS; do
         bundle="$CACHE/bench/$name-$format.kiln"
+        # --bandwidth: the machine's read bandwidth, measured right after this bundle's decode.
         full="$("$kiln" --quiet bench "$bundle" --prompt-len "$PROMPT_LEN" --gen "$GEN" --repeats "$REPEATS" \
-            --threads "$THREADS" --json 2>/dev/null)"
+            --threads "$THREADS" --bandwidth --json 2>/dev/null)"
         # Load, and the first token of a short prompt, without hashing the weights: onnxruntime does
         # not checksum its input either.
         bare="$("$kiln" --quiet bench "$bundle" --prompt-len "$SHORT_LEN" --gen 2 --repeats 1 --threads "$THREADS" \
@@ -88,11 +89,14 @@ rows = [("load (s, lower is better)", "load_s"),
         ("open to first token (s, lower is better)", "first_token_s"),
         (f"open to first token, {short_len}-token prompt, no checksums (s, lower is better)", "first_token_short_s"),
         ("prefill tokens/s", "prefill_tokens_per_s"),
-        ("decode tokens/s", "decode_tokens_per_s"), ("peak RSS (MiB, lower is better)", "peak_rss_bytes")]
+        ("decode tokens/s", "decode_tokens_per_s"), ("peak RSS (MiB, lower is better)", "peak_rss_bytes"),
+        ("weights read per decoded token (MB)", "decode_weight_bytes"),
+        ("memory read bandwidth over that many bytes, measured after the decode (GB/s)", "read_bandwidth_bytes_per_s"),
+        ("decode weight traffic / read bandwidth", "decode_bandwidth_share")]
 for label, key in rows:
-    vals = [full[key] for _, full, _ in runs]
-    o = ort[key]
-    scale = 1 / (1 << 20) if key == "peak_rss_bytes" else 1
+    vals = [full.get(key) for _, full, _ in runs]
+    o = ort.get(key)
+    scale = {"peak_rss_bytes": 1 / (1 << 20), "decode_weight_bytes": 1e-6, "read_bandwidth_bytes_per_s": 1e-9}.get(key, 1)
     cells = ["n/a" if v is None else f"{v * scale:.3g}" for v in vals]
     ratios = ["n/a" if v is None or not o else f"{v / o:.2f}" for v in vals]
     print(f"| {label} | " + " | ".join(cells) + f" | {'n/a' if o is None else f'{o * scale:.3g}'} | "

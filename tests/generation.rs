@@ -219,3 +219,38 @@ fn cli_names_what_is_missing_for_generation() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("not a causal language model"), "{}", stderr(&o));
 }
+
+/// The weight bytes a decoded token reads: every constant the decode program's steps take, once
+/// each, except the tables only `Gather` reads (rows of them).
+#[test]
+fn decode_reads_every_weight_but_the_gathered_tables() {
+    use kiln_formats::program::StorageKind;
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["llama-ts-kv", "gpt2-ts-kv"] {
+        let lm = compile(name, &CompileOptions::default(), &dir.path().join(format!("{name}.kiln")));
+        let model = lm.decode_model().expect("a decode entry point");
+        let p = model.program();
+        let weight = |mut slot: u32| loop {
+            let st = p.values[slot as usize].storage.as_ref().unwrap();
+            match st.kind() {
+                StorageKind::Alias => slot = st.index,
+                StorageKind::Weight => break Some(st.index as usize),
+                _ => break None,
+            }
+        };
+        let gathered: std::collections::BTreeSet<usize> =
+            p.steps.iter().filter(|s| s.op == "Gather").filter_map(|s| weight(s.inputs[0])).collect();
+        assert!(!gathered.is_empty(), "{name}: the embeddings are gathered");
+        let read_elsewhere = |w: usize| {
+            p.steps.iter().any(|s| {
+                s.inputs.iter().enumerate().any(|(i, &x)| {
+                    x != kiln_formats::program::NO_VALUE && !(s.op == "Gather" && i == 0) && weight(x) == Some(w)
+                })
+            })
+        };
+        let total: u64 = p.weights.iter().map(|w| w.len).sum();
+        let skipped: u64 = gathered.iter().filter(|&&w| !read_elsewhere(w)).map(|&w| p.weights[w].len).sum();
+        assert!(skipped > 0, "{name}: the token embedding table is read only by Gather");
+        assert_eq!(model.weight_bytes_read(), total - skipped, "{name}");
+    }
+}

@@ -50,6 +50,11 @@ pub struct Args {
     /// Also print the decode time per op type at each context.
     #[arg(long)]
     profile: bool,
+    /// Also measure the machine's memory read bandwidth with the same threads over a working set
+    /// of the weight bytes a decoded token reads (after everything else, so peak RSS excludes
+    /// it), and the share of it decode's weight traffic reaches: bytes per token × tokens/s.
+    #[arg(long)]
+    bandwidth: bool,
 }
 
 /// A fixed, varied prompt (the same ids `bench/ort_bench.py` feeds onnxruntime): valid, not meaningful.
@@ -169,6 +174,18 @@ pub fn main(args: Args) -> Result<()> {
         rows.push(json!({"context": ctx, "ms_per_token": per_token * 1e3, "tokens_per_s": 1.0 / per_token,
             "cache_copy_share": copy_share}));
     }
+    // Decode reads every weight once per token; embeddings only a row.
+    let weight_bytes = lm.decode_model().unwrap_or(lm.prefill_model()).weight_bytes_read();
+    eprintln!(
+        "weights read per decoded token: {:.1} MB ({:.1} GB/s at the decode rate)",
+        weight_bytes as f64 / 1e6,
+        weight_bytes as f64 * decode_tps / 1e9
+    );
+    let bandwidth = args.bandwidth.then(|| super::bandwidth::read_bandwidth(weight_bytes));
+    let share = bandwidth.map(|b| weight_bytes as f64 * decode_tps / b);
+    if let (Some(b), Some(s)) = (bandwidth, share) {
+        eprintln!("memory read bandwidth: {:.1} GB/s; decode's weight traffic reaches {:.2} of it", b / 1e9, s);
+    }
     let (kept, total) = (lm.kv_in_place(), lm.config().kv.len());
     let (cache, key) = match kept {
         _ if total == 0 => ("none (recomputes the sequence)".to_string(), "none"),
@@ -184,7 +201,8 @@ pub fn main(args: Args) -> Result<()> {
             "threads": rayon::current_num_threads(), "load_s": load_s, "first_token_s": first_token_s,
             "checksums_verified": !args.no_verify_checksums, "prompt_len": args.prompt_len,
             "gen": args.gen, "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps,
-            "peak_rss_bytes": peak_rss, "tokens": args.tokens,
+            "peak_rss_bytes": peak_rss, "tokens": args.tokens, "decode_weight_bytes": weight_bytes,
+            "read_bandwidth_bytes_per_s": bandwidth, "decode_bandwidth_share": share,
             "kv_cache": key, "device": chosen.describe(), "decode": rows})
         );
     }

@@ -140,6 +140,11 @@ impl LanguageModel {
         &self.prefill
     }
 
+    /// The model that decodes one token at a time, when the bundle has one.
+    pub fn decode_model(&self) -> Option<&Arc<Model>> {
+        self.decode.as_ref()
+    }
+
     /// The causal LM in `bundle` for `target` (the first target when `None`).
     pub fn from_bundle(bundle: &LoadedBundle, target: Option<&str>) -> Result<LanguageModel, GenerateError> {
         let raw = bundle.bundle.entry(GENERATION_ENTRY).ok_or(GenerateError::NotCausalLm)?;
