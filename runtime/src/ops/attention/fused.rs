@@ -6,9 +6,9 @@
 //!
 //! With `k_pitch` (`v_pitch`) non-zero, k (v) is a KV cache state read in place: each `[T, d]`
 //! matrix is stored in `k_pitch` rows of which the first `T` are filled. With f32 queries, k and
-//! v may be an f16 cache (`--kv-cache f16`): each task widens the one kv head it reads into its
-//! scratch, so memory traffic is halved and the arithmetic is the f32 path's on the rounded
-//! values.
+//! v may be an f16 cache (`--kv-cache f16`): decode's few queries widen each key and value as
+//! they load it, longer blocks widen their kv head into the task's scratch first. Memory traffic
+//! is halved, and the arithmetic is the f32 path's on the rounded values.
 //!
 //! Exporters write this as five to nine steps per layer (the scores product, reshapes between
 //! grouped and per-head views, scale, mask, softmax, the product with v); at decode each is a
