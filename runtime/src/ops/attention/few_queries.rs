@@ -88,11 +88,9 @@ impl Widen for f16 {
 }
 
 /// Whether the intrinsic paths run here.
+#[cfg(target_arch = "x86_64")]
 fn vector() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c")
 }
 
 /// `scores[r·t + j] = q_r · k_j` for `rows` rows of `q` (`d` apart) and `t` rows of `k` (`d`
