@@ -352,31 +352,17 @@ impl Model {
     /// except the tables `Gather` reads only rows of (embeddings). The weight traffic of a
     /// decoded token, for a roofline against the machine's read bandwidth.
     pub fn weight_bytes_read(&self) -> u64 {
-        let p = &self.program;
-        let weight_of = |mut slot: usize| -> Option<usize> {
-            // Follow views (a reshaped weight) to the constant, a bounded walk.
-            for _ in 0..p.values.len() {
-                let st = p.values.get(slot)?.storage.as_ref()?;
-                match st.kind() {
-                    kiln_formats::program::StorageKind::Weight => return Some(st.index as usize),
-                    kiln_formats::program::StorageKind::Alias => slot = st.index as usize,
-                    _ => return None,
-                }
-            }
-            None
-        };
-        let mut read = vec![false; p.weights.len()];
-        for step in &p.steps {
+        let mut read = vec![false; self.weights.len()];
+        for step in &self.program.steps {
             let gathered = step.op == "Gather" && matches!(step.domain.as_str(), "" | "ai.onnx");
             for (i, &slot) in step.inputs.iter().enumerate() {
-                if let Some(w) = weight_of(slot as usize).filter(|_| !(gathered && i == 0)) {
-                    if let Some(r) = read.get_mut(w) {
-                        *r = true;
-                    }
+                // A view of a weight (a reshaped one) reads the weight its root is.
+                if let Some(&Place::Weight(w)) = self.roots.get(slot as usize).map(|&root| &self.places[root]) {
+                    read[w] |= !(gathered && i == 0);
                 }
             }
         }
-        p.weights.iter().zip(&read).filter(|(_, &r)| r).map(|(w, _)| w.len).sum()
+        self.weights.iter().zip(&read).filter(|(_, &r)| r).map(|(w, _)| w.len() as u64).sum()
     }
 
     /// Bytes a session of this model allocates up front: the sum of its arena buffers.
