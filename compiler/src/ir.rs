@@ -44,6 +44,20 @@ pub struct Node {
     pub outputs: Vec<ValueId>,
 }
 
+/// For pass tests: a one-output node without attributes, named after its op.
+#[cfg(test)]
+pub(crate) fn test_node(op: &str, domain: &str, inputs: &[ValueId], out: ValueId) -> Node {
+    Node {
+        name: op.into(),
+        op: op.into(),
+        domain: domain.into(),
+        opset: 17,
+        attrs: Vec::new(),
+        inputs: inputs.iter().copied().map(Some).collect(),
+        outputs: vec![out],
+    }
+}
+
 /// A model as a graph.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {

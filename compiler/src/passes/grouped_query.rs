@@ -133,6 +133,7 @@ fn shape_const(g: &mut Graph, node: &str, what: &str, group: usize, heads: i64) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::test_node as node;
 
     fn value(name: &str, dims: &[i64], dtype: DType) -> Value {
         Value {
@@ -140,18 +141,6 @@ mod tests {
             dtype: Some(dtype),
             shape: Some(dims.iter().map(|&d| if d < 0 { Dim::sym("s") } else { Dim::Known(d) }).collect()),
             ..Default::default()
-        }
-    }
-
-    fn node(op: &str, domain: &str, inputs: &[ValueId], out: ValueId) -> Node {
-        Node {
-            name: op.into(),
-            op: op.into(),
-            domain: domain.into(),
-            opset: 17,
-            attrs: Vec::new(),
-            inputs: inputs.iter().map(|&i| Some(i)).collect(),
-            outputs: vec![out],
         }
     }
 

@@ -69,7 +69,7 @@ fn matched(g: &Graph, index: &Index, add: usize, p: ValueId, r: ValueId) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{Node, Value};
+    use crate::ir::{test_node as node, Value};
     use kiln_formats::Dim;
     use kiln_runtime::ops::matmul::q8::Q8;
     use kiln_runtime::ops::matmul::quantized::BlockFormat;
@@ -81,18 +81,6 @@ mod tests {
             dtype: Some(DType::F32),
             shape: Some(dims.iter().map(|&d| Dim::Known(d)).collect()),
             ..Default::default()
-        }
-    }
-
-    fn node(op: &str, domain: &str, inputs: &[ValueId], out: ValueId) -> Node {
-        Node {
-            name: op.into(),
-            op: op.into(),
-            domain: domain.into(),
-            opset: 1,
-            attrs: Vec::new(),
-            inputs: inputs.iter().copied().map(Some).collect(),
-            outputs: vec![out],
         }
     }
 
