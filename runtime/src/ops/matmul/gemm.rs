@@ -295,18 +295,28 @@ struct Task {
     cols: (usize, usize),
 }
 
-/// Splits C into about `threads` tasks: column slabs first (each thread then packs only the
-/// weights it multiplies), row blocks too when there are fewer column panels than threads.
+/// Splits C into tasks for `threads` threads: column slabs first (each thread then packs only
+/// the weights it multiplies), row blocks too when there are fewer column panels than threads.
+/// Slabs are at most `slab_max` columns where the panels allow, their count is a multiple of
+/// `threads`, and panels are dealt out evenly: three equal slabs on two threads had one thread
+/// idle for a third of GPT-2's widest products.
 fn tasks(m: usize, n: usize, threads: usize, mr: usize, nr: usize, slab_max: usize) -> Vec<Task> {
+    let threads = threads.max(1);
     let panels = n.div_ceil(nr);
-    let col_tasks = threads.max(n.div_ceil(slab_max)).min(panels).max(1);
-    let slab = panels.div_ceil(col_tasks) * nr;
-    let row_tasks = if col_tasks < threads { threads.div_ceil(col_tasks).min(m.div_ceil(mr)) } else { 1 };
-    let height = m.div_ceil(row_tasks).div_ceil(mr) * mr;
-    let mut out = Vec::new();
-    for i0 in (0..m).step_by(height) {
-        for j0 in (0..n).step_by(slab) {
-            out.push(Task { rows: (i0, (i0 + height).min(m)), cols: (j0, (j0 + slab).min(n)) });
+    let col_tasks = (n.div_ceil(slab_max).div_ceil(threads) * threads).min(panels).max(1);
+    let row_blocks = m.div_ceil(mr);
+    let row_tasks = if col_tasks < threads { threads.div_ceil(col_tasks).min(row_blocks).max(1) } else { 1 };
+    // The `i`th of `parts` near-equal shares of `total` units of `unit` elements, cut at `end`.
+    let share = |total: usize, parts: usize, i: usize, unit: usize, end: usize| {
+        ((i * total / parts * unit).min(end), ((i + 1) * total / parts * unit).min(end))
+    };
+    let mut out = Vec::with_capacity(row_tasks * col_tasks);
+    for r in 0..row_tasks {
+        for c in 0..col_tasks {
+            let task = Task { rows: share(row_blocks, row_tasks, r, mr, m), cols: share(panels, col_tasks, c, nr, n) };
+            if task.rows.0 < task.rows.1 && task.cols.0 < task.cols.1 {
+                out.push(task);
+            }
         }
     }
     out
@@ -944,6 +954,31 @@ mod tests {
             }
         }
         c
+    }
+
+    #[test]
+    fn tasks_cover_c_once_with_even_work_per_thread() {
+        // GPT-2's widest products used to be three slabs on two threads.
+        for &(m, n, threads, slab_max) in
+            &[(128, 2304, 2, 1024), (128, 3072, 2, 1024), (128, 576, 2, 1024), (128, 40, 4, 1024), (5, 3000, 3, 256)]
+        {
+            let plan = tasks(m, n, threads, 12, 32, slab_max);
+            let mut seen = vec![0u8; m * n];
+            for t in &plan {
+                assert_eq!(t.cols.0 % 32, 0, "slabs start on a panel");
+                for i in t.rows.0..t.rows.1 {
+                    seen[i * n + t.cols.0..i * n + t.cols.1].iter_mut().for_each(|s| *s += 1);
+                }
+            }
+            assert!(seen.iter().all(|&s| s == 1), "{m}x{n}: every element in exactly one task");
+            let work: Vec<usize> = plan.iter().map(|t| (t.rows.1 - t.rows.0) * (t.cols.1 - t.cols.0)).collect();
+            if plan.len() >= threads {
+                assert_eq!(plan.len() % threads, 0, "{m}x{n} on {threads}: {} tasks", plan.len());
+            }
+            let (lo, hi) = (work.iter().min().unwrap(), work.iter().max().unwrap());
+            assert!(hi - lo <= 32 * m.max(12), "{m}x{n}: task sizes {work:?}");
+            assert!(plan.iter().all(|t| t.cols.1 - t.cols.0 <= slab_max.max(32)), "{m}x{n}: slab over {slab_max}");
+        }
     }
 
     #[test]

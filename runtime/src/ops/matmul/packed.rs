@@ -330,3 +330,43 @@ mod tests {
         assert!(build_kiln(&OpSpec { attrs: Attrs(&zero), ..spec }).unwrap().is_err());
     }
 }
+
+#[cfg(test)]
+mod speed_probe {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn packed_prefill_speed() {
+        // (m, n, k, products per layer) of one 128-token SmolLM2 prefill and one GPT-2 prefill.
+        let models: [(&str, &[(usize, usize, usize, f64)]); 2] = [
+            ("smollm2", &[(128, 576, 576, 2.0), (128, 192, 576, 2.0), (128, 1536, 576, 2.0), (128, 576, 1536, 1.0)]),
+            ("gpt2", &[(128, 2304, 768, 1.0), (128, 768, 768, 1.0), (128, 3072, 768, 1.0), (128, 768, 3072, 1.0)]),
+        ];
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for (name, shapes) in models {
+                let mut total = 0.0;
+                for &(m, n, k, per_layer) in shapes {
+                    let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+                    let w: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.1).collect();
+                    let mut p = vec![0f32; n.div_ceil(PANEL) * k * PANEL];
+                    pack(&w, k, n, &mut p);
+                    let mut c = vec![0f32; m * n];
+                    let mut best = f64::MAX;
+                    pool.install(|| {
+                        for _ in 0..40 {
+                            let t = std::time::Instant::now();
+                            gemm_from(m, n, k, &a, &Panels { data: &p, k }, &mut c);
+                            best = best.min(t.elapsed().as_secs_f64());
+                        }
+                    });
+                    total += best * per_layer;
+                    let gflops = 2. * (m * n * k) as f64 / best / 1e9;
+                    println!("{name} threads={threads} {m}x{n}x{k}: {:.3} ms {gflops:.1} GFLOP/s", best * 1e3);
+                }
+                println!("{name} threads={threads} one layer: {:.3} ms", total * 1e3);
+            }
+        }
+    }
+}
