@@ -798,9 +798,8 @@ mod avx512 {
         Rows { data: &'a [f32], lda: usize, pc: usize },
     }
 
-    /// Every 12 × 32 tile of a packed block: per step of k, two vectors of B and twelve
-    /// broadcasts of A feed 24 fused multiply-adds into 24 accumulators held in registers. Each
-    /// element sums over k in order with FMA, as the AVX2 kernel does. B's panels start
+    /// Every 12 × 32 tile of a packed block ([`tile`]). Each element sums over k in order with
+    /// FMA, as the AVX2 kernel does. B's panels start
     /// `b_step` floats apart (`kc · 32` packed, `k · 32` stored at compile time).
     ///
     /// # Safety
@@ -836,8 +835,6 @@ mod avx512 {
         }
         let panels = blk.nc.div_ceil(32);
         assert!(b_step >= kc * 32 && bp.len() >= (panels - 1) * b_step + kc * 32, "B panel");
-        // Whole tiles of f32 C are stored straight from the registers.
-        let direct = is_f32::<T>();
         for p in 0..panels {
             let bpanel = &bp[p * b_step..p * b_step + kc * 32];
             let w = 32.min(blk.nc - p * 32);
@@ -849,49 +846,93 @@ mod avx512 {
                     AIn::Packed(ap) => ap[q * kc * 12 + i..].as_ptr(),
                     AIn::Rows { data, lda, pc } => data[(blk.row0 + q * 12 + i.min(h - 1)) * lda + pc..].as_ptr(),
                 });
-                let mut acc = [[_mm512_setzero_ps(); 2]; 12];
-                for kk in 0..kc {
-                    // SAFETY: the B panel holds kc steps of 32 floats; each A row pointer has
-                    // (kc - 1) * STEP + 1 floats behind it (asserted above).
-                    let (b0, b1) = unsafe {
-                        (
-                            _mm512_loadu_ps(bpanel.as_ptr().add(kk * 32)),
-                            _mm512_loadu_ps(bpanel.as_ptr().add(kk * 32 + 16)),
-                        )
-                    };
-                    for (i, row) in acc.iter_mut().enumerate() {
-                        // SAFETY: as above.
-                        let ai = _mm512_set1_ps(unsafe { *rows[i].add(kk * STEP) });
-                        row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-                        row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+                let at = (blk.row0 + q * 12, blk.jc + p * 32);
+                // A ragged tile runs as 4 or 8 rows: a 128-token prompt's last tile is 8 rows of
+                // 12, a thirtieth of the product computed for nothing.
+                // SAFETY: the B panel holds kc steps of 32 floats; each A row pointer has
+                // (kc - 1) * STEP + 1 floats behind it (asserted above); the tile lies in the
+                // block, which the caller owns.
+                unsafe {
+                    match h {
+                        9.. => finish::<T, 12>(blk, &tile::<12, STEP>(&rows, kc, bpanel), at, h, w, c),
+                        5..=8 => finish::<T, 8>(blk, &tile::<8, STEP>(&rows, kc, bpanel), at, h, w, c),
+                        _ => finish::<T, 4>(blk, &tile::<4, STEP>(&rows, kc, bpanel), at, h, w, c),
                     }
                 }
-                if direct && h == 12 && w == 32 {
-                    // SAFETY: T is f32 and the whole tile lies in the block, which the caller owns.
-                    unsafe { store_f32(blk, &acc, blk.row0 + q * 12, blk.jc + p * 32, c.0 as *mut f32) };
-                    continue;
-                }
-                let mut tile = [[T::Acc::ZERO; 32]; 12];
-                for (dst, row) in tile.iter_mut().zip(&acc) {
-                    let dst = f32s_mut(dst).expect("f32 accumulators");
-                    // SAFETY: `dst` holds 32 floats.
-                    unsafe {
-                        _mm512_storeu_ps(dst.as_mut_ptr(), row[0]);
-                        _mm512_storeu_ps(dst.as_mut_ptr().add(16), row[1]);
-                    }
-                }
-                // SAFETY: the tile lies in the block, which the caller owns.
-                unsafe { store_tile(blk, &tile[..h], blk.row0 + q * 12, blk.jc + p * 32, w, c) };
             }
         }
     }
 
-    /// Stores a whole 12 × 32 tile of f32 C: `alpha · acc (+ C)`, the same operations as [`super::put`].
+    /// One `H × 32` tile summed over the block's k: per step of k, two vectors of B and `H`
+    /// broadcasts of A feed `2H` fused multiply-adds into accumulators held in registers.
     ///
     /// # Safety
-    /// AVX-512F; C is f32 and the caller owns the 12 × 32 elements at (`row`, `col`).
+    /// AVX-512F; `bpanel` holds `kc` steps of 32 floats and each of the first `H` row pointers has
+    /// `(kc - 1) * STEP + 1` floats behind it.
+    #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn store_f32<A: GAcc>(blk: &Block<A>, acc: &[[__m512; 2]; 12], row: usize, col: usize, c: *mut f32) {
+    unsafe fn tile<const H: usize, const STEP: usize>(
+        rows: &[*const f32; 12],
+        kc: usize,
+        bpanel: &[f32],
+    ) -> [[__m512; 2]; H] {
+        let mut acc = [[_mm512_setzero_ps(); 2]; H];
+        for kk in 0..kc {
+            // SAFETY: as the caller promises.
+            let (b0, b1) = unsafe {
+                (_mm512_loadu_ps(bpanel.as_ptr().add(kk * 32)), _mm512_loadu_ps(bpanel.as_ptr().add(kk * 32 + 16)))
+            };
+            for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: as above.
+                let ai = _mm512_set1_ps(unsafe { *rows[i].add(kk * STEP) });
+                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+            }
+        }
+        acc
+    }
+
+    /// Writes the first `h` rows and `w` columns of a finished tile into C at `at`: whole tiles of
+    /// f32 C straight from the registers, others through [`store_tile`].
+    ///
+    /// # Safety
+    /// AVX-512F; the caller owns those elements of C.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn finish<T: Float, const H: usize>(
+        blk: &Block<T::Acc>,
+        acc: &[[__m512; 2]; H],
+        at: (usize, usize),
+        h: usize,
+        w: usize,
+        c: SharedC<T>,
+    ) where
+        T::Acc: GAcc,
+    {
+        if is_f32::<T>() && h == H && w == 32 {
+            // SAFETY: T is f32 and the whole tile lies in the caller's part of C.
+            return unsafe { store_f32(blk, acc, at.0, at.1, c.0 as *mut f32) };
+        }
+        let mut tile = [[T::Acc::ZERO; 32]; H];
+        for (dst, row) in tile.iter_mut().zip(acc) {
+            let dst = f32s_mut(dst).expect("f32 accumulators");
+            // SAFETY: `dst` holds 32 floats.
+            unsafe {
+                _mm512_storeu_ps(dst.as_mut_ptr(), row[0]);
+                _mm512_storeu_ps(dst.as_mut_ptr().add(16), row[1]);
+            }
+        }
+        // SAFETY: the tile lies in the block, which the caller owns.
+        unsafe { store_tile(blk, &tile[..h], at.0, at.1, w, c) };
+    }
+
+    /// Stores a whole `acc.len()` × 32 tile of f32 C: `alpha · acc (+ C)`, the same operations as
+    /// [`super::put`].
+    ///
+    /// # Safety
+    /// AVX-512F; C is f32 and the caller owns the tile's elements at (`row`, `col`).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_f32<A: GAcc>(blk: &Block<A>, acc: &[[__m512; 2]], row: usize, col: usize, c: *mut f32) {
         let alpha = _mm512_set1_ps(f32s(std::slice::from_ref(&blk.alpha)).expect("f32 accumulators")[0]);
         for (i, halves) in acc.iter().enumerate() {
             for (h, &v) in halves.iter().enumerate() {
@@ -984,7 +1025,16 @@ mod tests {
     #[test]
     fn every_micro_kernel_matches_the_reference_on_ragged_sizes() {
         // Sizes off every tile, panel and block multiple, in both B layouts, serial and split.
-        for &(m, n, k) in &[(13, 33, 9), (25, 65, 257), (73, 129, 513), (150, 40, 20), (12, 32, 8)] {
+        for &(m, n, k) in &[
+            (13, 33, 9),
+            (25, 65, 257),
+            (73, 129, 513),
+            (150, 40, 20),
+            (12, 32, 8),
+            (16, 64, 40),
+            (20, 70, 30),
+            (23, 96, 300),
+        ] {
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.) * 0.1).collect();
             let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.) * 0.1).collect();
             let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
