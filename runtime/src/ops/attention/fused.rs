@@ -48,6 +48,9 @@ const GROUP_ROWS: usize = few_queries::MAX_ROWS;
 /// threads in one contiguous run each, as decode's calls do.
 const SHARED_ROWS: usize = 64;
 
+/// Mask values at or below this hide a key: exporters write `-inf` or f32's minimum (-3.4e38).
+const MASKED: f64 = f32::MIN as f64 / 2.0;
+
 /// Prepares `kiln::FusedAttention`, or `None` for another kiln op.
 pub fn build_kiln(spec: &OpSpec) -> Option<Result<Box<dyn Kernel>, KernelError>> {
     (spec.op == FUSED_ATTENTION).then(|| {
@@ -300,6 +303,29 @@ impl Job {
         });
     }
 
+    /// Keys `0..end` that some of the `rows` rows from `row0` may attend to: the keys after the
+    /// last one whose mask is above [`MASKED`] in any row are left out of both products, as a
+    /// causal mask does to the later keys of a prompt's earlier queries. Their probabilities
+    /// would be exactly zero: `exp` of a score at least 1.7e38 below the row's maximum. All `t`
+    /// when a row masks every key (its softmax then spreads over all of them, as unfused).
+    fn attended<T: Float>(&self, mask: Option<&[T]>, row0: usize, rows: usize, t: usize) -> usize {
+        let Some(m) = mask else { return t };
+        let Dims { h, s, .. } = self.dims;
+        let [mb, mh, ms, mt] = self.mask_strides;
+        let masked = <T::Acc as AccFloat>::from_f64(MASKED);
+        let mut end = 0;
+        for r in row0..row0 + rows {
+            let m0 = r / s / h * mb + r / s % h * mh + r % s * ms;
+            let seen = |j: usize| m[m0 + j * mt].to_acc() > masked;
+            match (end..t).rev().find(|&j| seen(j)) {
+                Some(j) => end = j + 1,
+                None if !(0..end).any(seen) => return t,
+                None => {}
+            }
+        }
+        end
+    }
+
     /// Rows `row0..` of the output (row `(batch · H + head) · S + query`), as many as `y` has:
     /// queries of one head, or whole heads of one group, so that all read one kv head.
     #[allow(clippy::too_many_arguments)]
@@ -324,6 +350,7 @@ impl Job {
         }
         let (batch, head0) = (row0 / s / h, row0 / s % h);
         let kv = batch * (h / rep) + head0 / rep;
+        let t = self.attended(mask, row0, rows, t);
         scratch.scores.resize(2 * rows * t, T::from_acc(T::Acc::ZERO));
         let (scores, probs) = scratch.scores.split_at_mut(rows * t);
         let qb = &q[row0 * d..];
@@ -492,6 +519,32 @@ mod tests {
                 let want = reference(&q, &k, &v, dims, c, Some((&causal, [0, 0, t, 1])));
                 close(&got, &want, &format!("{dims:?} causal"));
             }
+        }
+    }
+
+    /// A causal mask written as f32's minimum (as torch exports it) leaves the keys after each
+    /// query block out; a query that masks every key still spreads over all of them.
+    #[test]
+    fn keys_masked_in_every_row_of_a_block_are_left_out() {
+        let (b, h, g, s, t, d, dv) = (1, 2, 1, 70, 70, 16, 8);
+        let q = values(b * h * s * d, 1, 1.0);
+        let k = values(b * g * t * d, 2, 1.0);
+        let v = values(b * g * t * dv, 3, 2.0);
+        let mut mask: Vec<f32> = (0..s * t).map(|i| if i % t > i / t { f32::MIN } else { 0.0 }).collect();
+        let dims = [b, h, s, d, g, t, dv];
+        let args = ((&q[..], [b, h, s, d]), (&k[..], [b, g, t, d]), (&v[..], [b, g, t, dv]));
+        let kernel = kernel(vec![Attribute::float("scale", 0.25)]);
+        let got = run(&*kernel, args.0, args.1, args.2, Some((&mask, &[1, 1, s, t])), [b, h, s, dv]).unwrap();
+        close(&got, &reference(&q, &k, &v, dims, 0.25, Some((&mask, [0, 0, t, 1]))), "causal at f32::MIN");
+        // Query 33 (in the second block of 32) now masks every key: its scores all round to
+        // f32::MIN, so its softmax is uniform over the 70 keys, not over the block's 34.
+        mask[33 * t..34 * t].fill(f32::MIN);
+        let got = run(&*kernel, args.0, args.1, args.2, Some((&mask, &[1, 1, s, t])), [b, h, s, dv]).unwrap();
+        for head in 0..h {
+            let row = &got[(head * s + 33) * dv..(head * s + 34) * dv];
+            let mean: Vec<f64> =
+                (0..dv).map(|c| (0..t).map(|j| v[j * dv + c] as f64).sum::<f64>() / t as f64).collect();
+            close(row, &mean, "a query that masks every key");
         }
     }
 
