@@ -339,7 +339,8 @@ mod speed_probe {
     #[ignore]
     fn packed_prefill_speed() {
         // (m, n, k, products per layer) of one 128-token SmolLM2 prefill and one GPT-2 prefill.
-        let models: [(&str, &[(usize, usize, usize, f64)]); 2] = [
+        type Shapes = &'static [(usize, usize, usize, f64)];
+        let models: [(&str, Shapes); 2] = [
             ("smollm2", &[(128, 576, 576, 2.0), (128, 192, 576, 2.0), (128, 1536, 576, 2.0), (128, 576, 1536, 1.0)]),
             ("gpt2", &[(128, 2304, 768, 1.0), (128, 768, 768, 1.0), (128, 3072, 768, 1.0), (128, 768, 3072, 1.0)]),
         ];
