@@ -57,7 +57,7 @@ const MASKED: f64 = f32::MIN as f64 / 2.0;
 fn last_seen_f32(row: &[f32]) -> Option<usize> {
     let masked = MASKED as f32;
     let (head, tail) = row.as_chunks::<16>();
-    let seen = |x: &f32| !(*x <= masked);
+    let seen = |x: &f32| *x > masked || x.is_nan();
     if let Some(j) = tail.iter().rposition(seen) {
         return Some(head.len() * 16 + j);
     }
@@ -330,7 +330,7 @@ impl Job {
         let mut end = 0;
         for r in row0..row0 + rows {
             let m0 = r / s / h * mb + r / s % h * mh + r % s * ms;
-            let seen = |j: usize| !(m[m0 + j * mt].to_acc() <= masked);
+            let seen = |j: usize| m[m0 + j * mt].to_acc().partial_cmp(&masked).is_none_or(|o| o.is_gt());
             let last = match (f32s(m), mt) {
                 (Some(m), 1) => last_seen_f32(&m[m0 + end..m0 + t]).map(|j| end + j),
                 _ => (end..t).rev().find(|&j| seen(j)),
@@ -566,6 +566,11 @@ mod tests {
                 (0..dv).map(|c| (0..t).map(|j| v[j * dv + c] as f64).sum::<f64>() / t as f64).collect();
             close(row, &mean, "a query that masks every key");
         }
+        // A NaN mask value keeps its key, and poisons its row as the unfused steps would.
+        mask[5 * t + 50] = f32::NAN;
+        let got = run(&*kernel, args.0, args.1, args.2, Some((&mask, &[1, 1, s, t])), [b, h, s, dv]).unwrap();
+        assert!(got[5 * dv..6 * dv].iter().all(|x| x.is_nan()), "{:?}", &got[5 * dv..6 * dv]);
+        assert!(got[4 * dv..5 * dv].iter().all(|x| x.is_finite()));
     }
 
     /// Groups of query heads taken as one task (decode's one query per head, and two queries
