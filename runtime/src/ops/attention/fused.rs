@@ -22,7 +22,7 @@ use super::few_queries::{self, KvRows};
 use crate::error::KernelError;
 use crate::kernel::{required, InferCx, Kernel, OpSpec, OutputInfo, ShapeInput};
 use crate::ops::broadcast::{broadcast_strides, fits_in};
-use crate::ops::matmul::gemm::{f32s, f32s_mut, gemm, gemm_blocked, GAcc, Mat};
+use crate::ops::matmul::gemm::{f32s, f32s_mut, gemm, GAcc, Mat};
 use crate::ops::matmul::same;
 use crate::ops::norm::softmax::{row, Mode};
 use crate::ops::num::num_like::AccFloat;
@@ -374,11 +374,9 @@ impl Job {
         let qb = &q[row0 * d..];
         let (kc, vc) = (&k[kv * k_stride..kv * k_stride + t * d], &v[kv * v_stride..kv * v_stride + t * dv]);
         let few = rows <= few_queries::MAX_ROWS;
-        // Prefill's blocks are a tile's worth of rows: packed even when small.
-        let product = if few { gemm::<T> } else { gemm_blocked::<T> };
         match (f32s(qb), KvRows::of(kc), f32s_mut(scores)) {
             (Some(qf), Some(kf), Some(sf)) if few => few_queries::scores(qf, rows, d, kf, t, sf),
-            _ => product(
+            _ => gemm(
                 rows,
                 t,
                 d,
@@ -407,7 +405,7 @@ impl Job {
         }
         match (f32s(scores), KvRows::of(vc), f32s_mut(y)) {
             (Some(pf), Some(vf), Some(yf)) if few => few_queries::weighted_values(pf, rows, t, vf, dv, yf),
-            _ => product(
+            _ => gemm(
                 rows,
                 dv,
                 t,

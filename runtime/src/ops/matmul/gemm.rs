@@ -92,45 +92,6 @@ pub(crate) fn gemm<T: Float>(
 ) where
     T::Acc: GAcc,
 {
-    product(m, n, k, alpha, a, b, c, accumulate, parallel, SMALL)
-}
-
-/// [`gemm`] through the packed micro-kernel at any size with more than one row of A: for a
-/// caller whose rows are already a tile's worth, such as a prefill attention block (its 32 × 32
-/// × 64 products took the row-at-a-time path, an eighth of attention's time).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_blocked<T: Float>(
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f64,
-    a: Mat<T>,
-    b: Mat<T>,
-    c: &mut [T],
-    accumulate: bool,
-    parallel: bool,
-) where
-    T::Acc: GAcc,
-{
-    product(m, n, k, alpha, a, b, c, accumulate, parallel, 0)
-}
-
-/// [`gemm`] with products of at most `small` multiply-adds row at a time.
-#[allow(clippy::too_many_arguments)]
-fn product<T: Float>(
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f64,
-    a: Mat<T>,
-    b: Mat<T>,
-    c: &mut [T],
-    accumulate: bool,
-    parallel: bool,
-    small_max: usize,
-) where
-    T::Acc: GAcc,
-{
     if m == 0 || n == 0 {
         return;
     }
@@ -145,7 +106,7 @@ fn product<T: Float>(
     let parallel = parallel && m * n * k >= PAR_WORK && rayon::current_num_threads() > 1;
     if m == 1 {
         gemv(n, k, alpha, a, b, c, accumulate, parallel);
-    } else if m * n * k <= small_max {
+    } else if m * n * k <= SMALL {
         small(m, n, k, alpha, a, b, c, accumulate);
     } else {
         blocked_with(Micro::detect(), m, n, k, alpha, a, &b, c, accumulate, parallel);
