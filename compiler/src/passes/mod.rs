@@ -62,6 +62,7 @@ pub fn fuse_for_cpu(g: &mut Graph, merge_weights: bool) {
     }
     rotate_half::fuse(g);
     silu::fuse(g);
+    silu::read_halves(g);
     gelu_tanh::fuse(g);
     scaled_softmax::fuse(g);
     dce::eliminate(g);
