@@ -51,9 +51,9 @@ const SHARED_ROWS: usize = 64;
 /// Mask values at or below this hide a key: exporters write `-inf` or f32's minimum (-3.4e38).
 const MASKED: f64 = f32::MIN as f64 / 2.0;
 
-/// The last of `row`'s mask values not at or below [`MASKED`] (NaN keeps its key), tested sixteen at a time from the end: a
-/// causal block's rows each pass over the masked keys after the block (a tenth of a SmolLM2
-/// prefill's attention when tested one by one).
+/// The last of `row`'s mask values not at or below [`MASKED`] (NaN keeps its key), tested
+/// sixteen at a time from the end: a causal block's rows each pass over the masked keys after
+/// the block (a tenth of a SmolLM2 prefill's attention when tested one by one).
 fn last_seen_f32(row: &[f32]) -> Option<usize> {
     let masked = MASKED as f32;
     let (head, tail) = row.as_chunks::<16>();
@@ -318,18 +318,17 @@ impl Job {
     }
 
     /// Keys `0..end` that some of the `rows` rows from `row0` may attend to: the keys after the
-    /// last one whose mask is not at or below [`MASKED`] in any row are left out of both products, as a
-    /// causal mask does to the later keys of a prompt's earlier queries. Their probabilities
+    /// last one whose mask is not at or below [`MASKED`] in any row are left out of both
+    /// products, as a causal mask does to the later keys of a prompt's earlier queries. Their probabilities
     /// would be exactly zero: `exp` of a score at least 1.7e38 below the row's maximum. All `t`
     /// when a row masks every key (its softmax then spreads over all of them, as unfused).
     fn attended<T: Float>(&self, mask: Option<&[T]>, row0: usize, rows: usize, t: usize) -> usize {
         let Some(m) = mask else { return t };
-        let Dims { h, s, .. } = self.dims;
-        let [mb, mh, ms, mt] = self.mask_strides;
+        let mt = self.mask_strides[3];
         let masked = <T::Acc as AccFloat>::from_f64(MASKED);
         let mut end = 0;
         for r in row0..row0 + rows {
-            let m0 = r / s / h * mb + r / s % h * mh + r % s * ms;
+            let m0 = self.mask_row(r);
             let seen = |j: usize| m[m0 + j * mt].to_acc().partial_cmp(&masked).is_none_or(|o| o.is_gt());
             let last = match (f32s(m), mt) {
                 (Some(m), 1) => last_seen_f32(&m[m0 + end..m0 + t]).map(|j| end + j),
@@ -342,6 +341,13 @@ impl Job {
             }
         }
         end
+    }
+
+    /// Where output row `row`'s mask row starts (row `(batch · H + head) · S + query`).
+    fn mask_row(&self, row: usize) -> usize {
+        let Dims { h, s, .. } = self.dims;
+        let [mb, mh, ms, _] = self.mask_strides;
+        row / s / h * mb + row / s % h * mh + row % s * ms
     }
 
     /// Rows `row0..` of the output (row `(batch · H + head) · S + query`), as many as `y` has:
@@ -389,10 +395,9 @@ impl Job {
             ),
         }
         let c = T::from_acc(<T::Acc as AccFloat>::from_f64(self.scale as f64)).to_acc();
-        let [mb, mh, ms, mt] = self.mask_strides;
+        let mt = self.mask_strides[3];
         for (r, (sr, pr)) in scores.chunks_exact_mut(t).zip(probs.chunks_exact_mut(t)).enumerate() {
-            let (bh, query) = ((row0 + r) / s, (row0 + r) % s);
-            let m0 = batch * mb + bh % h * mh + query * ms;
+            let m0 = self.mask_row(row0 + r);
             for (j, (p, &x)) in pr.iter_mut().zip(sr.iter()).enumerate() {
                 let x = x.to_acc();
                 let mut e = T::from_acc(if self.divide { x / c } else { x * c });

@@ -799,8 +799,8 @@ mod avx512 {
     }
 
     /// Every 12 × 32 tile of a packed block ([`tile`]). Each element sums over k in order with
-    /// FMA, as the AVX2 kernel does. B's panels start
-    /// `b_step` floats apart (`kc · 32` packed, `k · 32` stored at compile time).
+    /// FMA, as the AVX2 kernel does. B's panels start `b_step` floats apart (`kc · 32` packed,
+    /// `k · 32` stored at compile time).
     ///
     /// # Safety
     /// The CPU supports AVX-512F; the caller owns the block's rectangle of C.
